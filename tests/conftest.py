@@ -1,0 +1,26 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import diffcheck  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def threads_pool():
+    """A pool of 4 worker threads for a whole test module (the differential tests use it
+    through ``pytestmark``). Module scope, so a module that reconfigured pydron before
+    cannot leave the differential tests on another pool."""
+    diffcheck.configure_pool("threads")
+    yield "threads"
+
+
+@pytest.fixture(params=["threads", "inline"])
+def pool(request, threads_pool):
+    """Parametrizes a test over the threads pool and the inline pool."""
+    diffcheck.configure_pool(request.param)
+    yield request.param
+    if request.param != "threads":
+        diffcheck.configure_pool("threads")

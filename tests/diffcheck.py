@@ -1,0 +1,338 @@
+"""Differential test harness: run a function plainly and under ``pydron.schedule``.
+
+Both runs must agree on everything an observer can see:
+
+* the outcome: the returned value, or the raised exception (exact type, ``str``, ``args``,
+  and the ``__cause__`` type/message when the plain run raised with ``raise ... from``);
+* the text printed to stdout;
+* the state of the (deep-copied) arguments after the call, so mutations of a list passed
+  in are compared too, including aliasing between arguments and the returned value.
+
+``assert_same(plain, *args, **kwargs)`` is the entry point. ``plain`` may be a module-level
+function, a closure, or a bound method (``obj.method``: the instance is deep-copied with the
+arguments and the method's function is scheduled). ``assert_same_factory(make, ...)`` builds
+the function twice, ``make(identity)`` and ``make(schedule)``, for cases where the decorator
+must sit in the code itself (recursion through the scheduled name, ``@staticmethod`` above
+``@schedule``) or where outer state (nonlocal cells, globals) must be compared afterwards.
+
+Self-test mode: with ``PYDRON_DIFF_SELFTEST=1`` in the environment, ``schedule`` is the
+identity, so the suite checks that the cases themselves are deterministic; ``functional`` is
+the identity too when ``pydron.functional`` does not exist yet.
+"""
+import contextlib
+import copy
+import io
+import os
+import signal
+import threading
+import types
+from dataclasses import dataclass, field
+
+import pydron
+
+SELFTEST = os.environ.get("PYDRON_DIFF_SELFTEST", "") == "1"
+
+#: Seconds one scheduled call may take before the harness gives up on it (a hang is a failure).
+CALL_TIMEOUT = float(os.environ.get("PYDRON_DIFF_TIMEOUT", "30"))
+
+
+def identity(f):
+    """The do-nothing decorator: what ``schedule`` is in self-test mode."""
+    return f
+
+
+#: True when pydron has no ``functional`` yet: the helpers in funcs.py are then plain
+#: functions. Outside self-test mode every case fails on it (collection still works, so
+#: other test modules in the same run are not interrupted).
+FUNCTIONAL_MISSING = not hasattr(pydron, "functional")
+functional = identity if FUNCTIONAL_MISSING else pydron.functional
+
+if SELFTEST:
+    schedule = identity
+else:
+    def schedule(f):
+        """``pydron.schedule``; a missing one fails the case, not the collection."""
+        if FUNCTIONAL_MISSING:
+            raise AssertionError("pydron.functional does not exist: the functional helpers "
+                                 "of tests/funcs.py could not be marked")
+        return pydron.schedule(f)
+
+
+# --------------------------------------------------------------------------- pools
+
+THREADS = {"workers": [{"type": "threads", "count": 4}]}
+INLINE = {"workers": [{"type": "inline"}]}
+POOLS = {"threads": THREADS, "inline": INLINE}
+
+
+def configure_pool(name):
+    """Select a pool by name ("threads" or "inline"); a no-op in self-test mode or while
+    pydron has no ``configure``. Returns True when pydron was configured."""
+    if SELFTEST or not hasattr(pydron, "configure"):
+        return False
+    pydron.configure(copy.deepcopy(POOLS[name]))
+    return True
+
+
+# --------------------------------------------------------------------------- snapshots
+
+_ATOMS = (int, float, complex, str, bytes, bool, type(None), type(Ellipsis), type(NotImplemented))
+
+
+def _qualname(t):
+    return f"{getattr(t, '__module__', '?')}.{getattr(t, '__qualname__', getattr(t, '__name__', '?'))}"
+
+
+def snapshot(obj, _memo=None):
+    """A hashable, comparable picture of ``obj``: types are kept exactly (``1`` differs
+    from ``1.0`` and ``True``), dict order is kept, and a mutable object met a second time
+    is written as a back-reference, so aliasing is part of the picture."""
+    memo = {} if _memo is None else _memo
+    t = type(obj)
+    if t in _ATOMS:
+        if t is float and obj != obj:
+            return ("float", "nan")
+        return (t.__name__, obj)
+    if isinstance(obj, BaseException):
+        return ("exception", _qualname(t), snapshot(obj.args, memo))
+    if isinstance(obj, type):
+        return ("type", _qualname(obj))
+    if t is tuple or t is frozenset:
+        inner = tuple(snapshot(x, memo) for x in obj)
+        return (t.__name__, frozenset(inner) if t is frozenset else inner)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):       # namedtuple
+        return ("namedtuple", _qualname(t), tuple(snapshot(x, memo) for x in obj))
+    if t is range or t is slice:
+        return (t.__name__, repr(obj))
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+        return ("callable", getattr(obj, "__qualname__", repr(t)))
+    # Mutable containers and objects: identity matters.
+    key = id(obj)
+    if key in memo:
+        return ("ref", memo[key][0])
+    memo[key] = (len(memo), obj)        # keep obj alive so ids are not reused
+    index = memo[key][0]
+    if t is list or t is bytearray:
+        return (t.__name__, index, tuple(snapshot(x, memo) for x in obj))
+    if t is dict or isinstance(obj, dict):
+        return ("dict", _qualname(t), index,
+                tuple((snapshot(k, memo), snapshot(v, memo)) for k, v in obj.items()))
+    if t is set:
+        return ("set", index, frozenset(snapshot(x, memo) for x in obj))
+    if isinstance(obj, list):
+        return ("list-sub", _qualname(t), index, tuple(snapshot(x, memo) for x in obj))
+    state = getattr(obj, "__dict__", None)
+    if state is not None:
+        return ("object", _qualname(t), index,
+                tuple((k, snapshot(v, memo)) for k, v in state.items()))
+    slots = [s for c in t.__mro__ for s in getattr(c, "__slots__", ())]
+    if slots:
+        return ("object", _qualname(t), index,
+                tuple((s, snapshot(getattr(obj, s, "<unset>"), memo)) for s in slots))
+    return ("opaque", _qualname(t), index)
+
+
+# --------------------------------------------------------------------------- outcomes
+
+@dataclass
+class Outcome:
+    """What one run of a case showed to the world."""
+    kind: str                   # "return" or "raise"
+    value: object = None        # the returned value itself (plain run: handy for asserts)
+    exc: BaseException = None
+    stdout: str = ""
+    args_after: tuple = ()
+    picture: dict = field(default_factory=dict)   # what is compared
+
+    def __repr__(self):
+        return f"Outcome({self.picture!r})"
+
+
+def _cause_picture(exc):
+    cause = exc.__cause__
+    if cause is None:
+        return None
+    return (_qualname(type(cause)), str(cause))
+
+
+def _is_transport_cause(cause):
+    """A cause the runtime may attach to carry a remote traceback (the
+    ``concurrent.futures`` convention), as opposed to one the user's code chained."""
+    t = type(cause)
+    return "RemoteTraceback" in t.__name__ or t.__module__.split(".")[0] in ("pydron", "concurrent")
+
+
+class DiffTimeout(BaseException):
+    """The scheduled call did not finish within CALL_TIMEOUT seconds."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds):
+    usable = (seconds and hasattr(signal, "SIGALRM")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise DiffTimeout(f"call did not finish within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def run_once(fn, args, kwargs, leading=()):
+    """Call ``fn(*leading, *args, **kwargs)`` with stdout captured. ``args``/``kwargs`` (and
+    ``leading``) must already be private copies; they are pictured after the call."""
+    buf = io.StringIO()
+    value = exc = None
+    kind = "return"
+    with _deadline(CALL_TIMEOUT):
+        with contextlib.redirect_stdout(buf):
+            try:
+                value = fn(*leading, *args, **kwargs)
+            except DiffTimeout:
+                raise
+            except Exception as e:     # noqa: BLE001 - every exception is an outcome
+                kind, exc = "raise", e
+    memo = {}
+    picture = {"args": snapshot((leading, args, kwargs), memo)}
+    if kind == "return":
+        picture["outcome"] = ("return", snapshot(value, memo))
+    else:
+        picture["outcome"] = ("raise", _qualname(type(exc)), str(exc), snapshot(exc.args, {}))
+        picture["cause"] = _cause_picture(exc)
+    picture["stdout"] = buf.getvalue()
+    return Outcome(kind, value, exc, buf.getvalue(), (leading, args, kwargs), picture)
+
+
+def compare_outcomes(plain, sched, label="case"):
+    """Assert that two outcomes agree; the message shows every field that differs."""
+    problems = []
+    for key in ("outcome", "stdout", "args"):
+        if plain.picture.get(key) != sched.picture.get(key):
+            problems.append(f"  {key}:\n    plain:     {plain.picture.get(key)!r}\n"
+                            f"    scheduled: {sched.picture.get(key)!r}")
+    if plain.kind == "raise" and sched.kind == "raise":
+        pc, sc = plain.picture["cause"], sched.picture["cause"]
+        if pc is not None:
+            if pc != sc:
+                problems.append(f"  __cause__:\n    plain:     {pc!r}\n    scheduled: {sc!r}")
+        elif sched.exc.__cause__ is not None and not _is_transport_cause(sched.exc.__cause__):
+            problems.append(f"  __cause__:\n    plain:     None\n    scheduled: {sc!r}")
+        if plain.exc.__suppress_context__ and not sched.exc.__suppress_context__:
+            problems.append("  __suppress_context__ (raise ... from None):\n"
+                            "    plain:     True\n    scheduled: False")
+    if problems:
+        extra = ""
+        if sched.exc is not None and plain.picture["outcome"] != sched.picture["outcome"]:
+            import traceback
+            extra = "\n  scheduled traceback:\n" + "".join(
+                traceback.format_exception(type(sched.exc), sched.exc, sched.exc.__traceback__))
+        raise AssertionError(f"{label}: plain and scheduled runs differ\n"
+                             + "\n".join(problems) + extra)
+
+
+def _split_method(plain):
+    """A bound method becomes (function, (instance,)); anything else (fn, ())."""
+    self = getattr(plain, "__self__", None)
+    func = getattr(plain, "__func__", None)
+    if func is not None and self is not None:
+        return func, (self,)
+    return plain, ()
+
+
+def assert_same(plain, *args, **kwargs):
+    """Run ``plain`` and ``schedule(plain)`` on private deep copies of the arguments and
+    assert identical outcomes, output and argument state. Returns the plain Outcome."""
+    func, leading = _split_method(plain)
+    sched = schedule(func)
+    label = getattr(func, "__qualname__", repr(func))
+    # One deepcopy per run keeps aliasing between arguments (and the instance) intact.
+    p_leading, p_args, p_kwargs = copy.deepcopy((leading, args, kwargs))
+    s_leading, s_args, s_kwargs = copy.deepcopy((leading, args, kwargs))
+    plain_out = run_once(func, p_args, p_kwargs, p_leading)
+    sched_out = run_once(sched, s_args, s_kwargs, s_leading)
+    compare_outcomes(plain_out, sched_out, label)
+    return plain_out
+
+
+def assert_same_factory(make, *args, **kwargs):
+    """``make(deco)`` returns ``fn`` or ``(fn, probe)``: the function with ``deco`` applied
+    where the code under test wants ``@schedule``, and a no-argument ``probe`` that reports
+    outer state (nonlocal cells, globals, class attributes) after the call. ``make`` is
+    called once with ``identity`` right before the plain run and once with ``schedule``
+    right before the scheduled run, so it may reset shared state."""
+    outs = []
+    for deco in (identity, schedule):
+        built = make(deco)
+        fn, probe = built if isinstance(built, tuple) else (built, None)
+        a, k = copy.deepcopy((args, kwargs))
+        out = run_once(fn, a, k)
+        if probe is not None:
+            out.picture["probe"] = snapshot(probe())
+        outs.append(out)
+    compare_outcomes(outs[0], outs[1], getattr(make, "__qualname__", repr(make)))
+    if outs[0].picture.get("probe") != outs[1].picture.get("probe"):
+        raise AssertionError(f"{make.__qualname__}: outer state differs\n"
+                             f"    plain:     {outs[0].picture.get('probe')!r}\n"
+                             f"    scheduled: {outs[1].picture.get('probe')!r}")
+    return outs[0]
+
+
+# --------------------------------------------------------------------------- case tables
+
+class A:
+    """Arguments of one case instance: ``A(1, 2, c=3)``."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __repr__(self):
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        text = ",".join(parts)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+
+class Cases:
+    """A table of (function, arguments) instances for one parametrized test.
+
+    ``cases.add(fn, A(1), A(2, k=3), (4, 5))`` registers two or more instances; a bare
+    tuple is positional arguments. ``cases.params()`` feeds ``pytest.mark.parametrize``.
+    """
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, fn, *instances):
+        if not instances:
+            instances = (A(),)
+        for inst in instances:
+            if not isinstance(inst, A):
+                inst = A(*inst)
+            self.items.append((fn, inst))
+        return fn
+
+    def params(self):
+        import pytest
+        seen = {}
+        out = []
+        for fn, inst in self.items:
+            base = f"{getattr(fn, '__qualname__', fn)}({inst!r})".replace("<locals>.", "")
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.append(pytest.param(fn, inst, id=base if n == 0 else f"{base}#{n}"))
+        return out
+
+    def __len__(self):
+        return len(self.items)
+
+
+def run_case(fn, inst):
+    """Body of a table-driven test: assert_same on one instance."""
+    return assert_same(fn, *inst.args, **inst.kwargs)
