@@ -4,11 +4,28 @@
 function into a dataflow graph whose functional calls run concurrently on a pool of workers,
 while everything else keeps its sequential meaning.
 """
+from pydron.api import PydronWarning, schedule
+from pydron.backend import configure, shutdown
 from pydron.errors import ConfigError, PydronError, TranslationError, WorkerLostError
+from pydron.purity import functional
 
 __version__ = "0.1.0"
 
+
+def explain(func):  # noqa: ANN001,ANN201 - thin re-export, documented in pydron.explain
+    """A readable report of how ``func`` is parallelized (see :mod:`pydron.explain`)."""
+    from pydron.explain import explain as _explain
+    return _explain(func)
+
+
+def graph(func):  # noqa: ANN001,ANN201
+    """``(networkx.DiGraph, dot_text)`` of ``func``'s dataflow graph."""
+    from pydron.explain import graph as _graph
+    return _graph(func)
+
+
 __all__ = [
     "schedule", "functional", "explain", "graph", "configure", "shutdown",
-    "PydronError", "TranslationError", "ConfigError", "WorkerLostError", "__version__",
+    "PydronError", "TranslationError", "ConfigError", "WorkerLostError", "PydronWarning",
+    "__version__",
 ]

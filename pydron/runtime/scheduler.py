@@ -1,0 +1,615 @@
+"""Running a graph template: the ready set, program order, refinement and failures.
+
+One ``Run`` executes one call of a scheduled function on the caller's thread. Values flow
+through ``Slot``s; a node runs once the slots it reads are filled. Each node has a tick, its
+place in sequential execution, and one of three orderings, decided once its inputs are known:
+
+* FREE: reads only immutable values, so no sync point can change what it computes: it runs
+  as soon as its inputs exist (functional calls on numbers and strings, arithmetic ...);
+* ORDERED: reads mutable state, so it waits until every earlier node that may be a sync
+  point has finished;
+* SYNC: a sync point. It waits until every earlier node has finished, and so runs exactly
+  where sequential execution would run it.
+
+``if`` nodes are replaced by the branch taken once their test is known; loops unroll one
+iteration at a time as soon as the next item is known, at most ``window`` iterations ahead
+of the oldest unfinished one. When a node fails, nodes later in program order are dropped,
+earlier ones still finish, and the earliest failure is raised.
+"""
+from __future__ import annotations
+
+import queue
+import types
+from collections import deque
+from heapq import heappop, heappush
+from typing import Any, Callable, Optional
+
+from pydron import purity
+from pydron.dataflow.template import (RETURN_FLAG, RETURN_VALUE, UNBOUND, Block, CallStep,
+                                      IfStep, LoopStep, NativeStep, ReturnSignal, Template)
+
+FREE, ORDERED, SYNC = 0, 1, 2
+
+_PENDING = object()
+
+_BUILTIN_VALUES = frozenset({str, bytes, int, float, complex, bool, list, dict, set,
+                             frozenset, tuple, range, type(None), bytearray})
+# Iterables whose iter() runs no user code.
+_PLAIN_ITERABLES = frozenset({list, tuple, dict, set, frozenset, str, bytes, bytearray,
+                              range, enumerate, zip, reversed, types.GeneratorType,
+                              type({}.keys()), type({}.values()), type({}.items()),
+                              type(iter([])), type(iter(())), type(iter(range(0)))})
+
+
+class Slot:
+    """One value of one variable: filled once, read by the nodes waiting on it."""
+
+    __slots__ = ("value", "waiters")
+
+    def __init__(self, value: Any = _PENDING) -> None:
+        self.value = value
+        self.waiters: Optional[list[Any]] = None
+
+
+class Frame:
+    """The nodes of one loop iteration (or of the whole run), counted to bound unrolling."""
+
+    __slots__ = ("count", "parent", "loop")
+
+    def __init__(self, parent: Optional["Frame"], loop: Optional["LoopRun"]) -> None:
+        self.count = 0
+        self.parent = parent
+        self.loop = loop
+
+
+class Node:
+    """A step instantiated at one tick."""
+
+    __slots__ = ("tick", "step", "ins", "outs", "carry", "npend", "frame", "maysync", "done",
+                 "kind", "callee")
+
+    def __lt__(self, other: "Node") -> bool:      # never needed: ticks are unique
+        return id(self) < id(other)
+
+
+class LoopRun:
+    """The state of one loop being unrolled."""
+
+    __slots__ = ("step", "it", "env", "outs", "k", "live", "parked", "tick", "frame",
+                 "fetch", "maysync")
+
+
+class _Decide:
+    """Marks the node that tests a while loop's condition (its ``step``)."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: LoopRun) -> None:
+        self.loop = loop
+
+
+class Run:
+    """Executes one call of a translated function."""
+
+    def __init__(self, template: Template, pool: Any, window: int,
+                 cells: dict[str, types.CellType]) -> None:
+        self.template = template
+        self.pool = pool
+        self.window = window
+        self.cells = cells
+        self.bound: dict[int, Callable[..., Any]] = {}
+        self.ready: deque[Node] = deque()
+        self.unfinished: list[tuple[tuple[int, ...], Node]] = []
+        self.maysync: list[tuple[tuple[int, ...], Node]] = []
+        self.wait_sync: list[tuple[tuple[int, ...], Node]] = []
+        self.wait_ordered: list[tuple[tuple[int, ...], Node]] = []
+        self.inflight: dict[Node, Any] = {}
+        self.completions: queue.SimpleQueue = queue.SimpleQueue()
+        self.fail_tick: Optional[tuple[int, ...]] = None
+        self.fail_exc: Optional[BaseException] = None
+        self.root = Frame(None, None)
+
+    # -- building --------------------------------------------------------------------------
+    def instantiate(self, block: Block, base: tuple[int, ...], env: dict[str, Slot],
+                    frame: Frame, offset: int = 0) -> None:
+        for j, step in enumerate(block.steps, offset):
+            self.create(step, base + (j,), env, frame)
+
+    def create(self, step: Any, tick: tuple[int, ...], env: dict[str, Slot],
+               frame: Frame) -> Node:
+        node = Node()
+        node.tick = tick
+        node.step = step
+        node.frame = frame
+        node.done = False
+        node.kind = -1
+        frame.count += 1
+        get = env.get
+        ins = [get(v, _UNBOUND_SLOT) for v in step.reads]
+        node.ins = ins
+        node.carry = [get(v, _UNBOUND_SLOT) for v in step.carry] if step.carry else None
+        outs = []
+        for v in step.writes:
+            slot = Slot()
+            env[v] = slot
+            outs.append(slot)
+        node.outs = outs
+        self._wire(node, ins, step.may_sync)
+        return node
+
+    def _wire(self, node: Node, ins: list[Slot], may_sync: bool) -> None:
+        pending = 0
+        for slot in ins:
+            if slot.value is _PENDING:
+                if slot.waiters is None:
+                    slot.waiters = [node]
+                else:
+                    slot.waiters.append(node)
+                pending += 1
+        node.npend = pending
+        heappush(self.unfinished, (node.tick, node))
+        node.maysync = may_sync
+        if may_sync:
+            heappush(self.maysync, (node.tick, node))
+        if not pending:
+            self.ready.append(node)
+
+    def resolve(self, slot: Slot, value: Any) -> None:
+        slot.value = value
+        waiters = slot.waiters
+        if waiters:
+            slot.waiters = None
+            ready = self.ready
+            for w in waiters:
+                if type(w) is Slot:
+                    self.resolve(w, value)
+                else:
+                    w.npend -= 1
+                    if not w.npend:
+                        ready.append(w)
+
+    def forward(self, src: Slot, dst: Slot) -> None:
+        if src.value is _PENDING:
+            if src.waiters is None:
+                src.waiters = [dst]
+            else:
+                src.waiters.append(dst)
+        else:
+            self.resolve(dst, src.value)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def execute(self) -> None:
+        """Run until every node before the earliest failure is done."""
+        ready = self.ready
+        completions = self.completions
+        try:
+            while True:
+                while ready:
+                    self.consider(ready.popleft())
+                if not self.inflight:
+                    break
+                try:
+                    item = completions.get(timeout=0.5) if not ready else completions.get_nowait()
+                except queue.Empty:
+                    continue
+                self.complete(*item)
+                while True:
+                    try:
+                        item = completions.get_nowait()
+                    except queue.Empty:
+                        break
+                    self.complete(*item)
+        except BaseException:
+            self.cancel_all()
+            raise
+        if self.fail_exc is None:
+            self._check_finished()
+
+    def _check_finished(self) -> None:
+        stuck = [n for _, n in self.unfinished if not n.done]
+        if stuck:
+            first = min(stuck, key=lambda n: n.tick)
+            raise RuntimeError(
+                f"pydron internal error: {len(stuck)} steps of {self.template.name} never "
+                f"ran (first: line {getattr(first.step, 'lineno', '?')}, "
+                f"{type(first.step).__name__}); please report this")
+
+    def cancel_all(self) -> None:
+        for node, handle in list(self.inflight.items()):
+            try:
+                self.pool.cancel(handle)
+            except Exception:
+                pass
+        self.inflight.clear()
+
+    def complete(self, node: Node, ok: bool, value: Any) -> None:
+        if node not in self.inflight:
+            return                     # cancelled, or dropped after an earlier failure
+        del self.inflight[node]
+        if ok:
+            for slot in node.outs:
+                self.resolve(slot, value)
+            self.finish(node)
+        else:
+            self.fail(node, value)
+
+    def on_done(self, node: Node) -> Callable[[bool, Any], None]:
+        put = self.completions.put
+        return lambda ok, value: put((node, ok, value))
+
+    # -- ordering ------------------------------------------------------------------------------
+    def consider(self, node: Node) -> None:
+        """A node whose inputs are all there: run it now or queue it for its turn."""
+        if node.done:
+            return
+        if self.fail_tick is not None and node.tick > self.fail_tick:
+            node.done = True          # after the failure in program order: never runs
+            return
+        kind = self.classify(node)
+        node.kind = kind
+        if kind == FREE:
+            if node.maysync:
+                node.maysync = False
+            self.run(node)
+        elif kind == ORDERED:
+            if node.maysync:
+                node.maysync = False
+            if self._no_earlier_sync(node.tick):
+                self.run(node)
+            else:
+                heappush(self.wait_ordered, (node.tick, node))
+        else:
+            if self._is_first(node):
+                self.run(node)
+            else:
+                heappush(self.wait_sync, (node.tick, node))
+
+    def _no_earlier_sync(self, tick: tuple[int, ...]) -> bool:
+        heap = self.maysync
+        while heap and (heap[0][1].done or not heap[0][1].maysync):
+            heappop(heap)
+        return not heap or heap[0][0] >= tick
+
+    def _is_first(self, node: Node) -> bool:
+        heap = self.unfinished
+        while heap[0][1].done:
+            heappop(heap)
+        return heap[0][1] is node
+
+    def recheck(self) -> None:
+        """Something finished: queued nodes may have become first in line."""
+        waiting = self.wait_sync
+        while waiting:
+            node = waiting[0][1]
+            if node.done:
+                heappop(waiting)
+            elif self._is_first(node):
+                heappop(waiting)
+                self.run(node)
+            else:
+                break
+        waiting = self.wait_ordered
+        while waiting:
+            tick, node = waiting[0]
+            if node.done:
+                heappop(waiting)
+            elif self._no_earlier_sync(tick):
+                heappop(waiting)
+                self.run(node)
+            else:
+                break
+
+    def finish(self, node: Node) -> None:
+        node.done = True
+        heap = self.unfinished
+        while heap and heap[0][1].done:      # keep the heap as small as the work in flight
+            heappop(heap)
+        frame = node.frame
+        frame.count -= 1
+        while not frame.count and frame.loop is not None:
+            loop = frame.loop
+            loop.live -= 1
+            parked = loop.parked
+            if parked is not None and loop.live < self.window:
+                loop.parked = None
+                self.ready.append(parked)
+            frame = frame.parent
+            frame.count -= 1
+        if self.wait_sync or self.wait_ordered:
+            self.recheck()
+
+    def fail(self, node: Node, exc: BaseException) -> None:
+        if self.fail_tick is None or node.tick < self.fail_tick:
+            self.fail_tick = node.tick
+            self.fail_exc = exc
+            for other, handle in list(self.inflight.items()):
+                if other.tick > node.tick:
+                    del self.inflight[other]
+                    other.done = True
+                    try:
+                        self.pool.cancel(handle)
+                    except Exception:
+                        pass
+        self.finish(node)
+
+    # -- classification --------------------------------------------------------------------------
+    def classify(self, node: Node) -> int:
+        step = node.step
+        t = type(step)
+        if t is NativeStep:
+            if step.sync_reasons:
+                return SYNC
+            ins = node.ins
+            for i in step.receiver_checks:
+                if type(ins[i].value) not in _BUILTIN_VALUES:
+                    return SYNC
+            for i in step.inplace_checks:
+                if not purity.is_immutable(ins[i].value):
+                    return SYNC
+            if step.shared_read:
+                return ORDERED
+            return FREE if purity.all_immutable([s.value for s in ins]) else ORDERED
+        if t is CallStep:
+            values = [s.value for s in node.ins]
+            if step.callee is not None:
+                callee = step.callee
+                kind = purity.DISPATCH
+            else:
+                callee = values.pop(0)
+                kind = purity.call_kind(callee)
+            node.callee = (callee, kind, values)
+            if kind == purity.SYNC:
+                return SYNC
+            return FREE if purity.all_immutable(values) else ORDERED
+        if t is LoopRun:
+            if step.step.kind == "while" or step.fetch == 2:
+                return FREE
+            if step.fetch == 0:
+                return SYNC
+            return FREE if step.step.iter_private else ORDERED
+        if t is LoopStep:
+            if step.kind == "while":
+                return FREE
+            value = node.ins[0].value
+            if type(value) not in _PLAIN_ITERABLES:
+                return SYNC
+            return FREE if purity.is_immutable(value) else ORDERED
+        # IfStep and while tests: evaluating truth may call __bool__ on a user object.
+        return FREE if purity.all_immutable([s.value for s in node.ins]) else ORDERED
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, node: Node) -> None:
+        step = node.step
+        t = type(step)
+        if t is NativeStep:
+            self.run_native(node, step)
+        elif t is CallStep:
+            self.run_call(node)
+        elif t is LoopRun:
+            self.run_continuation(node, step)
+        elif t is IfStep:
+            self.run_if(node, step)
+        elif t is LoopStep:
+            self.run_loop(node, step)
+        else:
+            self.run_decide(node, step.loop)
+
+    def run_native(self, node: Node, step: NativeStep) -> None:
+        fn = step.fn
+        if step.needs_cells:
+            fn = self.bound.get(id(step))
+            if fn is None:
+                from pydron.translation.codegen import bind_cells
+                fn = self.bound[id(step)] = bind_cells(step.fn, self.cells)
+        try:
+            result = fn(*[s.value for s in node.ins])
+        except Exception as exc:
+            self.fail(node, exc)
+            return
+        outs = node.outs
+        if step.returns:
+            if type(result) is ReturnSignal:
+                for slot in outs[:-2]:
+                    self.resolve(slot, UNBOUND)
+                self.resolve(outs[-2], True)
+                self.resolve(outs[-1], result.value)
+            else:
+                for slot, value in zip(outs, result):
+                    self.resolve(slot, value)
+                self.resolve(outs[-2], False)
+                self.resolve(outs[-1], None)
+        else:
+            for slot, value in zip(outs, result):
+                self.resolve(slot, value)
+        self.finish(node)
+
+    def run_call(self, node: Node) -> None:
+        callee, kind, values = node.callee
+        node.callee = None
+        build = node.step.build_args
+        try:
+            if build is None:
+                args, kwargs = tuple(values), {}
+            else:
+                args, kwargs = build(*values)
+            if kind == purity.DISPATCH:
+                self.inflight[node] = None
+                handle = self.pool.submit(callee, args, kwargs, self.on_done(node))
+                if node in self.inflight:
+                    self.inflight[node] = handle
+                return
+            result = callee(*args, **kwargs)
+        except Exception as exc:
+            self.inflight.pop(node, None)
+            self.fail(node, exc)
+            return
+        for slot in node.outs:
+            self.resolve(slot, result)
+        self.finish(node)
+
+    def run_if(self, node: Node, step: IfStep) -> None:
+        values = [s.value for s in node.ins]
+        try:
+            truth = bool(values[0] if step.test is None else step.test(*values))
+        except Exception as exc:
+            self.fail(node, exc)
+            return
+        env = dict(zip(step.carry, node.carry))
+        self.instantiate(step.body if truth else step.orelse, node.tick, env, node.frame)
+        for var, out in zip(step.writes, node.outs):
+            self.forward(env.get(var, _UNBOUND_SLOT), out)
+        self.finish(node)
+
+    def run_loop(self, node: Node, step: LoopStep) -> None:
+        loop = LoopRun()
+        loop.step = step
+        loop.it = None
+        loop.fetch = 2
+        if step.kind == "for":
+            try:
+                loop.it = iter(node.ins[0].value)
+            except Exception as exc:
+                self.fail(node, exc)
+                return
+            loop.fetch = purity.iterator_kind(loop.it)
+        loop.env = dict(zip(step.carry, node.carry))
+        loop.outs = node.outs
+        loop.k = 0
+        loop.live = 0
+        loop.parked = None
+        loop.tick = node.tick
+        loop.frame = node.frame
+        loop.maysync = step.may_sync or loop.fetch == 0
+        self._continuation(loop, [])
+        self.finish(node)
+
+    def _continuation(self, loop: LoopRun, ins: list[Slot]) -> None:
+        node = Node()
+        node.tick = loop.tick + (loop.k,)
+        node.step = loop
+        node.frame = loop.frame
+        node.done = False
+        node.kind = -1
+        node.ins = ins
+        node.outs = ()
+        node.carry = None
+        loop.frame.count += 1
+        self._wire(node, ins, loop.maysync)
+
+    def run_continuation(self, node: Node, loop: LoopRun) -> None:
+        for slot in node.ins:
+            if slot.value is True:
+                self.end_loop(node, loop, normal=False)
+                return
+        if loop.live >= self.window:
+            loop.parked = node       # resumed by finish() when an iteration completes
+            return
+        step = loop.step
+        frame = Frame(loop.frame, loop)
+        loop.frame.count += 1
+        loop.live += 1
+        env = loop.env
+        if step.break_var:
+            env[step.break_var] = _FALSE_SLOT
+        if step.continue_var:
+            env[step.continue_var] = _FALSE_SLOT
+        if step.kind == "for":
+            try:
+                item = next(loop.it)
+            except StopIteration:
+                self._unframe(frame)
+                self.end_loop(node, loop, normal=True)
+                return
+            except Exception as exc:
+                self._unframe(frame)
+                self.fail(node, exc)
+                return
+            env[step.item] = Slot(item)
+            self.instantiate(step.body, node.tick, env, frame)
+            self._next(loop, env)
+        else:
+            self.instantiate(step.test_block, node.tick, env, frame)
+            decide = Node()
+            decide.tick = node.tick + (len(step.test_block.steps),)
+            decide.step = _Decide(loop)
+            decide.frame = frame
+            decide.done = False
+            decide.kind = -1
+            decide.ins = [env.get(v, _UNBOUND_SLOT) for v in step.test_reads]
+            decide.outs = ()
+            decide.carry = None
+            frame.count += 1
+            self._wire(decide, decide.ins, False)
+        self.finish(node)
+
+    def _unframe(self, frame: Frame) -> None:
+        frame.loop.live -= 1
+        frame.parent.count -= 1
+
+    def _next(self, loop: LoopRun, env: dict[str, Slot]) -> None:
+        step = loop.step
+        loop.k += 1
+        ins = []
+        if step.break_var:
+            ins.append(env[step.break_var])
+        if step.returns:
+            ins.append(env.get(RETURN_FLAG, _FALSE_SLOT))
+        self._continuation(loop, ins)
+
+    def run_decide(self, node: Node, loop: LoopRun) -> None:
+        try:
+            truth = bool(node.ins[0].value)
+        except Exception as exc:
+            self.fail(node, exc)
+            return
+        step = loop.step
+        if truth:
+            self.instantiate(step.body, node.tick[:-1], loop.env, node.frame,
+                             offset=node.tick[-1] + 1)
+            self._next(loop, loop.env)
+        else:
+            self.end_loop(node, loop, normal=True)
+            return
+        self.finish(node)
+
+    def end_loop(self, node: Node, loop: LoopRun, normal: bool) -> None:
+        step = loop.step
+        env = loop.env
+        if normal and step.orelse.steps:
+            self.instantiate(step.orelse, node.tick, env, loop.frame)
+        for var, out in zip(step.writes, loop.outs):
+            self.forward(env.get(var, _UNBOUND_SLOT), out)
+        self.finish(node)
+
+
+_UNBOUND_SLOT = Slot(UNBOUND)
+_FALSE_SLOT = Slot(False)
+
+
+def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
+            kwargs: dict[str, Any], pool: Any, window: int) -> Any:
+    """Call the translated ``func`` with ``args``: its result, or its exception."""
+    values = template.binder(*args, **kwargs)
+    cells: dict[str, types.CellType] = {}
+    if func.__closure__:
+        cells.update(zip(func.__code__.co_freevars, func.__closure__))
+    for name in template.cells:
+        cells[name] = types.CellType()
+    env: dict[str, Slot] = {}
+    for name, value in zip(template.params, values):
+        if name in template.cells:
+            cells[name].cell_contents = value
+        else:
+            env[name] = Slot(value)
+    env[RETURN_FLAG] = _FALSE_SLOT
+    env[RETURN_VALUE] = Slot(None)
+    run = Run(template, pool, window, cells)
+    run.instantiate(template.block, (), env, run.root)
+    run.execute()
+    if run.fail_exc is not None:
+        exc = run.fail_exc
+        run.fail_exc = None
+        raise exc.with_traceback(exc.__traceback__)
+    if env[RETURN_FLAG].value is True:
+        return env[RETURN_VALUE].value
+    return None

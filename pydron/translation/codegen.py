@@ -1,0 +1,236 @@
+"""Turning groups of statements into Python functions the runtime can call.
+
+Each plain-code step becomes ``def step(<reads>): <statements>; return (<writes>)``,
+compiled from the user's own AST nodes so that tracebacks show the user's file and lines.
+All functions of one template are compiled together, nested in a factory function that
+declares the variables living in cells; functions that use them are re-bound to each
+run's own cells.
+"""
+from __future__ import annotations
+
+import ast
+import types
+from typing import Any, Callable, Optional
+
+from pydron.dataflow.template import UNBOUND, ReturnSignal
+
+_SCOPES = (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _name(n: str, ctx: ast.expr_context | None = None) -> ast.Name:
+    return ast.Name(id=n, ctx=ctx or ast.Load())
+
+
+def _args(names: list[str], defaults: dict[str, str]) -> ast.arguments:
+    params = [ast.arg(arg=n) for n in names] + [ast.arg(arg=n) for n in defaults]
+    return ast.arguments(posonlyargs=[], args=params, vararg=None, kwonlyargs=[],
+                         kw_defaults=[], kwarg=None,
+                         defaults=[_name(v) for v in defaults.values()])
+
+
+class _ControlRewriter(ast.NodeTransformer):
+    """``return v`` -> ``return _R(v)``; a break/continue of a graph loop -> set its flag."""
+
+    def __init__(self, break_var: Optional[str], continue_var: Optional[str]) -> None:
+        self.break_var = break_var
+        self.continue_var = continue_var
+        self.depth = 0
+        self.exits = False
+
+    def _skip(self, node: ast.AST) -> ast.AST:
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = _skip
+
+    def _loop(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, ast.While):
+            node.test = self.visit(node.test)
+        else:
+            node.iter = self.visit(node.iter)
+        self.depth += 1
+        node.body = self._stmts(node.body)
+        self.depth -= 1
+        node.orelse = self._stmts(node.orelse)
+        return node
+
+    visit_For = visit_While = visit_AsyncFor = _loop
+
+    def _stmts(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for s in stmts:
+            new = self.visit(s)
+            out.extend(new if isinstance(new, list) else [new])
+        return out
+
+    def visit_Return(self, node: ast.Return) -> ast.stmt:
+        value = node.value if node.value is not None else ast.Constant(None)
+        new = ast.Return(value=ast.Call(func=_name("_pd_R"), args=[value], keywords=[]))
+        return ast.copy_location(new, node)
+
+    def _signal(self, node: ast.stmt, var: Optional[str]) -> Any:
+        if self.depth or var is None:
+            return node
+        self.exits = True
+        flag = ast.Assign(targets=[_name(var, ast.Store())], value=ast.Constant(True))
+        return [ast.copy_location(flag, node), ast.copy_location(ast.Break(), node)]
+
+    def visit_Break(self, node: ast.Break) -> Any:
+        return self._signal(node, self.break_var)
+
+    def visit_Continue(self, node: ast.Continue) -> Any:
+        return self._signal(node, self.continue_var)
+
+
+class Compiler:
+    """Collects the functions of one template and compiles them in one go."""
+
+    def __init__(self, name: str, filename: str, globals_: dict[str, Any],
+                 closure_names: tuple[str, ...]) -> None:
+        self.name = name
+        self.filename = filename
+        self.globals = globals_
+        self.closure_names = closure_names
+        self.defs: list[ast.FunctionDef] = []
+
+    def add_native(self, stmts: list[ast.stmt], reads: tuple[str, ...],
+                   writes: tuple[str, ...], assigned: frozenset[str],
+                   globals_written: frozenset[str], cells_written: frozenset[str],
+                   break_var: Optional[str], continue_var: Optional[str]) -> int:
+        """Compile statements into ``f(*reads) -> tuple(writes) | ReturnSignal``."""
+        rewriter = _ControlRewriter(break_var, continue_var)
+        body = rewriter._stmts([_copy(s) for s in stmts])
+        first = stmts[0]
+        code: list[ast.stmt] = []
+        if globals_written:
+            code.append(ast.Global(names=sorted(globals_written)))
+        if cells_written:
+            code.append(ast.Nonlocal(names=sorted(cells_written)))
+        for r in reads:
+            if not r.startswith("_pd_t"):
+                code.append(ast.If(
+                    test=ast.Compare(left=_name(r), ops=[ast.Is()], comparators=[_name("_pd_U")]),
+                    body=[ast.Delete(targets=[_name(r, ast.Del())])], orelse=[]))
+        if rewriter.exits:
+            for var in (break_var, continue_var):
+                if var is not None and var in writes:
+                    code.append(ast.Assign(targets=[_name(var, ast.Store())],
+                                           value=ast.Constant(False)))
+            body = [ast.While(test=ast.Constant(True), body=body + [ast.Break()], orelse=[])]
+        code.extend(body)
+        results: list[ast.expr] = []
+        for i, w in enumerate(writes):
+            if w in assigned:
+                results.append(_name(w))
+                continue
+            tmp = f"_pd_o{i}"
+            code.append(ast.Try(
+                body=[ast.Assign(targets=[_name(tmp, ast.Store())], value=_name(w))],
+                handlers=[ast.ExceptHandler(type=_name("NameError"), name=None, body=[
+                    ast.Assign(targets=[_name(tmp, ast.Store())], value=_name("_pd_U"))])],
+                orelse=[], finalbody=[]))
+            results.append(_name(tmp))
+        code.append(ast.Return(value=ast.Tuple(elts=results, ctx=ast.Load())))
+        return self._add(code, list(reads), first)
+
+    def add_expression(self, expr: ast.expr, params: tuple[str, ...],
+                       where: ast.AST) -> int:
+        """Compile ``lambda *params: expr`` (tests of guards, argument builders)."""
+        return self._add([ast.Return(value=_copy(expr))], list(params), where)
+
+    def _add(self, body: list[ast.stmt], params: list[str], where: ast.AST) -> int:
+        fdef = ast.FunctionDef(name=self.name, args=_args(params, {"_pd_U": "_pd_U", "_pd_R": "_pd_R"}),
+                               body=body, decorator_list=[], returns=None, type_comment=None)
+        ast.copy_location(fdef, where)
+        self.defs.append(fdef)
+        return len(self.defs) - 1
+
+    def compile(self) -> list[Callable[..., Any]]:
+        """Compile every collected function; returns them in the order they were added."""
+        if not self.defs:
+            return []
+        body: list[ast.stmt] = [ast.Assign(targets=[_name(n, ast.Store())],
+                                           value=ast.Constant(None))
+                                for n in self.closure_names]
+        body.append(ast.Assign(targets=[_name("_pd_fns", ast.Store())],
+                               value=ast.List(elts=[], ctx=ast.Load())))
+        for fdef in self.defs:
+            body.append(fdef)
+            body.append(ast.Expr(ast.Call(
+                func=ast.Attribute(value=_name("_pd_fns"), attr="append", ctx=ast.Load()),
+                args=[_name(fdef.name)], keywords=[])))
+        body.append(ast.Return(value=_name("_pd_fns")))
+        factory = ast.FunctionDef(name="_pd_factory", args=_args(["_pd_U", "_pd_R"], {}),
+                                  body=body, decorator_list=[], returns=None,
+                                  type_comment=None)
+        factory.lineno = factory.end_lineno = self.defs[0].lineno
+        factory.col_offset = factory.end_col_offset = 0
+        module = ast.Module(body=[factory], type_ignores=[])
+        sanitize_locations(module)
+        code = compile(module, self.filename, "exec", dont_inherit=True)
+        namespace: dict[str, Any] = {}
+        exec(code, self.globals, namespace)
+        return namespace["_pd_factory"](UNBOUND, ReturnSignal)
+
+
+def sanitize_locations(root: ast.AST) -> None:
+    """Give every node a position, inherited from its parent where it has none, and make
+    each range well-formed: synthesized nodes sit on the line of the code they stand for."""
+    todo: list[tuple[ast.AST, tuple[int, int]]] = [(root, (1, 0))]
+    while todo:
+        node, (line, col) = todo.pop()
+        if "lineno" in node._attributes:
+            if getattr(node, "lineno", None) is None:
+                node.lineno, node.col_offset = line, col
+            if getattr(node, "col_offset", None) is None:
+                node.col_offset = col
+            end = getattr(node, "end_lineno", None)
+            if end is None or end < node.lineno:
+                node.end_lineno = node.lineno
+                node.end_col_offset = node.col_offset
+            elif end == node.lineno and (getattr(node, "end_col_offset", None) is None
+                                         or node.end_col_offset < node.col_offset):
+                node.end_col_offset = node.col_offset
+            line, col = node.lineno, node.col_offset
+        for child in ast.iter_child_nodes(node):
+            todo.append((child, (line, col)))
+
+
+def bind_cells(fn: Callable[..., Any], cells: dict[str, types.CellType]) -> Callable[..., Any]:
+    """A copy of ``fn`` whose free variables are this run's cells."""
+    code = fn.__code__
+    closure = tuple(cells[n] for n in code.co_freevars)
+    new = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, closure)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    return new
+
+
+def make_binder(fdef: ast.FunctionDef, func: Callable[..., Any],
+                params: tuple[str, ...]) -> Callable[..., tuple[Any, ...]]:
+    """A function with ``func``'s signature that returns its parameters' values.
+
+    Calling it raises exactly the TypeError the real function would for bad arguments.
+    """
+    args = _copy(fdef.args)
+    for a in ast.walk(args):
+        if isinstance(a, ast.arg):
+            a.annotation = None
+    args.defaults = [ast.Constant(None) for _ in args.defaults]
+    args.kw_defaults = [None if d is None else ast.Constant(None) for d in args.kw_defaults]
+    binder = ast.FunctionDef(name=fdef.name, args=args,
+                             body=[ast.Return(value=ast.Tuple(elts=[_name(p) for p in params],
+                                                              ctx=ast.Load()))],
+                             decorator_list=[], returns=None, type_comment=None)
+    module = ast.Module(body=[binder], type_ignores=[])
+    sanitize_locations(module)
+    code = compile(module, "<pydron binder>", "exec", dont_inherit=True)
+    fcode = next(c for c in code.co_consts if isinstance(c, types.CodeType))
+    if hasattr(fcode, "co_qualname"):
+        fcode = fcode.replace(co_qualname=func.__qualname__)
+    fn = types.FunctionType(fcode, {}, fdef.name, func.__defaults__)
+    fn.__kwdefaults__ = func.__kwdefaults__
+    return fn
+
+
+def _copy(node: Any) -> Any:
+    import copy
+    return copy.deepcopy(node)

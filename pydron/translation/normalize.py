@@ -1,0 +1,475 @@
+"""Normalizing a function body so that its dispatch sites stand alone.
+
+After this pass every call that may run on a worker is the whole right-hand side of an
+assignment to a name (or a whole expression statement), with names and constants as
+arguments, so ``g(f(a), f(b))`` exposes two independent calls. Operands evaluated before a
+call are moved into temporaries ahead of it, so the evaluation order stays Python's.
+Short-circuit operators and conditional expressions become ``if`` statements; list, set and
+dict comprehensions (and generator expressions handed to ``sum``, ``list`` ... ) become
+loops that fill a fresh accumulator. A construct this pass does not handle is left as it
+is: its calls then simply run in program order, which is slower but never wrong.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+from typing import Optional
+
+from pydron.translation.sites import SiteFinder
+
+_SCOPE_NODES = (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_OPAQUE_STMTS = (ast.Try, ast.With, ast.AsyncWith, ast.AsyncFor, ast.Match, ast.ClassDef,
+                 ast.FunctionDef, ast.AsyncFunctionDef, ast.Global, ast.Nonlocal)
+if hasattr(ast, "TryStar"):
+    _OPAQUE_STMTS = _OPAQUE_STMTS + (ast.TryStar,)
+_COMPS = (ast.ListComp, ast.SetComp, ast.DictComp)
+
+
+class _Fallback(Exception):
+    """This expression is not lowered; its statement stays plain code."""
+
+
+class Normalizer:
+    """Rewrites statements; records which calls are dispatch sites in ``tags``."""
+
+    def __init__(self, finder: SiteFinder) -> None:
+        self.finder = finder
+        self.tags: dict[int, tuple[str, object]] = {}
+        self.while_pre: dict[int, list[ast.stmt]] = {}
+        self._counter = 0
+        self._memo: dict[int, bool] = {}
+        self._unstable: frozenset[str] = frozenset()
+
+    def tmp(self, kind: str = "t") -> str:
+        self._counter += 1
+        return f"_pd_{kind}{self._counter}"
+
+    # -- finding sites -----------------------------------------------------------------
+    def has_site(self, node: ast.AST) -> bool:
+        """Does evaluating ``node`` (not the bodies of nested scopes) call a dispatch site?"""
+        key = id(node)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._scan(node)
+        return hit
+
+    def _scan(self, node: ast.AST) -> bool:
+        if isinstance(node, _SCOPE_NODES) or isinstance(node, _OPAQUE_STMTS):
+            return False
+        if isinstance(node, ast.GeneratorExp):
+            # Lazily consumed: its calls happen whenever its consumer pulls. Only an eager
+            # consumer (see Call below) lets us look inside.
+            return self.has_site(node.generators[0].iter)
+        if isinstance(node, ast.Call):
+            if id(node) in self.tags or self.finder.site(node) is not None:
+                return True
+            if self.finder.eager_consumer(node):
+                gen = node.args[0]
+                if any(self._scan_comp_part(p) for p in _comp_parts(gen)):
+                    return True
+        return any(self.has_site(child) for child in ast.iter_child_nodes(node))
+
+    def _scan_comp_part(self, node: ast.AST) -> bool:
+        return self.has_site(node)
+
+    # -- statements ----------------------------------------------------------------------
+    def body(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for s in stmts:
+            out.extend(self.stmt(s))
+        return out
+
+    def stmt(self, s: ast.stmt) -> list[ast.stmt]:
+        if not self.has_site(s):
+            return [s]
+        saved = self._counter
+        self._unstable = frozenset(n.target.id for n in ast.walk(s)
+                                   if isinstance(n, ast.NamedExpr))
+        try:
+            result = self._stmt(s)
+        except _Fallback:
+            self._counter = saved
+            return [s]
+        for new in result:
+            _locate(new, s)
+        return result
+
+    def _stmt(self, s: ast.stmt) -> list[ast.stmt]:
+        if isinstance(s, ast.Expr):
+            pre, value = self.expr(s.value, top=True)
+            return pre + [ast.Expr(value=value)]
+        if isinstance(s, ast.Assign):
+            if any(self.has_site(t) for t in s.targets):
+                raise _Fallback
+            comp = self._comp_into_target(s)
+            if comp is not None:
+                return comp
+            single = (len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+                      and self.finder.scopes.is_slot_local(s.targets[0].id)) \
+                or (len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+                    and s.targets[0].id.startswith("_pd_"))
+            pre, value = self.expr(s.value, top=single)
+            return pre + [ast.Assign(targets=s.targets, value=value)]
+        if isinstance(s, ast.AnnAssign):
+            if s.value is None or self.has_site(s.target):
+                raise _Fallback
+            return self._stmt(ast.Assign(targets=[s.target], value=s.value))
+        if isinstance(s, ast.AugAssign):
+            if self.has_site(s.target):
+                raise _Fallback
+            if not isinstance(s.target, ast.Name) and not self._all_static(s.value):
+                raise _Fallback
+            pre, value = self.expr(s.value)
+            return pre + [ast.AugAssign(target=s.target, op=s.op, value=value)]
+        if isinstance(s, ast.Return):
+            pre, value = self.expr(s.value)
+            return pre + [ast.Return(value=value)]
+        if isinstance(s, ast.If):
+            pre, test = self.expr(s.test)
+            return pre + [ast.If(test=test, body=self.body(s.body) or [ast.Pass()],
+                                 orelse=self.body(s.orelse))]
+        if isinstance(s, ast.For):
+            if self.has_site(s.target):
+                raise _Fallback
+            pre, it = self.expr(s.iter, simple=True)
+            return pre + [ast.For(target=s.target, iter=it, body=self.body(s.body),
+                                  orelse=self.body(s.orelse), type_comment=None)]
+        if isinstance(s, ast.While):
+            pre, test = self.expr(s.test)
+            loop = ast.While(test=test, body=self.body(s.body), orelse=self.body(s.orelse))
+            self.while_pre[id(loop)] = pre
+            return [loop]
+        if isinstance(s, ast.Assert):
+            if s.msg is not None and self.has_site(s.msg):
+                raise _Fallback
+            pre, test = self.expr(s.test)
+            return pre + [ast.Assert(test=test, msg=s.msg)]
+        if isinstance(s, ast.Raise):
+            pre, exc = self.expr(s.exc) if s.exc is not None else ([], None)
+            pre2, cause = self.expr(s.cause) if s.cause is not None else ([], None)
+            if pre2 and exc is not None and not self._stable(exc):
+                t = self.tmp()
+                pre.append(_assign(t, exc))
+                exc = _name(t)
+            return pre + pre2 + [ast.Raise(exc=exc, cause=cause)]
+        if isinstance(s, ast.Delete):
+            raise _Fallback
+        raise _Fallback
+
+    def _comp_into_target(self, s: ast.Assign) -> Optional[list[ast.stmt]]:
+        """``ys = [f(x) for x in xs]`` fills ``ys`` directly when that cannot be observed."""
+        if len(s.targets) != 1 or not isinstance(s.targets[0], ast.Name):
+            return None
+        name = s.targets[0].id
+        if not isinstance(s.value, _COMPS) or not self.finder.scopes.is_slot_local(name):
+            return None
+        if any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(s.value)):
+            return None
+        pre, _ = self._lower_comp(s.value, acc=name)
+        return pre
+
+    # -- expressions ---------------------------------------------------------------------
+    def expr(self, e: ast.expr, top: bool = False, simple: bool = False
+             ) -> tuple[list[ast.stmt], ast.expr]:
+        """Lower ``e``: statements to run first, and what is left of the expression.
+
+        ``top``: a dispatch call may be returned as is (it is a whole statement's value).
+        ``simple``: the result must be a name or a constant.
+        """
+        if not self.has_site(e):
+            if simple and not self._stable(e):
+                t = self.tmp()
+                return [_assign(t, e)], _name(t)
+            return [], e
+        pre, out = self._expr(e, top)
+        if simple and not self._stable(out):
+            t = self.tmp()
+            pre.append(_assign(t, out))
+            out = _name(t)
+        return pre, out
+
+    def _expr(self, e: ast.expr, top: bool) -> tuple[list[ast.stmt], ast.expr]:
+        if isinstance(e, ast.Call):
+            return self._call(e, top)
+        if isinstance(e, ast.BinOp):
+            pre, (left, right) = self.children([e.left, e.right])
+            return pre, ast.BinOp(left=left, op=e.op, right=right)
+        if isinstance(e, ast.UnaryOp):
+            pre, (operand,) = self.children([e.operand])
+            return pre, ast.UnaryOp(op=e.op, operand=operand)
+        if isinstance(e, ast.Compare):
+            if len(e.ops) != 1:
+                if any(self.has_site(c) for c in e.comparators[1:]):
+                    raise _Fallback
+            pre, parts = self.children([e.left, e.comparators[0]])
+            return pre, ast.Compare(left=parts[0], ops=e.ops,
+                                    comparators=[parts[1]] + e.comparators[1:])
+        if isinstance(e, ast.BoolOp):
+            return self._boolop(e)
+        if isinstance(e, ast.IfExp):
+            return self._ifexp(e)
+        if isinstance(e, (ast.Tuple, ast.List, ast.Set)):
+            pre, elts = self.children(e.elts)
+            node = type(e)(elts=elts, ctx=ast.Load()) if not isinstance(e, ast.Set) \
+                else ast.Set(elts=elts)
+            return pre, node
+        if isinstance(e, ast.Dict):
+            flat: list[ast.expr] = []
+            for k, v in zip(e.keys, e.values):
+                if k is not None:
+                    flat.append(k)
+                flat.append(v)
+            pre, done = self.children(flat)
+            it = iter(done)
+            keys, values = [], []
+            for k in e.keys:
+                keys.append(next(it) if k is not None else None)
+                values.append(next(it))
+            return pre, ast.Dict(keys=keys, values=values)
+        if isinstance(e, ast.Subscript):
+            pre, (value, index) = self.children([e.value, e.slice])
+            return pre, ast.Subscript(value=value, slice=index, ctx=ast.Load())
+        if isinstance(e, ast.Slice):
+            parts = [p for p in (e.lower, e.upper, e.step) if p is not None]
+            pre, done = self.children(parts)
+            it = iter(done)
+            return pre, ast.Slice(*(next(it) if p is not None else None
+                                    for p in (e.lower, e.upper, e.step)))
+        if isinstance(e, ast.Attribute):
+            pre, (value,) = self.children([e.value])
+            return pre, ast.Attribute(value=value, attr=e.attr, ctx=ast.Load())
+        if isinstance(e, ast.Starred):
+            pre, (value,) = self.children([e.value])
+            return pre, ast.Starred(value=value, ctx=ast.Load())
+        if isinstance(e, ast.JoinedStr):
+            formatted = [v for v in e.values if isinstance(v, ast.FormattedValue)]
+            if any(v.format_spec is not None and self.has_site(v.format_spec)
+                   for v in formatted):
+                raise _Fallback
+            pre, done = self.children([v.value for v in formatted])
+            it = iter(done)
+            values = [ast.FormattedValue(value=next(it), conversion=v.conversion,
+                                         format_spec=v.format_spec)
+                      if isinstance(v, ast.FormattedValue) else v for v in e.values]
+            return pre, ast.JoinedStr(values=values)
+        if isinstance(e, ast.NamedExpr):
+            pre, value = self.expr(e.value)
+            return pre, ast.NamedExpr(target=e.target, value=value)
+        if isinstance(e, _COMPS):
+            return self._lower_comp(e)
+        raise _Fallback
+
+    def children(self, parts: list[ast.expr]) -> tuple[list[ast.stmt], list[ast.expr]]:
+        """Lower operands evaluated left to right, keeping Python's evaluation order.
+
+        Every operand evaluated before the last one containing a site is computed into a
+        temporary first (unless reading it later makes no difference).
+        """
+        last = max((i for i, p in enumerate(parts) if self.has_site(p)), default=-1)
+        pre: list[ast.stmt] = []
+        out: list[ast.expr] = []
+        for i, p in enumerate(parts):
+            if i < last:
+                p_pre, p_out = self.expr(p)
+                pre += p_pre
+                if not self._stable(p_out):
+                    t = self.tmp()
+                    pre.append(_assign(t, p_out))
+                    p_out = _name(t)
+                out.append(p_out)
+            elif i == last:
+                p_pre, p_out = self.expr(p)
+                pre += p_pre
+                out.append(p_out)
+            else:
+                out.append(p)
+        return pre, out
+
+    def _call(self, e: ast.Call, top: bool) -> tuple[list[ast.stmt], ast.expr]:
+        site = self.finder.site(e)
+        if site is None:
+            if self.finder.eager_consumer(e):
+                gen = e.args[0]
+                comp = ast.ListComp(elt=gen.elt, generators=gen.generators)
+                ast.copy_location(comp, gen)
+                e = ast.Call(func=e.func, args=[comp], keywords=e.keywords)
+            method = isinstance(e.func, ast.Attribute)
+            # For ``obj.method(...)`` the receiver is the operand; looking the method up
+            # after the arguments are computed cannot change which method it is.
+            head = e.func.value if method else e.func
+            parts = [head] + [a.value if isinstance(a, ast.Starred) else a for a in e.args] \
+                + [k.value for k in e.keywords]
+            pre, done = self.children(parts)
+            if method:
+                done[0] = ast.Attribute(value=done[0], attr=e.func.attr, ctx=ast.Load())
+            return pre, self._rebuild_call(e, done)
+        kind, obj = site
+        parts = ([] if kind == "static" else [e.func]) \
+            + [a.value if isinstance(a, ast.Starred) else a for a in e.args] \
+            + [k.value for k in e.keywords]
+        pre: list[ast.stmt] = []
+        done: list[ast.expr] = []
+        for p in parts:
+            p_pre, p_out = self.expr(p, simple=True)
+            if isinstance(p_out, ast.Name) and not self.finder.scopes.is_slot_local(p_out.id) \
+                    and not p_out.id.startswith("_pd_"):
+                t = self.tmp()
+                p_pre = p_pre + [_assign(t, p_out)]
+                p_out = _name(t)
+            pre += p_pre
+            done.append(p_out)
+        if kind == "static":
+            done.insert(0, e.func)
+        call = self._rebuild_call(e, done)
+        self.tags[id(call)] = site
+        self._memo[id(call)] = True
+        if top:
+            return pre, call
+        t = self.tmp()
+        pre.append(_assign(t, call))
+        return pre, _name(t)
+
+    @staticmethod
+    def _rebuild_call(e: ast.Call, done: list[ast.expr]) -> ast.Call:
+        it = iter(done)
+        func = next(it)
+        args = [ast.Starred(value=next(it), ctx=ast.Load()) if isinstance(a, ast.Starred)
+                else next(it) for a in e.args]
+        keywords = [ast.keyword(arg=k.arg, value=next(it)) for k in e.keywords]
+        return ast.Call(func=func, args=args, keywords=keywords)
+
+    def _boolop(self, e: ast.BoolOp) -> tuple[list[ast.stmt], ast.expr]:
+        if not any(self.has_site(v) for v in e.values[1:]):
+            pre, first = self.expr(e.values[0])
+            return pre, ast.BoolOp(op=e.op, values=[first] + e.values[1:])
+        t = self.tmp()
+        pre, first = self.expr(e.values[0])
+        pre.append(_assign(t, first))
+        inner: list[ast.stmt] = []
+        for value in reversed(e.values[1:]):
+            v_pre, v_out = self.expr(value)
+            stmts = v_pre + [_assign(t, v_out)] + inner
+            test: ast.expr = _name(t)
+            if isinstance(e.op, ast.Or):
+                test = ast.UnaryOp(op=ast.Not(), operand=_name(t))
+            inner = [ast.If(test=test, body=stmts, orelse=[])]
+        return pre + inner, _name(t)
+
+    def _ifexp(self, e: ast.IfExp) -> tuple[list[ast.stmt], ast.expr]:
+        t = self.tmp()
+        pre, test = self.expr(e.test)
+        b_pre, body = self.expr(e.body)
+        o_pre, orelse = self.expr(e.orelse)
+        return pre + [ast.If(test=test, body=b_pre + [_assign(t, body)],
+                             orelse=o_pre + [_assign(t, orelse)])], _name(t)
+
+    def _lower_comp(self, e: ast.expr, acc: Optional[str] = None
+                    ) -> tuple[list[ast.stmt], ast.expr]:
+        """A comprehension as loops filling a fresh list, set or dict."""
+        acc = acc or self.tmp("acc")
+        gens = e.generators
+        if any(g.is_async for g in gens):
+            raise _Fallback
+        pre, first_iter = self.expr(gens[0].iter, simple=True)
+        bound = set()
+        for g in gens:
+            bound.update(n.id for n in ast.walk(g.target) if isinstance(n, ast.Name))
+        renames = {name: self.tmp("c") + "_" + name for name in bound}
+        renamer = _Renamer(renames)
+        if isinstance(e, ast.ListComp):
+            init: ast.expr = ast.List(elts=[], ctx=ast.Load())
+            add: ast.stmt = ast.Expr(ast.Call(
+                func=ast.Attribute(value=_name(acc), attr="append", ctx=ast.Load()),
+                args=[renamer.visit(copy.deepcopy(e.elt))], keywords=[]))
+        elif isinstance(e, ast.SetComp):
+            init = ast.Set(elts=[ast.Starred(value=ast.Tuple(elts=[], ctx=ast.Load()),
+                                             ctx=ast.Load())])
+            add = ast.Expr(ast.Call(
+                func=ast.Attribute(value=_name(acc), attr="add", ctx=ast.Load()),
+                args=[renamer.visit(copy.deepcopy(e.elt))], keywords=[]))
+        else:
+            init = ast.Dict(keys=[], values=[])
+            add = ast.Assign(
+                targets=[ast.Subscript(value=_name(acc),
+                                       slice=renamer.visit(copy.deepcopy(e.key)),
+                                       ctx=ast.Store())],
+                value=renamer.visit(copy.deepcopy(e.value)))
+        stmt: ast.stmt = add
+        for i, g in reversed(list(enumerate(gens))):
+            for cond in reversed(g.ifs):
+                stmt = ast.If(test=renamer.visit(copy.deepcopy(cond)), body=[stmt], orelse=[])
+            iterable = first_iter if i == 0 else renamer.visit(copy.deepcopy(g.iter))
+            stmt = ast.For(target=renamer.visit(copy.deepcopy(g.target)), iter=iterable,
+                           body=[stmt], orelse=[], type_comment=None)
+        _locate(stmt, e)
+        loops = self.body([stmt])
+        return pre + [_assign(acc, init)] + loops, _name(acc)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _stable(self, e: ast.expr) -> bool:
+        """Can ``e`` be evaluated later than written without changing its value?"""
+        if isinstance(e, ast.Constant):
+            return True
+        if isinstance(e, ast.Name):
+            if e.id in self._unstable:
+                return False
+            if e.id.startswith("_pd_") or self.finder.scopes.is_slot_local(e.id):
+                return True
+            return self.finder.is_stable_global(e.id)
+        return False
+
+    def _all_static(self, e: ast.expr) -> bool:
+        for node in ast.walk(e):
+            if isinstance(node, ast.Call):
+                site = self.finder.site(node)
+                if site is not None and site[0] != "static":
+                    return False
+        return True
+
+
+class _Renamer(ast.NodeTransformer):
+    """Renames a comprehension's own variables so they cannot clash once it is a loop."""
+
+    def __init__(self, renames: dict[str, str]) -> None:
+        self.renames = renames
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        new = self.renames.get(node.id)
+        if new is not None:
+            return ast.copy_location(ast.Name(id=new, ctx=node.ctx), node)
+        return node
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.Lambda:
+        params = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+        if params & set(self.renames):
+            return node
+        return self.generic_visit(node)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> ast.NamedExpr:
+        node.value = self.visit(node.value)     # a walrus binds outside the comprehension
+        return node
+
+
+def _comp_parts(gen: ast.GeneratorExp) -> list[ast.AST]:
+    parts: list[ast.AST] = [gen.elt]
+    for g in gen.generators:
+        parts.append(g.iter)
+        parts.extend(g.ifs)
+    return parts
+
+
+def _name(name: str) -> ast.Name:
+    return ast.Name(id=name, ctx=ast.Load())
+
+
+def _assign(name: str, value: ast.expr) -> ast.Assign:
+    return ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=value)
+
+
+def _locate(new: ast.AST, old: ast.AST) -> None:
+    """Give new nodes the position of the code they came from (for tracebacks)."""
+    for node in ast.walk(new):
+        if "lineno" in node._attributes and not hasattr(node, "lineno"):
+            ast.copy_location(node, old)
+        elif "lineno" in node._attributes and getattr(node, "lineno", None) is None:
+            ast.copy_location(node, old)

@@ -1,0 +1,153 @@
+"""Deciding, at translation time, which calls deserve a node of their own in the graph.
+
+A call is a *dispatch site* if its callee may turn out to be @functional: a global that is
+functional now (``static``, resolved once and guarded), or a callee only known at run time
+(``dynamic``: a local variable, a method of an object). Every other call stays inside plain
+Python code; whether that code is a sync point is decided from the callee as well.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+from typing import Any, Optional
+
+from pydron import purity
+from pydron.translation.scopes import Scopes
+
+STATIC = "static"
+DYNAMIC = "dynamic"
+
+# Methods of the builtin types: a call to one of these is never a functional call, so it
+# stays in plain code. Those that only read are pure when the receiver is a builtin value.
+PURE_METHODS = frozenset({
+    "get", "keys", "values", "items", "copy", "index", "count", "join", "split", "rsplit",
+    "splitlines", "strip", "lstrip", "rstrip", "replace", "format", "format_map",
+    "startswith", "endswith", "lower", "upper", "title", "capitalize", "casefold", "swapcase",
+    "find", "rfind", "rindex", "encode", "decode", "isdigit", "isalpha", "isalnum",
+    "isspace", "isupper", "islower", "isdecimal", "isnumeric", "isidentifier", "zfill",
+    "center", "ljust", "rjust", "partition", "rpartition", "expandtabs", "translate",
+    "removeprefix", "removesuffix", "hex", "bit_length", "bit_count", "conjugate",
+    "is_integer", "as_integer_ratio", "union", "intersection", "difference",
+    "symmetric_difference", "issubset", "issuperset", "isdisjoint", "fromkeys",
+})
+MUTATING_METHODS = frozenset({
+    "append", "extend", "insert", "pop", "remove", "clear", "add", "update", "discard",
+    "setdefault", "sort", "reverse", "popitem", "difference_update",
+    "intersection_update", "symmetric_difference_update",
+})
+KNOWN_METHODS = PURE_METHODS | MUTATING_METHODS
+
+# Builtin consumers that exhaust a generator expression immediately: a generator expression
+# given to them may be evaluated as a list without changing the result.
+EAGER_CONSUMERS = tuple(getattr(builtins, n) for n in (
+    "sum", "list", "tuple", "set", "frozenset", "sorted", "min", "max", "dict"))
+
+_MISSING = object()
+
+
+class SiteFinder:
+    """Classifies call expressions of one function."""
+
+    def __init__(self, scopes: Scopes, globals_: dict[str, Any]) -> None:
+        self.scopes = scopes
+        self.globals = globals_
+        self.builtins = globals_.get("__builtins__", builtins)
+        if not isinstance(self.builtins, dict):
+            self.builtins = vars(self.builtins)
+        #: (dotted name, object) pairs the translation relied on; re-checked at every call.
+        self.guards: dict[tuple[str, ...], Any] = {}
+
+    # -- name resolution -------------------------------------------------------------
+    def is_local(self, name: str) -> bool:
+        return name.startswith("_pd_") or self.scopes.is_local(name) or name in self.scopes.frees
+
+    def resolve(self, expr: ast.expr) -> Any:
+        """The object a global name or dotted attribute chain names now, or _MISSING."""
+        chain = dotted(expr)
+        if chain is None or self.is_local(chain[0]):
+            return _MISSING
+        obj = self.globals.get(chain[0], _MISSING)
+        if obj is _MISSING:
+            obj = self.builtins.get(chain[0], _MISSING)
+        for attr in chain[1:]:
+            if obj is _MISSING:
+                break
+            try:
+                obj = getattr(obj, attr, _MISSING)
+            except Exception:
+                obj = _MISSING
+        if obj is not _MISSING:
+            self.guards[chain] = obj
+        return obj
+
+    def is_stable_global(self, name: str) -> bool:
+        """A global that names a function, class or module: reading it later is harmless."""
+        if self.is_local(name) or name in self.scopes.declared_globals:
+            return False
+        obj = self.resolve(ast.Name(id=name, ctx=ast.Load()))
+        return obj is not _MISSING and purity.is_immutable(obj) and callable_or_module(obj)
+
+    # -- call classification -----------------------------------------------------------
+    def site(self, call: ast.Call) -> Optional[tuple[str, Any]]:
+        """``(STATIC, obj)``, ``(DYNAMIC, None)`` or None for a call that stays plain code."""
+        func = call.func
+        if isinstance(func, ast.Name):
+            if self.is_local(func.id):
+                return (DYNAMIC, None)
+            obj = self.resolve(func)
+            if obj is _MISSING:
+                return (DYNAMIC, None)
+            return (STATIC, obj) if purity.call_kind(obj) == purity.DISPATCH else None
+        if isinstance(func, ast.Attribute):
+            chain = dotted(func)
+            if chain is not None and not self.is_local(chain[0]):
+                obj = self.resolve(func)
+                if obj is not _MISSING:
+                    return (STATIC, obj) if purity.call_kind(obj) == purity.DISPATCH else None
+            if func.attr in KNOWN_METHODS:
+                return None
+            return (DYNAMIC, None)
+        if isinstance(func, ast.Lambda):
+            return None
+        return (DYNAMIC, None)
+
+    def plain_call_kind(self, call: ast.Call) -> tuple[int, str]:
+        """How a call left in plain code behaves: purity.PURE / SYNC, with a reason."""
+        func = call.func
+        name = ast.unparse(func)
+        if isinstance(func, ast.Attribute) and func.attr in KNOWN_METHODS:
+            if func.attr in PURE_METHODS:
+                return purity.PURE, ""
+            return purity.SYNC, f"{name}() may change a shared object"
+        obj = self.resolve(func) if dotted(func) is not None else _MISSING
+        if obj is _MISSING:
+            return purity.SYNC, f"call to {name} (not known to be @functional)"
+        kind = purity.call_kind(obj)
+        if kind == purity.SYNC:
+            return purity.SYNC, f"call to {name} (not @functional)"
+        return purity.PURE, ""
+
+    def eager_consumer(self, call: ast.Call) -> bool:
+        """``sum(f(x) for x in xs)`` and friends: the generator may become a list."""
+        if len(call.args) != 1 or not isinstance(call.args[0], ast.GeneratorExp):
+            return False
+        if not isinstance(call.func, ast.Name):
+            return False
+        obj = self.resolve(call.func)
+        return any(obj is c for c in EAGER_CONSUMERS)
+
+
+def dotted(expr: ast.expr) -> Optional[tuple[str, ...]]:
+    """``a.b.c`` as ("a", "b", "c"); None for anything else."""
+    parts = []
+    while isinstance(expr, ast.Attribute):
+        parts.append(expr.attr)
+        expr = expr.value
+    if isinstance(expr, ast.Name):
+        parts.append(expr.id)
+        return tuple(reversed(parts))
+    return None
+
+
+def callable_or_module(obj: Any) -> bool:
+    return callable(obj) or type(obj).__name__ == "module"
