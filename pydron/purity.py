@@ -101,11 +101,12 @@ def is_functional(callee: Any) -> bool:
     return call_kind(callee) == DISPATCH
 
 
-# Values no operation can change. Functions, classes and modules count: rebinding their
-# attributes during a scheduled call is outside what Pydron promises to preserve.
+# Values no operation can change. Functions count: rebinding a function's attributes
+# during a scheduled call is outside what Pydron promises to preserve. Classes and modules
+# do not (their attributes are state), except the builtin classes.
 _IMMUTABLE_TYPES = frozenset({
     int, float, complex, str, bytes, bool, type(None), range, type(Ellipsis),
-    types.FunctionType, types.BuiltinFunctionType, types.ModuleType, type,
+    types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType,
     types.MethodType, slice,
 })
 
@@ -117,6 +118,8 @@ def is_immutable(value: Any) -> bool:
         return True
     if t is tuple or t is frozenset:
         return all(is_immutable(v) for v in value)
+    if t is type:
+        return value.__module__ == "builtins"
     return False
 
 
@@ -127,7 +130,7 @@ def all_immutable(values: Any) -> bool:
         t = type(v)
         if t in immutable:
             continue
-        if (t is tuple or t is frozenset) and is_immutable(v):
+        if (t is tuple or t is frozenset or t is type) and is_immutable(v):
             continue
         return False
     return True

@@ -19,6 +19,7 @@ earlier ones still finish, and the earliest failure is raised.
 from __future__ import annotations
 
 import queue
+import sys
 import types
 from collections import deque
 from heapq import heappop, heappush
@@ -358,6 +359,9 @@ class Run:
                 callee = values.pop(0)
                 kind = purity.call_kind(callee)
             node.callee = (callee, kind, values)
+            for value in values:
+                if value is UNBOUND:
+                    return FREE           # run_call raises the UnboundLocalError
             if kind == purity.SYNC:
                 return SYNC
             return FREE if purity.all_immutable(values) else ORDERED
@@ -379,6 +383,9 @@ class Run:
 
     # -- running ------------------------------------------------------------------------------
     def run(self, node: Node) -> None:
+        if self.fail_tick is not None and node.tick > self.fail_tick:
+            node.done = True          # queued before an earlier node failed: never runs
+            return
         step = node.step
         t = type(step)
         if t is NativeStep:
@@ -416,8 +423,6 @@ class Run:
             else:
                 for slot, value in zip(outs, result):
                     self.resolve(slot, value)
-                self.resolve(outs[-2], False)
-                self.resolve(outs[-1], None)
         else:
             for slot, value in zip(outs, result):
                 self.resolve(slot, value)
@@ -428,6 +433,7 @@ class Run:
         node.callee = None
         build = node.step.build_args
         try:
+            _check_bound(node)
             if build is None:
                 args, kwargs = tuple(values), {}
             else:
@@ -450,6 +456,7 @@ class Run:
     def run_if(self, node: Node, step: IfStep) -> None:
         values = [s.value for s in node.ins]
         try:
+            _check_bound(node)
             truth = bool(values[0] if step.test is None else step.test(*values))
         except Exception as exc:
             self.fail(node, exc)
@@ -467,7 +474,10 @@ class Run:
         loop.fetch = 2
         if step.kind == "for":
             try:
+                _check_bound(node)
                 loop.it = iter(node.ins[0].value)
+                if step.reads[0].startswith("_pd_t"):
+                    node.ins[0].value = UNBOUND    # the loop holds the only reference now
             except Exception as exc:
                 self.fail(node, exc)
                 return
@@ -558,6 +568,7 @@ class Run:
 
     def run_decide(self, node: Node, loop: LoopRun) -> None:
         try:
+            _check_bound(node)
             truth = bool(node.ins[0].value)
         except Exception as exc:
             self.fail(node, exc)
@@ -575,6 +586,7 @@ class Run:
     def end_loop(self, node: Node, loop: LoopRun, normal: bool) -> None:
         step = loop.step
         env = loop.env
+        loop.it = None        # a generator left by ``break`` is closed now, as in Python
         if normal and step.orelse.steps:
             self.instantiate(step.orelse, node.tick, env, loop.frame)
         for var, out in zip(step.writes, loop.outs):
@@ -582,6 +594,17 @@ class Run:
         self.finish(node)
 
 
+def _check_bound(node: Node) -> None:
+    """Raise Python's own error for a variable read before it has a value."""
+    reads = node.step.reads if hasattr(node.step, "reads") else node.step.loop.step.test_reads
+    for name, slot in zip(reads, node.ins):
+        if slot.value is UNBOUND:
+            raise UnboundLocalError(_UNBOUND_MESSAGE % name)
+
+
+_UNBOUND_MESSAGE = ("cannot access local variable '%s' where it is not associated with a value"
+                    if sys.version_info >= (3, 11) else
+                    "local variable '%s' referenced before assignment")
 _UNBOUND_SLOT = Slot(UNBOUND)
 _FALSE_SLOT = Slot(False)
 

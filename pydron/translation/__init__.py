@@ -43,7 +43,7 @@ def translate(func: Callable[..., Any]) -> Template:
                            if n not in scopes1.cells and n not in scopes1.params)
     accumulators = AccumulatorFinder(finder, candidates).find(body)
     compiler = Compiler(fdef.name, src.filename, func.__globals__,
-                        tuple(sorted(scopes1.cells | frees)))
+                        tuple(sorted(scopes1.cells | frees)), qualname=func.__qualname__)
     builder = Builder(norm, finder, scopes1, accumulators, compiler)
     block = builder.block(body, None) if not reason else Block([])
     fns = compiler.compile()

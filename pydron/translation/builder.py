@@ -148,6 +148,8 @@ class Builder:
                       for v in step.signal_vars}
         elif isinstance(step, IfStep):
             found |= step.body.signals | step.orelse.signals
+        elif isinstance(step, LoopStep):
+            found |= step.orelse.signals
         return found
 
     # -- deciding what is a graph construct ------------------------------------------------
@@ -160,9 +162,9 @@ class Builder:
         if isinstance(s, ast.If):
             return self.if_step(s, ctx)
         if isinstance(s, ast.For):
-            return self.for_step(s)
+            return self.for_step(s, ctx)
         if isinstance(s, ast.While):
-            return self.while_step(s)
+            return self.while_step(s, ctx)
         # A tagged call somewhere we do not open up: plain code (its calls run in order).
         return [self.native([s], ctx)]
 
@@ -239,7 +241,7 @@ class Builder:
         n = self._loops
         return n, _LoopCtx(f"_pd_brk{n}", f"_pd_cont{n}")
 
-    def for_step(self, s: ast.For) -> list[Step]:
+    def for_step(self, s: ast.For, outer: Optional[_LoopCtx]) -> list[Step]:
         n, ctx = self._loop_ctx()
         before: list[Step] = []
         iterable = s.iter
@@ -260,13 +262,13 @@ class Builder:
             ast.fix_missing_locations(assign)
             body_stmts.insert(0, assign)
         body = self.block(body_stmts, ctx)
-        orelse = self.block(s.orelse, None)
+        orelse = self.block(s.orelse, outer)     # ``else`` belongs to the enclosing loop
         mentioned = {x.id for part in s.body + s.orelse for x in ast.walk(part)
                      if isinstance(x, ast.Name)}
         return before + [self._loop(s, "for", n, ctx, body, orelse, (iterable.id,), item,
                                     iter_private=iterable.id not in mentioned)]
 
-    def while_step(self, s: ast.While) -> list[Step]:
+    def while_step(self, s: ast.While, outer: Optional[_LoopCtx]) -> list[Step]:
         n, ctx = self._loop_ctx()
         test_var = f"_pd_w{n}"
         assign = ast.Assign(targets=[ast.Name(id=test_var, ctx=ast.Store())], value=s.test)
@@ -274,7 +276,7 @@ class Builder:
         ast.fix_missing_locations(assign)
         test_block = self.block(self.norm.while_pre.get(id(s), []) + [assign], None)
         body = self.block(s.body, ctx)
-        orelse = self.block(s.orelse, None)
+        orelse = self.block(s.orelse, outer)
         return [self._loop(s, "while", n, ctx, body, orelse, (), "", test_block=test_block,
                            test_reads=(test_var,))]
 
@@ -314,14 +316,25 @@ class Builder:
             if w not in info.assigned and w not in reads:
                 reads.append(w)
         returns = "return" in info.signals
+        if returns:    # on a normal exit the return flag and value pass through unchanged
+            for var in (RETURN_FLAG, RETURN_VALUE):
+                if var not in reads:
+                    reads.append(var)
+                if var not in writes:
+                    writes.append(var)
         receiver_checks = tuple(reads.index(r) for r in info.receivers if r in reads)
         inplace_checks = tuple(reads.index(r) for r in info.inplace if r in reads)
+        if returns:
+            writes = [w for w in writes if w not in (RETURN_FLAG, RETURN_VALUE)] \
+                + [RETURN_FLAG, RETURN_VALUE]
         index = self.compiler.add_native(
             stmts, tuple(reads), tuple(writes), frozenset(info.assigned),
             frozenset(info.globals_written), frozenset(info.cells_written),
             ctx.break_var if ctx else None, ctx.continue_var if ctx else None)
-        all_writes = tuple(writes) + ((RETURN_FLAG, RETURN_VALUE) if returns else ())
-        step = NativeStep(reads=tuple(reads), writes=all_writes, lineno=stmts[0].lineno,
+        if returns:    # the runtime expects them last
+            writes = [w for w in writes if w not in (RETURN_FLAG, RETURN_VALUE)] \
+                + [RETURN_FLAG, RETURN_VALUE]
+        step = NativeStep(reads=tuple(reads), writes=tuple(writes), lineno=stmts[0].lineno,
                           may_sync=bool(info.sync_reasons or receiver_checks
                                         or inplace_checks),
                           source="\n".join(_source(s) for s in stmts),
@@ -343,6 +356,7 @@ class Builder:
         writes: dict[str, None] = {}
         for s in stmts:
             loads, stores = _NameUses.of(s)
+            callee_roots = _callee_roots(s)
             for name in loads:
                 if self._slot_name(name):
                     if name not in info.assigned:
@@ -351,8 +365,9 @@ class Builder:
                         writes[name] = None      # readers stay ordered with mutations
                 elif name in self.scopes.cells or name in self.scopes.frees:
                     info.shared_read = True
-                elif not self.finder.is_stable_global(name):
-                    info.shared_read = True
+                elif not (self.finder.global_is_constant(name) or (
+                        name in callee_roots and self.finder.is_stable_global(name))):
+                    info.shared_read = True     # a module's or class's attributes may change
             for name in stores:
                 if self._slot_name(name):
                     writes[name] = None
@@ -510,6 +525,27 @@ class _NameUses(ast.NodeVisitor):
         if node.rest and self.depth == 0:
             self.stores[node.rest] = None
         self.generic_visit(node)
+
+
+def _callee_roots(s: ast.AST) -> set[str]:
+    """Names used only to reach a callee, as ``math`` in ``math.sqrt(x)``."""
+    from pydron.translation.sites import dotted
+    roots: set[str] = set()
+    other: set[str] = set()
+    callee_names: set[int] = set()
+    for node in ast.walk(s):
+        if isinstance(node, ast.Call):
+            chain = dotted(node.func)
+            if chain is not None:
+                inner = node.func
+                while isinstance(inner, ast.Attribute):
+                    inner = inner.value
+                callee_names.add(id(inner))
+                roots.add(chain[0])
+    for node in ast.walk(s):
+        if isinstance(node, ast.Name) and id(node) not in callee_names:
+            other.add(node.id)
+    return roots - other
 
 
 def _walk_no_scopes(node: ast.AST):

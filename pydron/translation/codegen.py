@@ -85,8 +85,9 @@ class Compiler:
     """Collects the functions of one template and compiles them in one go."""
 
     def __init__(self, name: str, filename: str, globals_: dict[str, Any],
-                 closure_names: tuple[str, ...]) -> None:
+                 closure_names: tuple[str, ...], qualname: str = "") -> None:
         self.name = name
+        self.qualname = qualname or name
         self.filename = filename
         self.globals = globals_
         self.closure_names = closure_names
@@ -167,9 +168,27 @@ class Compiler:
         module = ast.Module(body=[factory], type_ignores=[])
         sanitize_locations(module)
         code = compile(module, self.filename, "exec", dont_inherit=True)
+        code = _requalify(code, "_pd_factory.<locals>." + self.name, self.qualname)
         namespace: dict[str, Any] = {}
         exec(code, self.globals, namespace)
         return namespace["_pd_factory"](UNBOUND, ReturnSignal)
+
+
+def _requalify(code: types.CodeType, old: str, new: str) -> types.CodeType:
+    """Rename qualified names under the factory to what they are in the user's function,
+    so classes and functions defined in a step print and pickle as they would plainly."""
+    consts = []
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            c = _requalify(c, old, new)
+        elif isinstance(c, str) and c.startswith(old):
+            c = new + c[len(old):]
+        consts.append(c)
+    changes: dict[str, Any] = {"co_consts": tuple(consts)}
+    qual = getattr(code, "co_qualname", None)
+    if qual is not None and qual.startswith(old):
+        changes["co_qualname"] = new + qual[len(old):]
+    return code.replace(**changes)
 
 
 def sanitize_locations(root: ast.AST) -> None:

@@ -137,6 +137,8 @@ class Normalizer:
         if isinstance(s, ast.While):
             pre, test = self.expr(s.test)
             loop = ast.While(test=test, body=self.body(s.body), orelse=self.body(s.orelse))
+            for p in pre:
+                _locate(p, s)
             self.while_pre[id(loop)] = pre
             return [loop]
         if isinstance(s, ast.Assert):
@@ -209,7 +211,10 @@ class Normalizer:
         if isinstance(e, ast.IfExp):
             return self._ifexp(e)
         if isinstance(e, (ast.Tuple, ast.List, ast.Set)):
-            pre, elts = self.children(e.elts)
+            pre, elts = self.children([x.value if isinstance(x, ast.Starred) else x
+                                       for x in e.elts])
+            elts = [ast.Starred(value=v, ctx=ast.Load()) if isinstance(x, ast.Starred) else v
+                    for x, v in zip(e.elts, elts)]
             node = type(e)(elts=elts, ctx=ast.Load()) if not isinstance(e, ast.Set) \
                 else ast.Set(elts=elts)
             return pre, node

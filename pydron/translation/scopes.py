@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import symtable
+import textwrap
 import types
 from dataclasses import dataclass, field
 
@@ -35,7 +36,11 @@ class Scopes:
 
 def of_source(text: str, filename: str, name: str, code: types.CodeType) -> Scopes:
     """Scopes of the function as written (``text`` holds its dedented ``def``)."""
-    top = symtable.symtable(text, filename, "exec")
+    # A function with free variables is only valid source inside a scope that binds them
+    # (``nonlocal x`` in a top-level def is a SyntaxError), so give it one.
+    wrapped = "def _pd_outer():\n" + "".join(f"    {n} = None\n" for n in code.co_freevars) \
+        + textwrap.indent(text, "    ")
+    top = symtable.symtable(wrapped, filename, "exec").get_children()[0]
     table = next(t for t in top.get_children() if t.get_name() == name)
     declared = frozenset(s.get_name() for s in table.get_symbols() if s.is_declared_global())
     local = frozenset(s.get_name() for s in table.get_symbols()

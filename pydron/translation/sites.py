@@ -85,7 +85,14 @@ class SiteFinder:
         if self.is_local(name) or name in self.scopes.declared_globals:
             return False
         obj = self.resolve(ast.Name(id=name, ctx=ast.Load()))
-        return obj is not _MISSING and purity.is_immutable(obj) and callable_or_module(obj)
+        return obj is not _MISSING and callable_or_module(obj) and not callable(
+            getattr(type(obj), "__set__", None))
+
+    def global_is_constant(self, name: str) -> bool:
+        """A global whose value no sync point can change (a function, a builtin class)."""
+        if not self.is_stable_global(name):
+            return False
+        return purity.is_immutable(self.resolve(ast.Name(id=name, ctx=ast.Load())))
 
     # -- call classification -----------------------------------------------------------
     def site(self, call: ast.Call) -> Optional[tuple[str, Any]]:
