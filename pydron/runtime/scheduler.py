@@ -303,7 +303,10 @@ class Run:
     def finish(self, node: Node) -> None:
         node.done = True
         heap = self.unfinished
-        while heap and heap[0][1].done:      # keep the heap as small as the work in flight
+        while heap and heap[0][1].done:      # keep the heaps as small as the work in flight
+            heappop(heap)
+        heap = self.maysync
+        while heap and (heap[0][1].done or not heap[0][1].maysync):
             heappop(heap)
         frame = node.frame
         frame.count -= 1
