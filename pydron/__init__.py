@@ -12,15 +12,17 @@ from pydron.purity import functional
 __version__ = "0.1.0"
 
 
-def explain(func):  # noqa: ANN001,ANN201 - thin re-export, documented in pydron.explain
-    """A readable report of how ``func`` is parallelized (see :mod:`pydron.explain`)."""
-    from pydron.explain import explain as _explain
+
+
+def explain(func):  # noqa: ANN001,ANN201 - kept light: networkx loads only when asked
+    """A readable report of how ``func`` runs in parallel (see :mod:`pydron.report`)."""
+    from pydron.report import explain as _explain
     return _explain(func)
 
 
 def graph(func):  # noqa: ANN001,ANN201
-    """``(networkx.DiGraph, dot_text)`` of ``func``'s dataflow graph."""
-    from pydron.explain import graph as _graph
+    """``(networkx.DiGraph, dot_text)``: ``func``'s dataflow graph (see :mod:`pydron.report`)."""
+    from pydron.report import graph as _graph
     return _graph(func)
 
 

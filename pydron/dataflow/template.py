@@ -148,11 +148,12 @@ class Template:
     opaque_reason: str = ""        # non-empty: the whole function runs plainly, and why
     has_dispatch: bool = False     # false: nothing to parallelize, run the plain function
     normalized_source: str = ""
+    accumulators: tuple[str, ...] = ()  # local containers mutated without a barrier
 
     def to_networkx(self):  # -> networkx.DiGraph
         """The top block as a networkx DiGraph (see pydron.explain for the nested blocks)."""
         from pydron.dataflow.graph import block_graph
-        return block_graph(self.block)
+        return block_graph(self.block, self.params)
 
 
 class ReturnSignal:

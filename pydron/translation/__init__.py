@@ -60,7 +60,8 @@ def translate(func: Callable[..., Any]) -> Template:
         name=describe(func), filename=src.filename, block=block, params=scopes1.params,
         binder=make_binder(fdef, func, scopes1.params), cells=tuple(sorted(scopes1.cells)),
         frees=tuple(sorted(frees)), guards=tuple(finder.guards.items()),
-        opaque_reason=reason, has_dispatch=_has_calls(block), normalized_source=text)
+        opaque_reason=reason, has_dispatch=_has_calls(block), normalized_source=text,
+        accumulators=tuple(sorted(a for a in accumulators if not a.startswith("_pd_"))))
 
 
 def _opaque_reason(fdef: ast.FunctionDef, finder: SiteFinder) -> str:
