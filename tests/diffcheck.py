@@ -4,7 +4,7 @@ Both runs must agree on everything an observer can see:
 
 * the outcome: the returned value, or the raised exception (exact type, ``str``, ``args``,
   and the ``__cause__`` type/message when the plain run raised with ``raise ... from``);
-* the text printed to stdout;
+* the text printed to stdout, and the warnings issued (deprecation noise aside);
 * the state of the (deep-copied) arguments after the call, so mutations of a list passed
   in are compared too, including aliasing between arguments and the returned value.
 
@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import types
+import warnings
 from dataclasses import dataclass, field
 
 import pydron
@@ -162,6 +163,11 @@ def _is_transport_cause(cause):
     return "RemoteTraceback" in t.__name__ or t.__module__.split(".")[0] in ("pydron", "concurrent")
 
 
+#: Warnings the environment may emit at any time (a dependency imported lazily on the first
+#: scheduled call, say); they say nothing about the function under test.
+_NOISE_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+
+
 class DiffTimeout(BaseException):
     """The scheduled call did not finish within CALL_TIMEOUT seconds."""
 
@@ -192,7 +198,8 @@ def run_once(fn, args, kwargs, leading=()):
     buf = io.StringIO()
     value = exc = None
     kind = "return"
-    with _deadline(CALL_TIMEOUT):
+    with _deadline(CALL_TIMEOUT), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         with contextlib.redirect_stdout(buf):
             try:
                 value = fn(*leading, *args, **kwargs)
@@ -208,13 +215,17 @@ def run_once(fn, args, kwargs, leading=()):
         picture["outcome"] = ("raise", _qualname(type(exc)), str(exc), snapshot(exc.args, {}))
         picture["cause"] = _cause_picture(exc)
     picture["stdout"] = buf.getvalue()
+    # Warnings reach the user's stderr: a scheduled run must not add any (pydron warns when
+    # it gives up translating and runs the function plainly: that is a bug to report).
+    picture["warnings"] = tuple((_qualname(w.category), str(w.message)) for w in caught
+                                if not issubclass(w.category, _NOISE_WARNINGS))
     return Outcome(kind, value, exc, buf.getvalue(), (leading, args, kwargs), picture)
 
 
 def compare_outcomes(plain, sched, label="case"):
     """Assert that two outcomes agree; the message shows every field that differs."""
     problems = []
-    for key in ("outcome", "stdout", "args"):
+    for key in ("outcome", "stdout", "args", "warnings"):
         if plain.picture.get(key) != sched.picture.get(key):
             problems.append(f"  {key}:\n    plain:     {plain.picture.get(key)!r}\n"
                             f"    scheduled: {sched.picture.get(key)!r}")

@@ -99,6 +99,23 @@ def test_stdout_compared():
     agrees(lambda: print("a"), lambda: print("a"))
 
 
+def test_warnings_compared():
+    import warnings
+
+    def warn():
+        warnings.warn("fell back", UserWarning)
+        return 1
+
+    differs(lambda: 1, warn)
+    agrees(warn, warn)
+
+    def deprecated():
+        warnings.warn("old", DeprecationWarning)
+        return 1
+
+    agrees(lambda: 1, deprecated)     # environment noise is not compared
+
+
 def test_argument_mutation_compared():
     def append(xs):
         xs.append(1)
