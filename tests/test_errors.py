@@ -314,8 +314,6 @@ def test_traceback_of_a_functional_call_points_at_the_functional_line():
     assert has_frame(info.value, line_of("LINE functional-raise")), frames(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="pydron bug: the traceback of a failed functional "
-                   "call has no frame for the scheduled function's line that made the call")
 def test_traceback_of_a_functional_call_includes_the_call_site():
     # Plain Python shows calls_bad_functional's line `out.append(bad_functional(x))`
     # above the functional's own frame; a user needs it to know which call failed.

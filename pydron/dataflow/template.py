@@ -34,7 +34,19 @@ class Step:
     lineno: int
     may_sync: bool = False
     carry: tuple[str, ...] = ()
-    source: str = ""                 # the statement(s) as text, for explain() and graph()
+    nodes: tuple[Any, ...] = ()      # the statement(s) it runs (AST), for explain() and graph()
+
+    @property
+    def source(self) -> str:
+        """The statements as text (printed on demand: only people read it)."""
+        import ast
+        parts = []
+        for node in self.nodes:
+            try:
+                parts.append(ast.unparse(node))
+            except Exception:
+                parts.append(type(node).__name__)
+        return "\n".join(parts)
 
     def label(self) -> str:
         return type(self).__name__
@@ -57,6 +69,7 @@ class NativeStep(Step):
     returns: bool = False                  # may execute a ``return``
     signal_vars: tuple[str, ...] = ()      # loop flags it may set (part of writes)
     index: int = -1                        # position in the template's compiled functions
+    checked: Optional[Callable[[], Callable[..., Any]]] = None   # fn that checks for unbound
 
     def label(self) -> str:
         return "sync" if self.sync_reasons else "local"
@@ -147,8 +160,14 @@ class Template:
     guards: tuple[tuple[tuple[str, ...], Any], ...] = ()
     opaque_reason: str = ""        # non-empty: the whole function runs plainly, and why
     has_dispatch: bool = False     # false: nothing to parallelize, run the plain function
-    normalized_source: str = ""
+    normalized: Any = None         # the normalized function (AST)
     accumulators: tuple[str, ...] = ()  # local containers mutated without a barrier
+
+    @property
+    def normalized_source(self) -> str:
+        """The normalized function as Python text, what the graph was built from."""
+        import ast
+        return ast.unparse(self.normalized) if self.normalized is not None else ""
 
     def to_networkx(self):  # -> networkx.DiGraph
         """The top block as a networkx DiGraph (see pydron.explain for the nested blocks)."""

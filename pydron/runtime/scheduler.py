@@ -19,6 +19,7 @@ earlier ones still finish, and the earliest failure is raised.
 from __future__ import annotations
 
 import queue
+import weakref
 import sys
 import types
 from collections import deque
@@ -98,7 +99,7 @@ class Run:
         self.pool = pool
         self.window = window
         self.cells = cells
-        self.bound: dict[int, Callable[..., Any]] = {}
+        self.bound: dict[tuple[int, Any], Callable[..., Any]] = {}
         self.ready: deque[Node] = deque()
         self.unfinished: list[tuple[tuple[int, ...], Node]] = []
         self.maysync: list[tuple[tuple[int, ...], Node]] = []
@@ -108,6 +109,7 @@ class Run:
         self.completions: queue.SimpleQueue = queue.SimpleQueue()
         self.fail_tick: Optional[tuple[int, ...]] = None
         self.fail_exc: Optional[BaseException] = None
+        self.fail_node: Optional[Node] = None
         self.root = Frame(None, None)
 
     # -- building --------------------------------------------------------------------------
@@ -326,6 +328,7 @@ class Run:
         if self.fail_tick is None or node.tick < self.fail_tick:
             self.fail_tick = node.tick
             self.fail_exc = exc
+            self.fail_node = node
             for other, handle in list(self.inflight.items()):
                 if other.tick > node.tick:
                     del self.inflight[other]
@@ -406,13 +409,18 @@ class Run:
 
     def run_native(self, node: Node, step: NativeStep) -> None:
         fn = step.fn
+        values = [s.value for s in node.ins]
+        if _UNBOUND_ID in map(id, values):
+            fn = _checked(step)
         if step.needs_cells:
-            fn = self.bound.get(id(step))
-            if fn is None:
+            key = (id(step), fn)
+            bound = self.bound.get(key)
+            if bound is None:
                 from pydron.translation.codegen import bind_cells
-                fn = self.bound[id(step)] = bind_cells(step.fn, self.cells)
+                bound = self.bound[key] = bind_cells(fn, self.cells)
+            fn = bound
         try:
-            result = fn(*[s.value for s in node.ins])
+            result = fn(*values)
         except Exception as exc:
             self.fail(node, exc)
             return
@@ -597,6 +605,43 @@ class Run:
         self.finish(node)
 
 
+def _raiser(filename: str, lineno: int, func: Callable[..., Any]) -> Callable[..., Any]:
+    """A function named like ``func`` whose ``raise`` statement is at ``filename:lineno``."""
+    import ast
+    key = (filename, lineno, func.__name__)
+    fn = _RAISERS.get(key)
+    if fn is None:
+        raise_stmt = ast.Raise(exc=ast.Name(id="_pd_e", ctx=ast.Load()), cause=None)
+        fdef = ast.FunctionDef(
+            name=func.__name__, args=ast.arguments(
+                posonlyargs=[], args=[ast.arg(arg="_pd_e")], vararg=None, kwonlyargs=[],
+                kw_defaults=[], kwarg=None, defaults=[]),
+            body=[raise_stmt], decorator_list=[], returns=None, type_comment=None)
+        module = ast.Module(body=[fdef], type_ignores=[])
+        for node in ast.walk(module):
+            if "lineno" in node._attributes:
+                node.lineno = node.end_lineno = lineno
+                node.col_offset = node.end_col_offset = 0
+        namespace: dict[str, Any] = {}
+        exec(compile(module, filename, "exec"), {}, namespace)
+        fn = _RAISERS[key] = namespace[func.__name__]
+    return fn
+
+
+_RAISERS: dict[tuple[str, int, str], Callable[..., Any]] = {}
+
+
+def _checked(step: NativeStep) -> Callable[..., Any]:
+    """The variant of a step's function that raises UnboundLocalError like Python does."""
+    fn = _CHECKED.get(step)
+    if fn is None:
+        fn = _CHECKED[step] = step.checked()
+    return fn
+
+
+_CHECKED: "weakref.WeakKeyDictionary[NativeStep, Callable[..., Any]]"
+
+
 def _check_bound(node: Node) -> None:
     """Raise Python's own error for a variable read before it has a value."""
     reads = node.step.reads if hasattr(node.step, "reads") else node.step.loop.step.test_reads
@@ -609,6 +654,8 @@ _UNBOUND_MESSAGE = ("cannot access local variable '%s' where it is not associate
                     if sys.version_info >= (3, 11) else
                     "local variable '%s' referenced before assignment")
 _UNBOUND_SLOT = Slot(UNBOUND)
+_UNBOUND_ID = id(UNBOUND)
+_CHECKED = weakref.WeakKeyDictionary()
 _FALSE_SLOT = Slot(False)
 
 
@@ -633,8 +680,14 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
     run.instantiate(template.block, (), env, run.root)
     run.execute()
     if run.fail_exc is not None:
-        exc = run.fail_exc
-        run.fail_exc = None
+        exc, node = run.fail_exc, run.fail_node
+        run.fail_exc = run.fail_node = None
+        step = node.step
+        if type(step) is not NativeStep:
+            # A plain run would show the line of the call (or loop, or if) that failed:
+            # raise through a frame that sits on that line of the user's file.
+            line = getattr(step, "lineno", None) or getattr(step, "loop", step).step.lineno
+            _raiser(template.filename, line, func)(exc)
         raise exc.with_traceback(exc.__traceback__)
     if env[RETURN_FLAG].value is True:
         return env[RETURN_VALUE].value

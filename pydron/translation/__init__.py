@@ -52,15 +52,11 @@ def translate(func: Callable[..., Any]) -> Template:
         setattr(step, attr, fn)
         if attr == "fn" and fn.__code__.co_freevars:
             step.needs_cells = True
-    try:
-        text = ast.unparse(normalized)
-    except Exception:
-        text = ""
     return Template(
         name=describe(func), filename=src.filename, block=block, params=scopes1.params,
         binder=make_binder(fdef, func, scopes1.params), cells=tuple(sorted(scopes1.cells)),
         frees=tuple(sorted(frees)), guards=tuple(finder.guards.items()),
-        opaque_reason=reason, has_dispatch=_has_calls(block), normalized_source=text,
+        opaque_reason=reason, has_dispatch=_has_calls(block), normalized=normalized,
         accumulators=tuple(sorted(a for a in accumulators if not a.startswith("_pd_"))))
 
 

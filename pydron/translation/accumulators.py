@@ -182,15 +182,15 @@ class AccumulatorFinder:
 
     def _expr(self, node: ast.AST) -> None:
         """Classify every use of a candidate inside an expression (or pattern)."""
-        parents: dict[int, ast.AST] = {}
-        for parent in ast.walk(node):
-            for child in ast.iter_child_nodes(parent):
-                parents[id(child)] = parent
-        for n in ast.walk(node):
+        stack: list[tuple[ast.AST, ast.AST | None]] = [(node, None)]
+        while stack:
+            n, parent = stack.pop()
+            for child in ast.iter_child_nodes(n):
+                stack.append((child, n))
             if isinstance(n, ast.Name) and n.id in self.uses:
                 if not isinstance(n.ctx, ast.Load):
                     self.uses[n.id].disqualified = True
-                elif not self._reading(n, parents.get(id(n))):
+                elif not self._reading(n, parent):
                     self.uses[n.id].escapes.append(self._here())
             elif isinstance(n, _SCOPES) or isinstance(n, (ast.GeneratorExp,)):
                 for inner in ast.walk(n):

@@ -10,16 +10,19 @@ by a test of the flags those statements set.
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass, field
 from typing import Optional
 
 from pydron import purity
 from pydron.dataflow.template import (RETURN_FLAG, RETURN_VALUE, Block, CallStep, IfStep,
                                       LoopStep, NativeStep, Step)
-from pydron.translation.codegen import Compiler
+from pydron.translation.codegen import Compiler, locate
+from pydron.translation.facts import scan
 from pydron.translation.normalize import Normalizer
 from pydron.translation.scopes import Scopes
-from pydron.translation.sites import DYNAMIC, KNOWN_METHODS, MUTATING_METHODS, PURE_METHODS, SiteFinder
+from pydron.translation.sites import (DYNAMIC, KNOWN_METHODS, MUTATING_METHODS, PURE_METHODS,
+                                     SiteFinder, dotted)
 from pydron.translation.accumulators import CHAIN_METHODS
 
 _SCOPES = (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
@@ -60,6 +63,9 @@ class Builder:
         self.compiler = compiler
         self.pending: list[tuple[Step, str, int]] = []   # (step, attribute, compiled index)
         self._loops = 0
+        self._facts_memo: dict[int, tuple] = {}
+        self._graph_memo: dict[int, bool] = {}
+        self._keep: list[ast.AST] = []     # nodes whose ids key the memos stay alive
 
     # -- blocks --------------------------------------------------------------------------
     def block(self, stmts: list[ast.stmt], ctx: Optional[_LoopCtx]) -> Block:
@@ -126,9 +132,7 @@ class Builder:
         test: ast.expr = ast.Name(id=flags[0], ctx=ast.Load()) if len(flags) == 1 else \
             ast.BoolOp(op=ast.Or(), values=[ast.Name(id=f, ctx=ast.Load()) for f in flags])
         node = ast.If(test=ast.UnaryOp(op=ast.Not(), operand=test), body=rest, orelse=[])
-        ast.copy_location(node, rest[0])
-        ast.fix_missing_locations(node)
-        return node
+        return locate(node, rest[0])
 
     @staticmethod
     def flag_var(signal: str, ctx: Optional[_LoopCtx]) -> Optional[str]:
@@ -154,7 +158,12 @@ class Builder:
 
     # -- deciding what is a graph construct ------------------------------------------------
     def is_graph(self, s: ast.stmt) -> bool:
-        return any(id(n) in self.norm.tags for n in _walk_no_scopes(s))
+        hit = self._graph_memo.get(id(s))
+        if hit is None:
+            hit = self._graph_memo[id(s)] = any(id(n) in self.norm.tags
+                                                for n in _walk_no_scopes(s))
+            self._keep.append(s)
+        return hit
 
     def graph_step(self, s: ast.stmt, ctx: Optional[_LoopCtx]) -> list[Step]:
         if isinstance(s, (ast.Assign, ast.Expr)) and id(s.value) in self.norm.tags:
@@ -190,7 +199,7 @@ class Builder:
         step = CallStep(reads=tuple(reads), writes=(target,) if target else (),
                         lineno=s.lineno, may_sync=kind == DYNAMIC, target=target,
                         callee=obj if kind != DYNAMIC else None,
-                        callee_name=ast.unparse(call.func), source=_source(s))
+                        callee_name=_dotted_text(call.func), nodes=(s,))
         if not plain:
             built = ast.Tuple(elts=[
                 ast.Tuple(elts=list(call.args), ctx=ast.Load()),
@@ -212,8 +221,7 @@ class Builder:
         else:
             tmp = self.norm.tmp("t")
             assign = ast.Assign(targets=[ast.Name(id=tmp, ctx=ast.Store())], value=test)
-            ast.copy_location(assign, s)
-            ast.fix_missing_locations(assign)
+            locate(assign, s)
             before.append(self.native([assign], ctx))
             test_reads = (tmp,)
             test = ast.Name(id=tmp, ctx=ast.Load())
@@ -223,7 +231,8 @@ class Builder:
         carry = tuple(dict.fromkeys(body.reads + orelse.reads + writes))
         step = IfStep(reads=test_reads, writes=writes, lineno=s.lineno,
                       may_sync=body.may_sync or orelse.may_sync, carry=carry,
-                      source=f"if {ast.unparse(s.test)}:", body=body, orelse=orelse)
+                      nodes=(ast.If(test=s.test, body=[], orelse=[]),), body=body,
+                      orelse=orelse)
         if len(test_reads) != 1 or not isinstance(test, ast.Name):
             index = self.compiler.add_expression(test, test_reads, s)
             self.pending.append((step, "test", index))
@@ -248,8 +257,7 @@ class Builder:
         if not (isinstance(iterable, ast.Name) and self._slot_name(iterable.id)):
             tmp = self.norm.tmp("t")
             assign = ast.Assign(targets=[ast.Name(id=tmp, ctx=ast.Store())], value=iterable)
-            ast.copy_location(assign, s)
-            ast.fix_missing_locations(assign)
+            locate(assign, s)
             before.append(self.native([assign], None))
             iterable = ast.Name(id=tmp, ctx=ast.Load())
         body_stmts = list(s.body)
@@ -258,8 +266,7 @@ class Builder:
         else:
             item = f"_pd_item{n}"
             assign = ast.Assign(targets=[s.target], value=ast.Name(id=item, ctx=ast.Load()))
-            ast.copy_location(assign, s)
-            ast.fix_missing_locations(assign)
+            locate(assign, s)
             body_stmts.insert(0, assign)
         body = self.block(body_stmts, ctx)
         orelse = self.block(s.orelse, outer)     # ``else`` belongs to the enclosing loop
@@ -272,8 +279,7 @@ class Builder:
         n, ctx = self._loop_ctx()
         test_var = f"_pd_w{n}"
         assign = ast.Assign(targets=[ast.Name(id=test_var, ctx=ast.Store())], value=s.test)
-        ast.copy_location(assign, s)
-        ast.fix_missing_locations(assign)
+        locate(assign, s)
         test_block = self.block(self.norm.while_pre.get(id(s), []) + [assign], None)
         body = self.block(s.body, ctx)
         orelse = self.block(s.orelse, outer)
@@ -292,9 +298,10 @@ class Builder:
         writes_t = tuple(dict.fromkeys(writes))
         carry = tuple(dict.fromkeys([r for p in parts for r in p.reads if r not in flags]
                                     + list(writes_t)))
-        header = ast.unparse(s).splitlines()[0]
+        header = (ast.For(target=s.target, iter=s.iter, body=[], orelse=[])
+                  if isinstance(s, ast.For) else ast.While(test=s.test, body=[], orelse=[]))
         return LoopStep(
-            reads=reads, writes=writes_t, lineno=s.lineno, carry=carry, source=header,
+            reads=reads, writes=writes_t, lineno=s.lineno, carry=carry, nodes=(header,),
             may_sync=any(p.may_sync for p in parts), kind=kind, item=item, body=body,
             orelse=orelse, test_block=test_block, test_reads=test_reads,
             break_var=ctx.break_var if "break" in body.signals else None,
@@ -330,19 +337,21 @@ class Builder:
         index = self.compiler.add_native(
             stmts, tuple(reads), tuple(writes), frozenset(info.assigned),
             frozenset(info.globals_written), frozenset(info.cells_written),
-            ctx.break_var if ctx else None, ctx.continue_var if ctx else None)
+            ctx.break_var if ctx else None, ctx.continue_var if ctx else None,
+            has_control=bool(info.signals))
         if returns:    # the runtime expects them last
             writes = [w for w in writes if w not in (RETURN_FLAG, RETURN_VALUE)] \
                 + [RETURN_FLAG, RETURN_VALUE]
         step = NativeStep(reads=tuple(reads), writes=tuple(writes), lineno=stmts[0].lineno,
                           may_sync=bool(info.sync_reasons or receiver_checks
                                         or inplace_checks),
-                          source="\n".join(_source(s) for s in stmts),
+                          nodes=tuple(stmts),
                           sync_reasons=tuple(dict.fromkeys(info.sync_reasons)),
                           shared_read=info.shared_read, receiver_checks=receiver_checks,
                           inplace_checks=inplace_checks,
                           returns=returns, signal_vars=tuple(signal_vars))
         self.pending.append((step, "fn", index))
+        step.checked = functools.partial(self.compiler.checked_variant, index)
         return step
 
     def _slot_name(self, name: str) -> bool:
@@ -355,8 +364,7 @@ class Builder:
         reads: dict[str, None] = {}
         writes: dict[str, None] = {}
         for s in stmts:
-            loads, stores = _NameUses.of(s)
-            callee_roots = _callee_roots(s)
+            loads, stores, callee_roots, effects, mutated, assigned, signals = self._facts(s)
             for name in loads:
                 if self._slot_name(name):
                     if name not in info.assigned:
@@ -379,16 +387,33 @@ class Builder:
                     info.cells_written.add(name)
                     info.sync_reasons.append(
                         f"writes {name}, a variable shared with a nested function")
-            self._effects(s, info, writes)
-            info.assigned |= _definitely_assigned(s)
-            info.signals |= _signals(s)
+            writes.update(mutated)
+            info.sync_reasons += effects.sync_reasons
+            info.receivers += effects.receivers
+            info.inplace += effects.inplace
+            info.assigned |= assigned
+            info.signals |= signals
         info.reads = list(reads)
         info.writes = list(writes)
         return info
 
-    def _effects(self, s: ast.stmt, info: _Native, writes: dict[str, None]) -> None:
-        for node in _walk_effects(s):
-            if isinstance(node, ast.With):
+    def _facts(self, s: ast.stmt) -> tuple:
+        """Everything analyze() needs from one statement, computed once per statement."""
+        facts = self._facts_memo.get(id(s))
+        if facts is None:
+            found = scan(s)
+            effects = _Native()
+            mutated: dict[str, None] = {}
+            self._effects(found.effect_nodes, effects, mutated)
+            facts = (found.loads, found.stores, found.callee_roots, effects, mutated,
+                     found.assigned, found.signals)
+            self._facts_memo[id(s)] = facts
+            self._keep.append(s)
+        return facts
+
+    def _effects(self, nodes: list[ast.AST], info: _Native, writes: dict[str, None]) -> None:
+        for node in nodes:
+            if isinstance(node, (ast.With, ast.AsyncWith)):
                 info.sync_reasons.append("a 'with' statement runs as one sequential step")
             elif isinstance(node, ast.ClassDef):
                 info.sync_reasons.append(f"class {node.name} is defined by running its body")
@@ -396,8 +421,7 @@ class Builder:
                 info.sync_reasons.append("an import runs module code")
             elif isinstance(node, ast.Call):
                 self._call_effect(node, info, writes)
-            elif isinstance(node, (ast.Attribute, ast.Subscript)) and \
-                    isinstance(node.ctx, (ast.Store, ast.Del)):
+            elif isinstance(node, (ast.Attribute, ast.Subscript)):
                 base = node.value
                 if isinstance(node, ast.Subscript) and isinstance(base, ast.Name) \
                         and base.id in self.accumulators:
@@ -406,12 +430,13 @@ class Builder:
                     what = "attribute" if isinstance(node, ast.Attribute) else "item"
                     info.sync_reasons.append(
                         f"changes an {what} of {ast.unparse(base)}, which others may see")
-            elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) \
-                    and node.target.id not in self.accumulators and \
-                    self._slot_name(node.target.id):
-                # ``x += v`` mutates x in place when x is mutable: decided at run time.
-                info.inplace.append(node.target.id)
-            elif isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)):
+            elif isinstance(node, ast.AugAssign):
+                if isinstance(node.target, ast.Name) and \
+                        node.target.id not in self.accumulators and \
+                        self._slot_name(node.target.id):
+                    # ``x += v`` mutates x in place when x is mutable: decided at run time.
+                    info.inplace.append(node.target.id)
+            else:
                 info.sync_reasons.append("yield/await")
 
     def _call_effect(self, call: ast.Call, info: _Native, writes: dict[str, None]) -> None:
@@ -441,111 +466,8 @@ class Builder:
 
 
 def _is_global_chain(func: ast.Attribute, finder: SiteFinder) -> bool:
-    from pydron.translation.sites import dotted
     chain = dotted(func)
     return chain is not None and not finder.is_local(chain[0])
-
-
-class _NameUses(ast.NodeVisitor):
-    """Names loaded and stored by a statement, nested scopes included for loads (their
-    free variables are read when they run), excluded for stores (they bind their own)."""
-
-    def __init__(self) -> None:
-        self.loads: dict[str, None] = {}
-        self.stores: dict[str, None] = {}
-        self.depth = 0
-
-    @classmethod
-    def of(cls, node: ast.AST) -> tuple[list[str], list[str]]:
-        v = cls()
-        v.visit(node)
-        return list(v.loads), list(v.stores)
-
-    def visit_Name(self, node: ast.Name) -> None:
-        if isinstance(node.ctx, ast.Load):
-            self.loads[node.id] = None
-        elif self.depth == 0:
-            self.stores[node.id] = None
-
-    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
-        self.stores[node.target.id] = None      # binds in the function, even in a comprehension
-        self.visit(node.value)
-
-    def visit_AugAssign(self, node: ast.AugAssign) -> None:
-        if isinstance(node.target, ast.Name):
-            self.loads[node.target.id] = None
-        self.generic_visit(node)
-
-    def _scope(self, node: ast.AST) -> None:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if self.depth == 0:
-                self.stores[node.name] = None
-            for d in node.decorator_list:
-                self.visit(d)
-            if not isinstance(node, ast.ClassDef):
-                for d in node.args.defaults + [d for d in node.args.kw_defaults if d]:
-                    self.visit(d)
-            else:
-                for b in node.bases + [k.value for k in node.keywords]:
-                    self.visit(b)
-        self.depth += 1
-        body = node.body if isinstance(node.body, list) else [node.body]
-        for b in body:
-            self.visit(b)
-        self.depth -= 1
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = _scope
-
-    def _comp(self, node: ast.AST) -> None:
-        self.depth += 1
-        self.generic_visit(node)
-        self.depth -= 1
-
-    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comp
-
-    def visit_alias(self, node: ast.alias) -> None:
-        if node.name != "*":
-            self.stores[(node.asname or node.name).split(".")[0]] = None
-
-    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
-        if node.name and self.depth == 0:
-            self.stores[node.name] = None
-        self.generic_visit(node)
-
-    def visit_MatchAs(self, node: ast.MatchAs) -> None:
-        if node.name and self.depth == 0:
-            self.stores[node.name] = None
-        self.generic_visit(node)
-
-    def visit_MatchStar(self, node: ast.MatchStar) -> None:
-        if node.name and self.depth == 0:
-            self.stores[node.name] = None
-
-    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
-        if node.rest and self.depth == 0:
-            self.stores[node.rest] = None
-        self.generic_visit(node)
-
-
-def _callee_roots(s: ast.AST) -> set[str]:
-    """Names used only to reach a callee, as ``math`` in ``math.sqrt(x)``."""
-    from pydron.translation.sites import dotted
-    roots: set[str] = set()
-    other: set[str] = set()
-    callee_names: set[int] = set()
-    for node in ast.walk(s):
-        if isinstance(node, ast.Call):
-            chain = dotted(node.func)
-            if chain is not None:
-                inner = node.func
-                while isinstance(inner, ast.Attribute):
-                    inner = inner.value
-                callee_names.add(id(inner))
-                roots.add(chain[0])
-    for node in ast.walk(s):
-        if isinstance(node, ast.Name) and id(node) not in callee_names:
-            other.add(node.id)
-    return roots - other
 
 
 def _walk_no_scopes(node: ast.AST):
@@ -559,74 +481,6 @@ def _walk_no_scopes(node: ast.AST):
         todo.extend(ast.iter_child_nodes(n))
 
 
-def _walk_effects(node: ast.AST):
-    """Nodes whose evaluation happens when this statement runs (lambda bodies included,
-    since pure builtins such as sorted() call them right away; def bodies excluded)."""
-    todo = [node]
-    while todo:
-        n = todo.pop()
-        yield n
-        if n is not node and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            todo.extend(n.decorator_list)
-            todo.extend(n.args.defaults)
-            todo.extend(d for d in n.args.kw_defaults if d is not None)
-            continue
-        if isinstance(n, ast.ClassDef) and n is not node:
-            continue
-        todo.extend(ast.iter_child_nodes(n))
-
-
-def _definitely_assigned(s: ast.stmt) -> set[str]:
-    names: set[str] = set()
-    if isinstance(s, ast.Assign):
-        for t in s.targets:
-            names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)
-                      and isinstance(n.ctx, ast.Store)}
-    elif isinstance(s, ast.AnnAssign) and s.value is not None and isinstance(s.target, ast.Name):
-        names.add(s.target.id)
-    elif isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
-        names.add(s.target.id)
-    elif isinstance(s, (ast.Import, ast.ImportFrom)):
-        names |= {(a.asname or a.name).split(".")[0] for a in s.names if a.name != "*"}
-    elif isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        names.add(s.name)
-    return names
-
-
-def _signals(s: ast.stmt) -> set[str]:
-    """Which of return / break / continue a plain statement may execute for its context."""
-    found: set[str] = set()
-
-    def walk(node: ast.AST, in_loop: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, _SCOPES):
-                continue
-            if isinstance(child, ast.Return):
-                found.add("return")
-            elif isinstance(child, ast.Break) and not in_loop:
-                found.add("break")
-            elif isinstance(child, ast.Continue) and not in_loop:
-                found.add("continue")
-            if isinstance(child, _LOOPS):
-                for b in child.body:
-                    walk_stmt(b, True)
-                for b in child.orelse:
-                    walk_stmt(b, in_loop)
-                walk(ast.Expression(body=child.iter if not isinstance(child, ast.While)
-                                    else child.test), in_loop)
-            else:
-                walk(child, in_loop)
-
-    def walk_stmt(st: ast.stmt, in_loop: bool) -> None:
-        wrapper = ast.Module(body=[st], type_ignores=[])
-        walk(wrapper, in_loop)
-
-    walk_stmt(s, False)
-    return found
-
-
-def _source(s: ast.AST) -> str:
-    try:
-        return ast.unparse(s)
-    except Exception:
-        return type(s).__name__
+def _dotted_text(func: ast.expr) -> str:
+    chain = dotted(func)
+    return ".".join(chain) if chain else ast.unparse(func)

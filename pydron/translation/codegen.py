@@ -65,14 +65,14 @@ class _ControlRewriter(ast.NodeTransformer):
     def visit_Return(self, node: ast.Return) -> ast.stmt:
         value = node.value if node.value is not None else ast.Constant(None)
         new = ast.Return(value=ast.Call(func=_name("_pd_R"), args=[value], keywords=[]))
-        return ast.copy_location(new, node)
+        return locate(new, node)
 
     def _signal(self, node: ast.stmt, var: Optional[str]) -> Any:
         if self.depth or var is None:
             return node
         self.exits = True
         flag = ast.Assign(targets=[_name(var, ast.Store())], value=ast.Constant(True))
-        return [ast.copy_location(flag, node), ast.copy_location(ast.Break(), node)]
+        return [locate(flag, node), locate(ast.Break(), node)]
 
     def visit_Break(self, node: ast.Break) -> Any:
         return self._signal(node, self.break_var)
@@ -92,26 +92,52 @@ class Compiler:
         self.globals = globals_
         self.closure_names = closure_names
         self.defs: list[ast.FunctionDef] = []
+        self.specs: dict[int, tuple] = {}
 
     def add_native(self, stmts: list[ast.stmt], reads: tuple[str, ...],
                    writes: tuple[str, ...], assigned: frozenset[str],
                    globals_written: frozenset[str], cells_written: frozenset[str],
-                   break_var: Optional[str], continue_var: Optional[str]) -> int:
+                   break_var: Optional[str], continue_var: Optional[str],
+                   has_control: bool) -> int:
         """Compile statements into ``f(*reads) -> tuple(writes) | ReturnSignal``."""
-        rewriter = _ControlRewriter(break_var, continue_var)
-        body = rewriter._stmts([_copy(s) for s in stmts])
-        first = stmts[0]
+        spec = (stmts, reads, writes, assigned, globals_written, cells_written, break_var,
+                continue_var, has_control)
+        index = self._add(self._native_body(spec, checked=False), list(reads), stmts[0])
+        self.specs[index] = spec
+        return index
+
+    def checked_variant(self, index: int) -> Callable[..., Any]:
+        """The same step, but first deleting inputs that have no value, so that reading
+        one raises Python's own UnboundLocalError. Compiled only when first needed."""
+        spec = self.specs[index]
+        single = Compiler(self.name, self.filename, self.globals, self.closure_names,
+                          self.qualname)
+        single._add(self._native_body(spec, checked=True), list(spec[1]), spec[0][0])
+        return single.compile()[0]
+
+    def _native_body(self, spec: tuple, checked: bool) -> list[ast.stmt]:
+        (stmts, reads, writes, assigned, globals_written, cells_written, break_var,
+         continue_var, has_control) = spec
+        exits = False
+        if has_control:
+            rewriter = _ControlRewriter(break_var, continue_var)
+            # The rewriter changes return/break/continue in place: work on a copy.
+            body = rewriter._stmts([_copy(s) for s in stmts])
+            exits = rewriter.exits
+        else:
+            body = list(stmts)
         code: list[ast.stmt] = []
         if globals_written:
             code.append(ast.Global(names=sorted(globals_written)))
         if cells_written:
             code.append(ast.Nonlocal(names=sorted(cells_written)))
-        for r in reads:
-            if not r.startswith("_pd_t"):
+        if checked:
+            for r in reads:
                 code.append(ast.If(
-                    test=ast.Compare(left=_name(r), ops=[ast.Is()], comparators=[_name("_pd_U")]),
+                    test=ast.Compare(left=_name(r), ops=[ast.Is()],
+                                     comparators=[_name("_pd_U")]),
                     body=[ast.Delete(targets=[_name(r, ast.Del())])], orelse=[]))
-        if rewriter.exits:
+        if exits:
             for var in (break_var, continue_var):
                 if var is not None and var in writes:
                     code.append(ast.Assign(targets=[_name(var, ast.Store())],
@@ -131,7 +157,7 @@ class Compiler:
                 orelse=[], finalbody=[]))
             results.append(_name(tmp))
         code.append(ast.Return(value=ast.Tuple(elts=results, ctx=ast.Load())))
-        return self._add(code, list(reads), first)
+        return code
 
     def add_expression(self, expr: ast.expr, params: tuple[str, ...],
                        where: ast.AST) -> int:
@@ -142,6 +168,7 @@ class Compiler:
         fdef = ast.FunctionDef(name=self.name, args=_args(params, {"_pd_U": "_pd_U", "_pd_R": "_pd_R"}),
                                body=body, decorator_list=[], returns=None, type_comment=None)
         ast.copy_location(fdef, where)
+        locate(fdef, where)
         self.defs.append(fdef)
         return len(self.defs) - 1
 
@@ -166,7 +193,7 @@ class Compiler:
         factory.lineno = factory.end_lineno = self.defs[0].lineno
         factory.col_offset = factory.end_col_offset = 0
         module = ast.Module(body=[factory], type_ignores=[])
-        sanitize_locations(module)
+        locate(factory, factory)
         code = compile(module, self.filename, "exec", dont_inherit=True)
         code = _requalify(code, "_pd_factory.<locals>." + self.name, self.qualname)
         namespace: dict[str, Any] = {}
@@ -191,27 +218,32 @@ def _requalify(code: types.CodeType, old: str, new: str) -> types.CodeType:
     return code.replace(**changes)
 
 
-def sanitize_locations(root: ast.AST) -> None:
-    """Give every node a position, inherited from its parent where it has none, and make
-    each range well-formed: synthesized nodes sit on the line of the code they stand for."""
-    todo: list[tuple[ast.AST, tuple[int, int]]] = [(root, (1, 0))]
+def locate(node: ast.AST, where: ast.AST) -> ast.AST:
+    """Give ``node`` and the nodes below it that have no position the position of
+    ``where`` (or of their nearest positioned parent), so tracebacks show the user's line.
+
+    Positioned subtrees are the user's own code and are not walked again: this runs for
+    every synthesized node, so it must cost what the new nodes cost, not the whole tree.
+    """
+    base = (getattr(where, "lineno", 1), getattr(where, "col_offset", 0),
+            getattr(where, "end_lineno", None), getattr(where, "end_col_offset", None))
+    todo: list[tuple[ast.AST, tuple]] = [(node, base)]
     while todo:
-        node, (line, col) = todo.pop()
-        if "lineno" in node._attributes:
-            if getattr(node, "lineno", None) is None:
-                node.lineno, node.col_offset = line, col
-            if getattr(node, "col_offset", None) is None:
-                node.col_offset = col
-            end = getattr(node, "end_lineno", None)
-            if end is None or end < node.lineno:
-                node.end_lineno = node.lineno
-                node.end_col_offset = node.col_offset
-            elif end == node.lineno and (getattr(node, "end_col_offset", None) is None
-                                         or node.end_col_offset < node.col_offset):
-                node.end_col_offset = node.col_offset
-            line, col = node.lineno, node.col_offset
-        for child in ast.iter_child_nodes(node):
-            todo.append((child, (line, col)))
+        current, pos = todo.pop()
+        if "lineno" in current._attributes:
+            if getattr(current, "lineno", None) is None:
+                line, col, end, end_col = pos
+                current.lineno, current.col_offset = line, col
+                current.end_lineno = end if end is not None and end >= line else line
+                current.end_col_offset = end_col if end_col is not None and (
+                    current.end_lineno > line or end_col >= col) else col
+            elif current is not node:
+                continue
+            pos = (current.lineno, current.col_offset, current.end_lineno,
+                   current.end_col_offset)
+        for child in ast.iter_child_nodes(current):
+            todo.append((child, pos))
+    return node
 
 
 def bind_cells(fn: Callable[..., Any], cells: dict[str, types.CellType]) -> Callable[..., Any]:
@@ -240,7 +272,7 @@ def make_binder(fdef: ast.FunctionDef, func: Callable[..., Any],
                                                               ctx=ast.Load()))],
                              decorator_list=[], returns=None, type_comment=None)
     module = ast.Module(body=[binder], type_ignores=[])
-    sanitize_locations(module)
+    ast.fix_missing_locations(module)
     code = compile(module, "<pydron binder>", "exec", dont_inherit=True)
     fcode = next(c for c in code.co_consts if isinstance(c, types.CodeType))
     if hasattr(fcode, "co_qualname"):

@@ -38,7 +38,8 @@ class Normalizer:
         self.while_pre: dict[int, list[ast.stmt]] = {}
         self._counter = 0
         self._memo: dict[int, bool] = {}
-        self._unstable: frozenset[str] = frozenset()
+        self._unstable: Optional[frozenset[str]] = frozenset()
+        self._statement: Optional[ast.stmt] = None
 
     def tmp(self, kind: str = "t") -> str:
         self._counter += 1
@@ -83,8 +84,8 @@ class Normalizer:
         if not self.has_site(s):
             return [s]
         saved = self._counter
-        self._unstable = frozenset(n.target.id for n in ast.walk(s)
-                                   if isinstance(n, ast.NamedExpr))
+        self._statement = s
+        self._unstable = None
         try:
             result = self._stmt(s)
         except _Fallback:
@@ -416,6 +417,9 @@ class Normalizer:
         if isinstance(e, ast.Constant):
             return True
         if isinstance(e, ast.Name):
+            if self._unstable is None:     # names a walrus rebinds inside this statement
+                self._unstable = frozenset(n.target.id for n in ast.walk(self._statement)
+                                           if isinstance(n, ast.NamedExpr))
             if e.id in self._unstable:
                 return False
             if e.id.startswith("_pd_") or self.finder.scopes.is_slot_local(e.id):
@@ -473,8 +477,5 @@ def _assign(name: str, value: ast.expr) -> ast.Assign:
 
 def _locate(new: ast.AST, old: ast.AST) -> None:
     """Give new nodes the position of the code they came from (for tracebacks)."""
-    for node in ast.walk(new):
-        if "lineno" in node._attributes and not hasattr(node, "lineno"):
-            ast.copy_location(node, old)
-        elif "lineno" in node._attributes and getattr(node, "lineno", None) is None:
-            ast.copy_location(node, old)
+    from pydron.translation.codegen import locate
+    locate(new, old)

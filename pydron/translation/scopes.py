@@ -67,7 +67,8 @@ def of_normalized(fdef: ast.FunctionDef, frees: frozenset[str], filename: str,
               for n in sorted(frees)] + [fdef],
         decorator_list=[], returns=None, type_comment=None)
     module = ast.Module(body=[outer], type_ignores=[])
-    ast.fix_missing_locations(module)
+    from pydron.translation.codegen import locate
+    locate(outer, fdef)
     code = compile(module, filename, "exec", dont_inherit=True)
     outer_code = next(c for c in code.co_consts if isinstance(c, types.CodeType))
     inner = next(c for c in outer_code.co_consts
