@@ -27,6 +27,7 @@ from heapq import heappop, heappush
 from typing import Any, Callable, Optional
 
 from pydron import purity
+from pydron.errors import PydronError
 from pydron.dataflow.template import (RETURN_FLAG, RETURN_VALUE, UNBOUND, Block, CallStep,
                                       IfStep, LoopStep, NativeStep, ReturnSignal, Template)
 
@@ -683,6 +684,11 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
         exc, node = run.fail_exc, run.fail_node
         run.fail_exc = run.fail_node = None
         step = node.step
+        if type(step) is CallStep and isinstance(exc, PydronError) and exc.args and \
+                isinstance(exc.args[0], str) and "called at" not in exc.args[0]:
+            # The pool knows the function; only the runtime knows the line that called it.
+            where = f"{step.callee_name}() called at {template.filename}:{step.lineno}"
+            exc.args = (f"{exc.args[0]} [{where}]",) + exc.args[1:]
         if type(step) is not NativeStep:
             # A plain run would show the line of the call (or loop, or if) that failed:
             # raise through a frame that sits on that line of the user's file.
