@@ -14,5 +14,6 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
         "bench": ["numpy"],
+        "examples": ["numpy"],
     },
 )
