@@ -53,6 +53,8 @@ def _walk(block: Block, notes: dict[int, list[str]]) -> None:
         elif isinstance(step, NativeStep):
             for reason in step.sync_reasons:
                 add(f"sync point: {reason}")
+            for reason in step.output_only:
+                add(f"in program order: {reason}; computation after it does not wait")
             if step.inplace_checks:
                 names = ", ".join(step.reads[i] for i in step.inplace_checks)
                 add(f"'+=' and friends on {names}: a plain update for numbers, strings and "

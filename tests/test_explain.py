@@ -64,13 +64,13 @@ def test_explain_names_calls_sync_points_and_loops():
     assert "progress_pipeline" in report
     assert "functional call square()" in report
     assert "functional call is_even()" in report
-    assert "sync point: call to print (not @functional)" in report
+    assert "in program order: print() writes output" in report
     assert "iterations run concurrently" in report
     assert "results" in report.split("accumulators")[1].splitlines()[0]
     # each note sits under the line it belongs to
     line = _line(progress_pipeline, 'print("frame", x)')
     block = report.split(f"{line:4d} |")[1]
-    assert block.splitlines()[1].strip().startswith("-> sync point: call to print")
+    assert block.splitlines()[1].strip().startswith("-> in program order: print()")
 
 
 def test_explain_loop_that_returns_is_sequential():

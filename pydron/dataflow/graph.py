@@ -30,7 +30,7 @@ def _kind(step: Step) -> str:
     if isinstance(step, CallStep):
         return "call"
     if isinstance(step, NativeStep):
-        return "sync" if step.sync_reasons else "local"
+        return "sync" if step.sync_reasons or step.output_only else "local"
     if isinstance(step, IfStep):
         return "if"
     if isinstance(step, LoopStep):
@@ -45,8 +45,8 @@ def _add_block(graph: nx.DiGraph, block: Block, prefix: str, writers: dict[str, 
         node = f"{prefix}s{i}"
         attrs = dict(kind=_kind(step), label=_label(step), line=step.lineno, parent=parent,
                      source=step.source)
-        if isinstance(step, NativeStep) and step.sync_reasons:
-            attrs["why"] = "; ".join(step.sync_reasons)
+        if isinstance(step, NativeStep) and (step.sync_reasons or step.output_only):
+            attrs["why"] = "; ".join(step.sync_reasons + step.output_only)
         graph.add_node(node, **attrs)
         for var in dict.fromkeys(step.reads + step.carry):
             source = writers.get(var)

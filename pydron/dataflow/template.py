@@ -62,7 +62,9 @@ class NativeStep(Step):
 
     fn: Optional[Callable[..., Any]] = None
     needs_cells: bool = False              # fn closes over the run's cells: bind per run
-    sync_reasons: tuple[str, ...] = ()     # why this step is a sync point, if it is one
+    sync_reasons: tuple[str, ...] = ()     # why this step is a sync point (a barrier)
+    output_only: tuple[str, ...] = ()      # sync points that only write output: kept in
+                                           # program order, but no barrier for computation
     shared_read: bool = False              # reads globals or cells a sync point could change
     receiver_checks: tuple[int, ...] = ()  # reads that must be builtin values for purity
     inplace_checks: tuple[int, ...] = ()   # ``x += v`` targets: must be immutable, else sync
@@ -72,7 +74,7 @@ class NativeStep(Step):
     checked: Optional[Callable[[], Callable[..., Any]]] = None   # fn that checks for unbound
 
     def label(self) -> str:
-        return "sync" if self.sync_reasons else "local"
+        return "sync" if self.sync_reasons or self.output_only else "local"
 
 
 @dataclass(eq=False)

@@ -345,7 +345,7 @@ class Run:
         step = node.step
         t = type(step)
         if t is NativeStep:
-            if step.sync_reasons:
+            if step.sync_reasons or step.output_only:
                 return SYNC
             ins = node.ins
             for i in step.receiver_checks:
@@ -382,9 +382,9 @@ class Run:
             if step.kind == "while":
                 return FREE
             value = node.ins[0].value
-            if type(value) not in _PLAIN_ITERABLES:
-                return SYNC
-            return FREE if purity.is_immutable(value) else ORDERED
+            # iter() of a builtin container reads nothing yet: the fetches, ordered on
+            # their own, read the items.
+            return FREE if type(value) in _PLAIN_ITERABLES else SYNC
         # IfStep and while tests: evaluating truth may call __bool__ on a user object.
         return FREE if purity.all_immutable([s.value for s in node.ins]) else ORDERED
 

@@ -43,6 +43,7 @@ class _Native:
     writes: list[str] = field(default_factory=list)
     assigned: set[str] = field(default_factory=set)
     sync_reasons: list[str] = field(default_factory=list)
+    output_only: list[str] = field(default_factory=list)   # sync points that change nothing
     shared_read: bool = False
     receivers: list[str] = field(default_factory=list)
     inplace: list[str] = field(default_factory=list)
@@ -71,7 +72,7 @@ class Builder:
     def block(self, stmts: list[ast.stmt], ctx: Optional[_LoopCtx]) -> Block:
         steps: list[Step] = []
         group: list[ast.stmt] = []
-        group_sync = False
+        group_sync = 0
         signals: set[str] = set()
         stmts = [s for s in stmts if not isinstance(s, (ast.Global, ast.Nonlocal, ast.Pass))]
 
@@ -89,7 +90,8 @@ class Builder:
                 raised = set().union(*(self.step_signals(st) for st in new))
             else:
                 info = self.analyze([s])
-                is_sync = bool(info.sync_reasons)
+                # pure code, output-only sync points and barriers are never merged
+                is_sync = 2 if info.sync_reasons else (1 if info.output_only else 0)
                 if group and is_sync != group_sync:
                     flush()
                 group.append(s)
@@ -345,6 +347,7 @@ class Builder:
         step = NativeStep(reads=tuple(reads), writes=tuple(writes), lineno=stmts[0].lineno,
                           may_sync=bool(info.sync_reasons or receiver_checks
                                         or inplace_checks),
+                          output_only=tuple(dict.fromkeys(info.output_only)),
                           nodes=tuple(stmts),
                           sync_reasons=tuple(dict.fromkeys(info.sync_reasons)),
                           shared_read=info.shared_read, receiver_checks=receiver_checks,
@@ -389,6 +392,7 @@ class Builder:
                         f"writes {name}, a variable shared with a nested function")
             writes.update(mutated)
             info.sync_reasons += effects.sync_reasons
+            info.output_only += effects.output_only
             info.receivers += effects.receivers
             info.inplace += effects.inplace
             info.assigned |= assigned
@@ -462,7 +466,12 @@ class Builder:
                 return
         kind, reason = self.finder.plain_call_kind(call)
         if kind == purity.SYNC:
-            info.sync_reasons.append(reason)
+            if isinstance(func, ast.Name) and self.finder.resolve(func) is print:
+                # print changes no object anybody reads: it must keep its place among the
+                # sync points (output order), but later computation need not wait for it.
+                info.output_only.append("print() writes output, kept in program order")
+            else:
+                info.sync_reasons.append(reason)
 
 
 def _is_global_chain(func: ast.Attribute, finder: SiteFinder) -> bool:

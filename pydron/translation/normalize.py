@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import sys
 from typing import Optional
 
 from pydron.translation.sites import SiteFinder
@@ -23,6 +24,7 @@ _OPAQUE_STMTS = (ast.Try, ast.With, ast.AsyncWith, ast.AsyncFor, ast.Match, ast.
 if hasattr(ast, "TryStar"):
     _OPAQUE_STMTS = _OPAQUE_STMTS + (ast.TryStar,)
 _COMPS = (ast.ListComp, ast.SetComp, ast.DictComp)
+_CAPTURING_COMPREHENSIONS = sys.version_info < (3, 12)    # PEP 709 inlines them from 3.12
 
 
 class _Fallback(Exception):
@@ -61,6 +63,12 @@ class Normalizer:
             # Lazily consumed: its calls happen whenever its consumer pulls. Only an eager
             # consumer (see Call below) lets us look inside.
             return self.has_site(node.generators[0].iter)
+        if isinstance(node, _COMPS) and _CAPTURING_COMPREHENSIONS and \
+                self._captures_locals(node):
+            # Before Python 3.12 a comprehension is a nested function: every local it reads
+            # would become a cell shared with it, and a cell is state that forces sync
+            # points. As a loop it reads the locals directly.
+            return True
         if isinstance(node, ast.Call):
             if id(node) in self.tags or self.finder.site(node) is not None:
                 return True
@@ -72,6 +80,26 @@ class Normalizer:
 
     def _scan_comp_part(self, node: ast.AST) -> bool:
         return self.has_site(node)
+
+    def _captures_locals(self, comp: ast.expr) -> bool:
+        """Does the comprehension read a local of the function (other than through its
+        first iterable, which is evaluated outside it)?"""
+        bound = {n.id for g in comp.generators for n in ast.walk(g.target)
+                 if isinstance(n, ast.Name)}
+        parts: list[ast.AST] = [comp.key, comp.value] if isinstance(comp, ast.DictComp) \
+            else [comp.elt]
+        for i, g in enumerate(comp.generators):
+            if i:
+                parts.append(g.iter)
+            parts.extend(g.ifs)
+        for part in parts:
+            for n in ast.walk(part):
+                if isinstance(n, (ast.Lambda, ast.NamedExpr)):
+                    return False      # closures and walrus keep the comprehension as it is
+                if isinstance(n, ast.Name) and n.id not in bound and \
+                        self.finder.scopes.is_local(n.id):
+                    return True
+        return False
 
     # -- statements ----------------------------------------------------------------------
     def body(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
