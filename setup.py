@@ -12,7 +12,7 @@ setup(
         "cloudpickle>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "numpy"],
         "bench": ["numpy"],
         "examples": ["numpy"],
     },
