@@ -417,8 +417,7 @@ class Run:
             key = (id(step), fn)
             bound = self.bound.get(key)
             if bound is None:
-                from pydron.translation.codegen import bind_cells
-                bound = self.bound[key] = bind_cells(fn, self.cells)
+                bound = self.bound[key] = _bind_cells(fn, self.cells)
             fn = bound
         try:
             result = fn(*values)
@@ -630,6 +629,15 @@ def _raiser(filename: str, lineno: int, func: Callable[..., Any]) -> Callable[..
 
 
 _RAISERS: dict[tuple[str, int, str], Callable[..., Any]] = {}
+
+
+def _bind_cells(fn: Callable[..., Any], cells: dict[str, types.CellType]) -> Callable[..., Any]:
+    """A copy of ``fn`` whose free variables are this run's cells."""
+    code = fn.__code__
+    closure = tuple(cells[n] for n in code.co_freevars)
+    new = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, closure)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    return new
 
 
 def _checked(step: NativeStep) -> Callable[..., Any]:

@@ -246,15 +246,6 @@ def locate(node: ast.AST, where: ast.AST) -> ast.AST:
     return node
 
 
-def bind_cells(fn: Callable[..., Any], cells: dict[str, types.CellType]) -> Callable[..., Any]:
-    """A copy of ``fn`` whose free variables are this run's cells."""
-    code = fn.__code__
-    closure = tuple(cells[n] for n in code.co_freevars)
-    new = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, closure)
-    new.__kwdefaults__ = fn.__kwdefaults__
-    return new
-
-
 def make_binder(fdef: ast.FunctionDef, func: Callable[..., Any],
                 params: tuple[str, ...]) -> Callable[..., tuple[Any, ...]]:
     """A function with ``func``'s signature that returns its parameters' values.

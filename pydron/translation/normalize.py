@@ -74,12 +74,9 @@ class Normalizer:
                 return True
             if self.finder.eager_consumer(node):
                 gen = node.args[0]
-                if any(self._scan_comp_part(p) for p in _comp_parts(gen)):
+                if any(self.has_site(p) for p in _comp_parts(gen)):
                     return True
         return any(self.has_site(child) for child in ast.iter_child_nodes(node))
-
-    def _scan_comp_part(self, node: ast.AST) -> bool:
-        return self.has_site(node)
 
     def _captures_locals(self, comp: ast.expr) -> bool:
         """Does the comprehension read a local of the function (other than through its

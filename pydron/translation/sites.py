@@ -85,8 +85,7 @@ class SiteFinder:
         if self.is_local(name) or name in self.scopes.declared_globals:
             return False
         obj = self.resolve(ast.Name(id=name, ctx=ast.Load()))
-        return obj is not _MISSING and callable_or_module(obj) and not callable(
-            getattr(type(obj), "__set__", None))
+        return obj is not _MISSING and callable_or_module(obj)
 
     def global_is_constant(self, name: str) -> bool:
         """A global whose value no sync point can change (a function, a builtin class)."""
