@@ -10,6 +10,7 @@ setup(
     install_requires=[
         "networkx>=2.8",
         "cloudpickle>=2.0",
+        "twisted>=22.10",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "numpy"],

@@ -150,6 +150,11 @@ WORKER_TYPES: dict[str, WorkerType] = {
     ),
     # Runs each call in the caller's thread, one at a time: debugging, deterministic tests.
     "inline": WorkerType(keys={}, count=lambda entry: 1),
+    # Worker processes on this machine, one call at a time each: CPU-bound Python code.
+    "multicore": WorkerType(
+        keys={"cores": _positive_int},
+        count=lambda entry: int(entry.get("cores", local_cores())),  # type: ignore[arg-type]
+    ),
 }
 
 _TOP_LEVEL: dict[str, Check] = {

@@ -24,11 +24,21 @@ __all__ = [
     "in_worker", "worker_context",
 ]
 
-POOL_FACTORIES: dict[str, Callable[[WorkerSpec], Pool]] = {
-    "threads": lambda spec: ThreadPool(spec.count),
-    "inline": lambda spec: InlinePool(),
+
+
+def _multicore(spec: WorkerSpec, config: Config) -> Pool:
+    # Imported here: it brings in Twisted, which only process pools need.
+    from pydron.backend.multicore import MulticorePool
+    return MulticorePool(spec.count, max_retries=config.max_retries)
+
+
+POOL_FACTORIES: dict[str, Callable[[WorkerSpec, Config], Pool]] = {
+    "threads": lambda spec, config: ThreadPool(spec.count),
+    "inline": lambda spec, config: InlinePool(),
+    "multicore": _multicore,
 }
-"""How to build a pool for each worker type of :data:`pydron.config.WORKER_TYPES`."""
+"""How to build a pool for each worker type of :data:`pydron.config.WORKER_TYPES`, from
+its entry and the whole configuration (for settings such as ``max_retries``)."""
 
 _lock = threading.RLock()
 _pool: Pool | None = None
@@ -37,7 +47,7 @@ _config: Config | None = None  # None: discover on next use
 
 def pool_from_config(config: Config) -> Pool:
     """Build (but do not register) the pool a configuration describes."""
-    members = [POOL_FACTORIES[spec.type](spec) for spec in config.workers]
+    members = [POOL_FACTORIES[spec.type](spec, config) for spec in config.workers]
     return members[0] if len(members) == 1 else CompositePool(members)
 
 

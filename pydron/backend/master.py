@@ -1,0 +1,183 @@
+"""The master's end of one worker connection: a Twisted protocol.
+
+It frames and unframes, runs the handshake (nothing the peer sends is unpickled before the
+peer has proved it knows the pool's secret and runs the same versions), and routes the
+frames of an authenticated worker to its pool. Anything wrong before that point -- a
+wrong or missing MAC, garbage, an oversized frame, silence -- drops the connection and is
+logged on the ``pydron.backend`` logger; the pool never hears of it.
+
+The pool side of the conversation is the small interface this module calls:
+``claim(info, protocol)``, ``refused(info, reason)``, ``ready(proc)``,
+``results(proc, entries, buffers)`` and ``connection_lost(proc)``.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import sys
+import time
+from typing import Any
+
+from twisted.internet.protocol import Factory, Protocol
+
+from pydron.backend import wire
+
+__all__ = ["WorkerProtocol", "WorkerFactory"]
+
+_log = logging.getLogger("pydron.backend")
+
+
+class WorkerProtocol(Protocol):
+    """One TCP connection that claims to be a worker of ``pool``."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.decoder = wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME)
+        self.nonce = wire.new_nonce()
+        self.proc: Any = None            # set once authenticated
+        self.authenticated = False
+        self.dropped = False
+        self.last_rx = time.monotonic()
+        self.buffers: list[Any] = []
+        self.parts: list[Any] = []
+        self._timer: Any = None
+
+    # -- Twisted callbacks ---------------------------------------------------------------
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.setTcpNoDelay(True)
+        self.transport.write(wire.frame(wire.HELLO, self.nonce))
+        from pydron.backend.reactor import get_reactor
+        self._timer = get_reactor().callLater(self.pool.handshake_timeout, self._too_slow)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.dropped:
+            return
+        self.last_rx = time.monotonic()
+        try:
+            frames = self.decoder.feed(data)
+        except wire.FrameError as exc:
+            self.drop(str(exc))
+            return
+        for kind, payload in frames:
+            if not self.authenticated:
+                self._handshake(kind, payload)
+            else:
+                self._frame(kind, payload)
+            if self.dropped:
+                return
+
+    def connectionLost(self, reason: object = None) -> None:  # noqa: N802
+        self.dropped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self.proc is not None:
+            self.pool.connection_lost(self.proc)
+
+    # -- handshake -----------------------------------------------------------------------
+    def peer(self) -> str:
+        try:
+            address = self.transport.getPeer()
+            return f"{address.host}:{address.port}"
+        except Exception:
+            return "an unknown peer"
+
+    def drop(self, reason: str, level: int = logging.WARNING) -> None:
+        """Close at once, discarding anything unsent, and say why in the log."""
+        if self.dropped:
+            return
+        self.dropped = True
+        what = f"worker {self.proc.index} (pid {self.proc.pid})" if self.proc else \
+            f"a connection from {self.peer()}"
+        _log.log(level, "pydron: dropped %s: %s", what, reason)
+        self.transport.abortConnection()
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if not self.authenticated:
+            self.drop(f"no valid handshake within {self.pool.handshake_timeout} s")
+
+    def _handshake(self, kind: int, payload: bytes) -> None:
+        if kind != wire.AUTH:
+            self.drop(f"expected an AUTH frame, got kind {kind} (not a pydron worker?)")
+            return
+        try:
+            nonce_w, info = wire.decode_auth(self.pool.secret, self.nonce, payload)
+        except wire.HandshakeError as exc:
+            self.drop(str(exc))
+            return
+        problem = wire.version_mismatch(wire.local_info(), info, "the master",
+                                        f"worker {info.get('index')} (pid {info.get('pid')})")
+        if problem:
+            self.transport.write(wire.frame(wire.REFUSE, problem.encode()))
+            self.pool.refused(info, problem)
+            self.drop(problem, logging.ERROR)
+            return
+        proc = self.pool.claim(info, self)
+        if proc is None:
+            self.drop(f"it knows the secret but is no worker this pool is starting "
+                      f"(index {info.get('index')!r}, pid {info.get('pid')!r})")
+            return
+        self.transport.write(wire.frame(wire.WELCOME, wire.encode_welcome(
+            self.pool.secret, self.nonce, nonce_w, wire.local_info())))
+        self.proc = proc
+        self.authenticated = True
+        self.decoder.limit = self.pool.max_frame
+        self.transport.bufferSize = 1 << 20  # big reads for big buffers
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.pool.ready(proc)
+
+    # -- an authenticated worker -----------------------------------------------------------
+    def _frame(self, kind: int, payload: Any) -> None:
+        if kind == wire.RESULTS:
+            buffers, self.buffers = self.buffers, []
+            try:
+                entries = pickle.loads(payload)
+            except Exception as exc:
+                self.drop(f"unreadable RESULTS frame ({type(exc).__name__}: {exc})")
+                return
+            self.pool.results(self.proc, entries, buffers)
+        elif kind == wire.BUFFER:
+            if self.parts:
+                self.parts.append(payload)
+                payload = bytearray(b"".join(self.parts))
+                self.parts = []
+            self.buffers.append(payload)
+        elif kind == wire.BUFFER_PART:
+            self.parts.append(payload)
+        elif kind == wire.OUTPUT:
+            _write_output(payload)
+        elif kind == wire.HEARTBEAT:
+            pass
+        else:
+            self.drop(f"unexpected frame kind {kind}")
+
+    def send(self, pieces: list[bytes]) -> None:
+        if not self.dropped:
+            self.transport.writeSequence(pieces)
+
+
+def _write_output(payload: bytes) -> None:
+    """A worker's print output, to the caller's *current* stdout/stderr (so that what
+    replaced them -- pytest's capture, a redirect_stdout -- gets it)."""
+    stream = sys.stdout if payload[:1] == b"\x01" else sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(bytes(payload[1:]).decode("utf-8", "replace"))
+        stream.flush()
+    except Exception:  # a closed or broken stream must not break the connection
+        pass
+
+
+class WorkerFactory(Factory):
+    """Makes a :class:`WorkerProtocol` for each connection to the pool's port."""
+
+    noisy = False  # no "Starting factory" lines in Twisted's log
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def buildProtocol(self, addr: object) -> WorkerProtocol:  # noqa: N802
+        return WorkerProtocol(self.pool)

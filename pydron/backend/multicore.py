@@ -1,0 +1,698 @@
+"""The multicore pool: functional calls run in worker processes on this machine.
+
+Modelled on ``concurrent/futures/process.py``, with TCP instead of pipes so that the same
+machinery serves remote workers later. A call goes through these states::
+
+    QUEUED --dispatch--> SENT --result--> DONE
+       |                  |  \\--worker died--> QUEUED again (up to max_retries), or DONE
+       \\----cancel-------\\--> CANCELLED        with WorkerLostError
+
+Threads. ``submit`` and ``cancel`` run in the caller's threads and are cheap: submit
+pickles the arguments (so that an unpicklable one raises right there, in the caller),
+appends the call to an outbox and, if no flush is pending yet, schedules one with
+``reactor.callFromThread``; so calls submitted in a burst travel in one batch. Everything
+else -- processes, connections, dispatch, retries -- happens in the reactor thread
+(:mod:`pydron.backend.reactor`). The two sides share only the outbox and each call's
+state, under one lock; whoever moves a call out of QUEUED or SENT owns it, which is how
+``cancel`` and a result arriving at the same moment agree on which of them wins.
+
+Workers start on the first submit, all at once, and stay for every later call. A worker
+runs one call at a time; the pool keeps at most one call in flight per worker for calls
+that take long, and prefetches more for tiny ones (based on a running average of call
+times), so short calls do not wait for round trips and long ones are not stuck behind
+each other on one worker while another is idle.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from pydron.backend import wire
+from pydron.backend.pool import OnDone, Pool
+from pydron.backend.reactor import call_soon, get_reactor, in_reactor_thread, watch_exit
+from pydron.backend.shipping import (
+    PROTOCOL, FunctionShipper, callable_name, callable_site, dumps_args, loads_exception,
+    type_name,
+)
+from pydron.backend.worker import FUNCTION_CACHE_SIZE
+from pydron.errors import SerializationError, WorkerLostError
+
+__all__ = ["MulticorePool"]
+
+_log = logging.getLogger("pydron.backend")
+
+QUEUED, SENT, DONE, CANCELLED = range(4)
+
+PREFETCH_HORIZON = 0.002
+"""Calls shorter than this (seconds, on average) are queued on workers ahead of time."""
+MAX_PREFETCH = 64
+MAX_START_FAILURES = 3
+"""Consecutive workers that fail to start before queued calls fail instead of waiting."""
+STOP_GRACE = 5.0
+"""Seconds a worker told BYE gets to exit before it is killed."""
+
+_live_pools: weakref.WeakSet[MulticorePool] = weakref.WeakSet()
+
+
+class _Call:
+    """One submitted call; also its handle."""
+
+    __slots__ = ("id", "fn", "digest", "fn_blob", "args", "buffers", "on_done", "state",
+                 "proc", "attempts")
+
+    def __init__(self, call_id: int, fn: Callable[..., Any], digest: bytes, fn_blob: bytes,
+                 args: bytes, buffers: list[bytes], on_done: OnDone) -> None:
+        self.id = call_id
+        self.fn = fn
+        self.digest = digest
+        self.fn_blob = fn_blob
+        self.args = args
+        self.buffers = buffers      # each: the complete frame(s) of one out-of-band buffer
+        self.on_done = on_done
+        self.state = QUEUED
+        self.proc: _Proc | None = None
+        self.attempts = 0
+
+    def clear(self) -> None:
+        """Drop the data, so that a handle the runtime keeps pins nothing large."""
+        self.fn_blob = self.args = self.on_done = None  # type: ignore[assignment]
+        self.buffers = []
+
+
+class _Proc:
+    """One worker process, from its start to its exit."""
+
+    def __init__(self, index: int, popen: subprocess.Popen) -> None:
+        self.index = index
+        self.popen = popen
+        self.pid = popen.pid
+        self.conn: Any = None
+        self.ready = False
+        self.dead = False
+        self.leaving = False              # told BYE
+        self.outstanding: dict[int, _Call] = {}   # sent, in the order sent
+        self.known: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.kill_reason = ""
+        self.cancel_killed = False
+        self.refused = ""
+        self.timer: Any = None
+        self.unwatch: Callable[[], None] | None = None
+
+    def kill(self, reason: str = "") -> None:
+        if reason and not self.kill_reason:
+            self.kill_reason = reason
+        try:
+            self.popen.kill()
+        except OSError:
+            pass
+
+
+class MulticorePool(Pool):
+    """``cores`` worker processes on this machine, talking to the caller over TCP.
+
+    Keyword arguments tune the protocol (the defaults are for real use; tests shorten
+    them): ``max_retries`` (re-runs of a call whose worker died), ``heartbeat`` (seconds
+    between heartbeats), ``heartbeat_timeout`` (silence after which a peer counts as
+    lost), ``handshake_timeout``, ``start_timeout`` (for a worker to connect) and
+    ``max_frame`` (the largest frame either side accepts).
+    """
+
+    def __init__(self, cores: int, *, max_retries: int = 3, heartbeat: float = 1.0,
+                 heartbeat_timeout: float = 5.0, handshake_timeout: float = 10.0,
+                 start_timeout: float = 60.0, max_frame: int = wire.MAX_FRAME) -> None:
+        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+            raise ValueError(f"MulticorePool needs an integer cores >= 1, got {cores!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or \
+                max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if max_frame < 1 << 12:
+            raise ValueError(f"max_frame must be at least 4096 bytes, got {max_frame!r}")
+        self.parallelism = cores
+        self.max_retries = max_retries
+        self.heartbeat = heartbeat
+        self.heartbeat_timeout = heartbeat_timeout
+        self.handshake_timeout = handshake_timeout
+        self.start_timeout = start_timeout
+        self.max_frame = max_frame
+        self.secret = wire.new_secret()
+
+        # Shared between the callers' threads and the reactor thread, under _lock.
+        self._lock = threading.Lock()
+        self._outbox: list[_Call] = []
+        self._flush_pending = False
+        self._started = False
+        self._closed = False               # no more submits
+        self._exiting = False              # interpreter exit: never spawn again
+        self._procs: dict[int, _Proc] = {}  # index -> its current process
+        self._changed = threading.Condition(self._lock)  # a worker became ready / died
+
+        self._ids = itertools.count(1)
+        self._shipper = FunctionShipper()
+
+        # Reactor thread only.
+        self._queue: collections.deque[_Call] = collections.deque()
+        self._port: Any = None
+        self._beat: Any = None
+        self._ewma: float | None = None
+        self._start_failures = 0
+        self._broken = ""                  # why workers cannot start, once given up
+        self._stopping = False
+        self._stopped = threading.Event()
+        _live_pools.add(self)
+
+    # ------------------------------------------------------------------ caller's side
+
+    def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
+               on_done: OnDone) -> object:
+        """Queue ``fn(*args, **kwargs)`` for a worker; returns the handle for cancel().
+
+        Raises SerializationError here, in the caller, if the function or an argument
+        cannot be pickled (or is too large for one frame), and RuntimeError after
+        shutdown().
+        """
+        if self._closed:
+            raise RuntimeError("cannot submit to a pool that has been shut down")
+        digest, fn_blob = self._shipper.prepare(fn)
+        blob, raw = dumps_args(fn, args, kwargs)
+        if len(blob) + len(fn_blob) > self.max_frame - 256:
+            raise SerializationError(
+                f"the arguments of {callable_name(fn)}() pickle to {len(blob)} bytes, more "
+                f"than the frame limit of {self.max_frame} bytes", item="the arguments",
+                value_type="tuple")
+        # One copy of each buffer, into ready-made frames: the call owns a snapshot of its
+        # arguments (they may change in the caller before it is sent, or be re-sent).
+        buffers = [b"".join(wire.buffer_frames(b.raw(), self.max_frame)) for b in raw]
+        call = _Call(next(self._ids), fn, digest, fn_blob, blob, buffers, on_done)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot submit to a pool that has been shut down")
+            self._outbox.append(call)
+            if self._flush_pending:
+                return call
+            self._flush_pending = True
+            self._started = True
+        call_soon(self._flush)
+        return call
+
+    def cancel(self, handle: object) -> bool:
+        """True if the call will not run to completion and on_done will not come.
+
+        A call still queued is dropped. A call already sent to a worker is withdrawn: if
+        the worker has not started it, it skips it; if it is running it, the worker is
+        killed (nothing keeps computing) and a new one takes its place.
+        """
+        if type(handle) is not _Call:
+            return False
+        with self._lock:
+            state = handle.state
+            if state != QUEUED and state != SENT:
+                return False
+            handle.state = CANCELLED
+        if state == SENT:
+            call_soon(self._withdraw, handle)
+        else:
+            handle.clear()
+        return True
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Refuse new calls; once the calls already submitted are done, stop the workers.
+
+        ``wait=True`` blocks until every worker process has exited (not from the
+        reactor thread, where it cannot wait for itself).
+        """
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            started = self._started
+        if not started:
+            self._stopped.set()
+            _live_pools.discard(self)
+            return
+        if first:
+            call_soon(self._begin_stop)
+        if wait and not in_reactor_thread():
+            self._stopped.wait()
+
+    def start(self, wait: bool = True, timeout: float | None = 60.0) -> None:
+        """Start the workers now rather than on the first call (for warm-up, tests).
+
+        With ``wait``, return once all of them are connected; raise WorkerLostError if
+        they cannot start, TimeoutError after ``timeout`` seconds.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot start a pool that has been shut down")
+            self._started = True
+        call_soon(self._flush)
+        if not wait:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while True:
+                ready = sum(1 for p in self._procs.values() if p.ready)
+                if ready >= self.parallelism:
+                    return
+                if self._broken:
+                    raise WorkerLostError(self._broken)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"{ready} of {self.parallelism} workers started "
+                                       f"within {timeout} s")
+                self._changed.wait(left)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (connected or starting), by index."""
+        with self._lock:
+            return [self._procs[i].pid for i in sorted(self._procs)]
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where the pool listens for its workers, once started."""
+        port = self._port
+        if port is None:
+            return None
+        host = port.getHost()
+        return host.host, host.port
+
+    # ------------------------------------------------------------------ reactor thread
+
+    def _flush(self) -> None:
+        with self._lock:
+            calls, self._outbox = self._outbox, []
+            self._flush_pending = False
+        if self._port is None:
+            self._listen()
+        self._queue.extend(calls)
+        if calls and self._broken:
+            self._broken = ""            # new work: try starting workers again
+            self._start_failures = 0
+        if not self._stopping or self._has_work():
+            self._ensure_workers()
+        self._dispatch()
+
+    def _listen(self) -> None:
+        from twisted.internet.task import LoopingCall
+
+        from pydron.backend.master import WorkerFactory
+        reactor = get_reactor()
+        self._port = reactor.listenTCP(0, WorkerFactory(self), interface="127.0.0.1")
+        self._beat = LoopingCall(self._heartbeat)
+        self._beat.clock = reactor
+        self._last_beat = time.monotonic()
+        self._beat.start(self.heartbeat, now=False)
+
+    def _ensure_workers(self) -> None:
+        if self._broken:
+            return
+        for index in range(self.parallelism):
+            if index not in self._procs:
+                self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        """Start worker ``index``; it connects back on its own."""
+        command = [sys.executable, "-m", "pydron.backend.worker",
+                   "--port", str(self._port.getHost().port), "--index", str(index),
+                   "--master-pid", str(os.getpid()), "--heartbeat", str(self.heartbeat),
+                   "--timeout", str(self.heartbeat_timeout),
+                   "--max-frame", str(self.max_frame)]
+        with self._lock:
+            if self._exiting:
+                return
+            try:
+                popen = subprocess.Popen(command, stdin=subprocess.PIPE, env=_worker_env(),
+                                         close_fds=True)
+            except OSError as exc:
+                error: OSError | None = exc
+            else:
+                error = None
+                proc = _Proc(index, popen)
+                self._procs[index] = proc
+        if error is not None:
+            self._start_failed(f"worker {index} could not be started: {error}")
+            return
+        try:
+            popen.stdin.write(self.secret.hex().encode() + b"\n")  # type: ignore[union-attr]
+            popen.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass  # it died already; its exit is on the way
+        proc.unwatch = watch_exit(popen, lambda code: self._exited(proc, code))
+        proc.timer = get_reactor().callLater(self.start_timeout, self._start_timed_out, proc)
+
+    def _start_timed_out(self, proc: _Proc) -> None:
+        proc.timer = None
+        if not proc.ready and not proc.dead:
+            proc.kill(f"did not connect within {self.start_timeout} s")
+
+    # -- connection events (called by master.WorkerProtocol) ----------------------------
+    def claim(self, info: dict[str, Any], conn: Any) -> _Proc | None:
+        """The process an authenticated connection belongs to, if it is one we await."""
+        proc = self._procs.get(info.get("index"))  # type: ignore[arg-type]
+        if proc is None or proc.pid != info.get("pid") or proc.conn is not None or \
+                proc.dead:
+            return None
+        proc.conn = conn
+        return proc
+
+    def refused(self, info: dict[str, Any], reason: str) -> None:
+        proc = self._procs.get(info.get("index"))  # type: ignore[arg-type]
+        if proc is not None and proc.pid == info.get("pid"):
+            proc.refused = reason
+
+    def ready(self, proc: _Proc) -> None:
+        if proc.timer is not None and proc.timer.active():
+            proc.timer.cancel()
+        proc.timer = None
+        with self._lock:
+            proc.ready = True
+            self._changed.notify_all()
+        self._start_failures = 0
+        if self._stopping and not self._has_work():
+            self._maybe_stop()
+        else:
+            self._dispatch()
+
+    def connection_lost(self, proc: _Proc) -> None:
+        """The socket closed. The process normally exits at the same moment (its exit
+        says how it died); if it does not, it is killed after a second."""
+        if not proc.dead:
+            get_reactor().callLater(1.0, self._kill_if_alive, proc)
+
+    def _kill_if_alive(self, proc: _Proc) -> None:
+        if not proc.dead:
+            proc.kill("" if proc.leaving else "closed its connection")
+
+    # -- dispatch ------------------------------------------------------------------------
+    def _limit(self) -> int:
+        ewma = self._ewma
+        if ewma is None:
+            return 1
+        return 1 + min(MAX_PREFETCH, int(PREFETCH_HORIZON / max(ewma, 1e-7)))
+
+    def _dispatch(self) -> None:
+        queue = self._queue
+        if not queue:
+            return
+        ready = [p for p in self._procs.values() if p.ready and not p.leaving and not p.dead]
+        if not ready:
+            return
+        limit = self._limit()
+        batches: dict[_Proc, list[_Call]] = {}
+        with self._lock:
+            while queue:
+                proc = min(ready, key=lambda p: len(p.outstanding))
+                if len(proc.outstanding) >= limit:
+                    break
+                call = queue.popleft()
+                if call.state != QUEUED:
+                    continue  # cancelled while queued
+                call.state = SENT
+                call.proc = proc
+                proc.outstanding[call.id] = call
+                batch = batches.get(proc)
+                if batch is None:
+                    batches[proc] = [call]
+                else:
+                    batch.append(call)
+        for proc, calls in batches.items():
+            self._send(proc, calls)
+
+    def _send(self, proc: _Proc, calls: list[_Call]) -> None:
+        pieces: list[bytes] = []
+        entries: list[tuple] = []
+        size = 0
+        known = proc.known
+        limit = self.max_frame - 1024
+        for call in calls:
+            blob = None
+            if call.digest not in known:
+                blob = call.fn_blob
+                known[call.digest] = None
+                if len(known) > FUNCTION_CACHE_SIZE:  # mirror the worker's cache exactly
+                    known.popitem(last=False)
+            cost = len(call.args) + (len(blob) if blob else 0) + 64
+            if entries and size + cost > limit:
+                pieces.append(wire.frame(wire.TASKS, pickle.dumps(entries, PROTOCOL)))
+                entries, size = [], 0
+            pieces.extend(call.buffers)
+            entries.append((call.id, call.digest, blob, call.args, len(call.buffers)))
+            size += cost
+        pieces.append(wire.frame(wire.TASKS, pickle.dumps(entries, PROTOCOL)))
+        proc.conn.send(pieces)
+
+    # -- outcomes ------------------------------------------------------------------------
+    def results(self, proc: _Proc, entries: list[tuple], buffers: list[Any]) -> None:
+        """A RESULTS frame from ``proc``: deliver each outcome still wanted."""
+        mine: list[tuple[_Call, tuple, list[Any]]] = []
+        used = 0
+        outstanding = proc.outstanding
+        with self._lock:
+            for entry in entries:
+                nbuf = entry[3]
+                call = outstanding.pop(entry[0], None)
+                if call is not None and call.state == SENT:
+                    call.state = DONE
+                    mine.append((call, entry, buffers[used:used + nbuf]))
+                used += nbuf
+        ewma = self._ewma
+        for call, entry, bufs in mine:
+            elapsed = entry[4]
+            ewma = elapsed if ewma is None else 0.8 * ewma + 0.2 * elapsed
+            if entry[1]:
+                try:
+                    value = pickle.loads(entry[2], buffers=bufs)
+                    ok = True
+                except Exception as exc:
+                    ok = False
+                    value = SerializationError(
+                        f"the result of {callable_name(call.fn)}() cannot be loaded in the "
+                        f"caller: {type(exc).__name__}: {exc}", item="the result",
+                        value_type="unknown")
+            else:
+                ok = False
+                value = loads_exception(*entry[2:3], *entry[5:8])
+            self._deliver(call, ok, value)
+        self._ewma = ewma
+        if self._stopping and not self._has_work():
+            self._maybe_stop()
+        else:
+            self._dispatch()
+
+    def _deliver(self, call: _Call, ok: bool, value: Any) -> None:
+        on_done = call.on_done
+        call.clear()
+        call.fn = None
+        try:
+            on_done(ok, value)
+        except BaseException:
+            _log.exception("pydron: the completion callback of a call raised")
+
+    def _withdraw(self, call: _Call) -> None:
+        """A call cancelled after it was sent: take it back from its worker."""
+        proc = call.proc
+        outstanding = proc.outstanding if proc is not None else {}
+        if call.id not in outstanding:
+            call.clear()
+            return  # its result came meanwhile (and was dropped), or its worker died
+        head = next(iter(outstanding)) == call.id  # calls run in the order sent
+        del outstanding[call.id]
+        if head:
+            proc.cancel_killed = True  # type: ignore[union-attr]
+            proc.kill()  # type: ignore[union-attr]
+        elif proc.conn is not None:  # type: ignore[union-attr]
+            # Not started yet, as far as we know; if it has started meanwhile, the
+            # worker ends itself on reading this.
+            proc.conn.send([wire.frame(wire.CANCEL, call.id.to_bytes(8, "big"))])  # type: ignore[union-attr]
+        call.clear()
+        self._dispatch()
+
+    # -- deaths --------------------------------------------------------------------------
+    def _exited(self, proc: _Proc, code: int) -> None:
+        """The process of ``proc`` has exited: re-run or fail its calls, replace it."""
+        proc.dead = True
+        if proc.timer is not None and proc.timer.active():
+            proc.timer.cancel()
+        if proc.conn is not None and not proc.conn.dropped:
+            proc.conn.dropped = True
+            proc.conn.transport.abortConnection()
+        how = _death(proc, code)
+        cancel_death = proc.cancel_killed or code == wire.EXIT_CANCELLED
+        calls = list(proc.outstanding.values())
+        proc.outstanding.clear()
+        requeue: list[_Call] = []
+        failed: list[_Call] = []
+        with self._lock:
+            if self._procs.get(proc.index) is proc:
+                del self._procs[proc.index]
+            self._changed.notify_all()
+            for position, call in enumerate(calls):
+                if call.state != SENT:
+                    continue
+                if position == 0 and not cancel_death:  # the call it was running
+                    call.attempts += 1
+                    if call.attempts > self.max_retries:
+                        call.state = DONE
+                        failed.append(call)
+                        continue
+                call.state = QUEUED
+                requeue.append(call)
+        self._queue.extendleft(reversed(requeue))
+        for call in failed:
+            self._deliver(call, False, WorkerLostError(
+                f"worker {proc.index} (pid {proc.pid}) {how} while running "
+                f"{callable_name(call.fn)}(){_at(call.fn)}; the call was tried "
+                f"{call.attempts} time{'s' if call.attempts != 1 else ''} "
+                f"(max_retries={self.max_retries})"))
+        if self._exiting:
+            return
+        if not proc.ready:
+            problem = f"worker {proc.index} (pid {proc.pid}) {how} before it connected"
+            if proc.refused:
+                problem += f": {proc.refused}"
+            self._start_failed(problem)
+        elif not (proc.leaving or cancel_death):
+            _log.warning("pydron: worker %d (pid %d) %s%s", proc.index, proc.pid, how,
+                         f"; {len(requeue)} call(s) will run elsewhere" if requeue else "")
+        if self._stopping and not self._has_work():
+            self._maybe_stop()
+            return
+        if not cancel_death or self._queue:
+            self._ensure_workers()
+        self._dispatch()
+
+    def _start_failed(self, problem: str) -> None:
+        self._start_failures += 1
+        _log.error("pydron: %s", problem)
+        if self._start_failures < MAX_START_FAILURES or \
+                any(p.ready for p in self._procs.values()):
+            return
+        self._broken = (f"pydron could not start its worker processes "
+                        f"({self._start_failures} failed in a row); the last: {problem}")
+        with self._lock:
+            self._changed.notify_all()
+            doomed = [c for c in self._queue if c.state == QUEUED]
+            for call in doomed:
+                call.state = DONE
+        self._queue.clear()
+        for call in doomed:
+            self._deliver(call, False, WorkerLostError(self._broken))
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        late = now - self._last_beat > 2 * self.heartbeat
+        self._last_beat = now
+        beat = wire.frame(wire.HEARTBEAT)
+        for proc in list(self._procs.values()):
+            conn = proc.conn
+            if not proc.ready or proc.dead or conn is None:
+                continue
+            if late:
+                # This thread itself did not run for a while (the GIL was held); the
+                # workers' frames are waiting unread. Judge them next time.
+                conn.last_rx = max(conn.last_rx, now)
+            elif now - conn.last_rx > self.heartbeat_timeout:
+                proc.kill(f"stopped answering (nothing heard for "
+                          f"{now - conn.last_rx:.1f} s)")
+                continue
+            conn.send([beat])
+
+    # -- stopping ------------------------------------------------------------------------
+    def _has_work(self) -> bool:
+        if any(c.state == QUEUED for c in self._queue):
+            return True
+        return any(p.outstanding for p in self._procs.values())
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        self._flush()
+        if not self._has_work():
+            self._maybe_stop()
+
+    def _maybe_stop(self) -> None:
+        """Once no work is left: say BYE to every worker; when all have exited, done."""
+        reactor = get_reactor()
+        for proc in list(self._procs.values()):
+            if proc.leaving or proc.dead:
+                continue
+            proc.leaving = True
+            if proc.ready and proc.conn is not None:
+                proc.conn.send([wire.frame(wire.BYE)])
+                proc.conn.transport.loseConnection()
+                reactor.callLater(STOP_GRACE, self._kill_if_alive, proc)
+            else:
+                proc.kill()
+        if self._port is not None:
+            self._port.stopListening()
+            self._port = None
+        if self._beat is not None and self._beat.running:
+            self._beat.stop()
+        if not self._procs:
+            self._stopped.set()
+            _live_pools.discard(self)
+
+    def _kill_now(self) -> None:
+        """At interpreter exit: kill every worker and reap it, from the exiting thread."""
+        with self._lock:
+            self._exiting = True
+            self._closed = True
+            procs = list(self._procs.values())
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            try:
+                proc.popen.wait(timeout=2)
+            except (subprocess.TimeoutExpired, OSError):
+                pass
+
+
+def _death(proc: _Proc, code: int) -> str:
+    """How a worker died, in words, from its wait status."""
+    if proc.kill_reason:
+        return f"{proc.kill_reason} and was killed"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by signal {name}"
+    if code in wire.EXIT_REASONS:
+        return f"{wire.EXIT_REASONS[code]} (exit code {code})"
+    return f"exited with code {code}"
+
+
+def _at(fn: Any) -> str:
+    site = callable_site(fn)
+    return f" defined at {site}" if site else ""
+
+
+def _worker_env() -> dict[str, str]:
+    """The caller's environment, with its sys.path as PYTHONPATH (pydron's own folder
+    first), so that the worker imports the same modules the caller does."""
+    import pydron
+    here = os.path.dirname(os.path.dirname(os.path.abspath(pydron.__file__)))
+    paths = [here] + [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+    seen: set[str] = set()
+    unique = [p for p in paths if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(unique)
+    return env
+
+
+@atexit.register
+def _kill_workers_at_exit() -> None:
+    # Registered after pydron.backend's own exit hook, so it runs first: the processes
+    # are gone, reaped, before anything else is torn down. Calls still running at exit
+    # have no one left to report to.
+    for pool in list(_live_pools):
+        pool._kill_now()

@@ -1,0 +1,330 @@
+"""The wire format between a pool (the master) and its worker processes.
+
+Everything both ends must agree on lives here, and nothing else: frame layout and kinds,
+the incremental frame decoder, the authentication handshake and the version check, and
+the exit codes a worker uses to say why it stopped. The master side speaks it through
+Twisted (:mod:`pydron.backend.master`), the worker through plain blocking sockets
+(:mod:`pydron.backend.worker`); keeping the format free of either lets both share it.
+
+Frames: a 4-byte big-endian length, then a 1-byte kind, then ``length - 1`` payload bytes.
+A length is checked against a limit *before* any of the body is buffered, so a peer
+cannot make us allocate a gigabyte by announcing one.
+
+Handshake, before any pickle is read, authenticating both ends (a process that merely
+found the port learns nothing and can make us unpickle nothing)::
+
+    master -> worker   HELLO    nonce_m                                  (32 random bytes)
+    worker -> master   AUTH     nonce_w | hmac(secret, "worker" nonce_m nonce_w info) | info
+    master -> worker   WELCOME  hmac(secret, "master" nonce_w nonce_m info') | info'
+                    or REFUSE   a human-readable reason (version mismatch)
+
+``info`` is a small JSON object: the sender's Python major.minor, Pydron version, and for
+a worker its index and pid. Each side checks the MAC first (constant-time) and only then
+parses the JSON and compares versions. Handshake frames are limited to
+:data:`HANDSHAKE_MAX_FRAME` bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import struct
+import sys
+from typing import Any
+
+from pydron.errors import PydronError
+
+__all__ = [
+    "HEADER", "MAX_FRAME", "HANDSHAKE_MAX_FRAME", "NONCE_SIZE", "MAC_SIZE",
+    "HELLO", "AUTH", "WELCOME", "REFUSE", "TASKS", "RESULTS", "BUFFER", "BUFFER_PART",
+    "CANCEL", "HEARTBEAT", "OUTPUT", "BYE", "KIND_NAMES",
+    "EXIT_OK", "EXIT_MASTER_LOST", "EXIT_REFUSED", "EXIT_CANCELLED", "EXIT_BAD_START",
+    "EXIT_REASONS",
+    "FrameError", "HandshakeError", "FrameDecoder", "frame", "buffer_frames",
+    "new_secret", "new_nonce", "sign", "verify", "local_info", "version_mismatch",
+    "encode_auth", "decode_auth", "encode_welcome", "decode_welcome",
+]
+
+HEADER = struct.Struct(">IB")
+"""Frame header: length of (kind + payload), then the kind."""
+
+MAX_FRAME = 1 << 30
+"""Default largest frame (1 GiB). Larger out-of-band buffers travel split in parts."""
+
+HANDSHAKE_MAX_FRAME = 4096
+"""Largest frame accepted before the peer is authenticated."""
+
+NONCE_SIZE = 32
+MAC_SIZE = 32  # sha256
+
+# Frame kinds. Handshake:
+HELLO = 1        # master -> worker: nonce
+AUTH = 2         # worker -> master: nonce, mac, info
+WELCOME = 3      # master -> worker: mac, info
+REFUSE = 4       # master -> worker: utf-8 reason; the connection closes after it
+# After the handshake:
+TASKS = 10       # master -> worker: pickled list of tasks (see multicore / worker)
+RESULTS = 11     # worker -> master: pickled list of outcomes
+BUFFER = 12      # either way: one out-of-band pickle buffer (or its last part)
+BUFFER_PART = 13  # either way: a leading part of a buffer larger than the frame limit
+CANCEL = 14      # master -> worker: 8-byte big-endian call ids not to run
+HEARTBEAT = 15   # either way: empty; any frame proves the peer alive
+OUTPUT = 16      # worker -> master: 1 byte stream (1 stdout, 2 stderr) + utf-8 text
+BYE = 17         # master -> worker: the pool is done with you; exit normally
+
+KIND_NAMES = {
+    HELLO: "HELLO", AUTH: "AUTH", WELCOME: "WELCOME", REFUSE: "REFUSE", TASKS: "TASKS",
+    RESULTS: "RESULTS", BUFFER: "BUFFER", BUFFER_PART: "BUFFER_PART", CANCEL: "CANCEL",
+    HEARTBEAT: "HEARTBEAT", OUTPUT: "OUTPUT", BYE: "BYE",
+}
+
+# Worker exit codes: the master turns them into words in WorkerLostError messages.
+EXIT_OK = 0            # told BYE, or its connection closed after BYE
+EXIT_MASTER_LOST = 70  # the master went away (connection closed, or silent too long)
+EXIT_REFUSED = 71      # the handshake failed (wrong secret, version mismatch)
+EXIT_CANCELLED = 72    # the master cancelled the call it was running
+EXIT_BAD_START = 73    # bad command line or no secret on stdin
+
+EXIT_REASONS = {
+    EXIT_OK: "exited normally",
+    EXIT_MASTER_LOST: "exited because it lost contact with the master",
+    EXIT_REFUSED: "exited because the handshake with the master failed",
+    EXIT_CANCELLED: "exited because its running call was cancelled",
+    EXIT_BAD_START: "exited because it was started wrongly",
+}
+
+
+class FrameError(PydronError):
+    """The byte stream is not a valid sequence of frames (too large, malformed)."""
+
+
+class HandshakeError(PydronError):
+    """Authentication or the version check failed; the connection must be dropped."""
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def frame(kind: int, payload: bytes = b"") -> bytes:
+    """One complete frame as bytes."""
+    return HEADER.pack(len(payload) + 1, kind) + payload
+
+
+def buffer_frames(data: bytes | memoryview, max_frame: int) -> list[bytes | memoryview]:
+    """The pieces (headers and slices, ready for a gathering write) that carry one
+    out-of-band buffer: BUFFER_PART frames for all but the last part, then a BUFFER.
+
+    A buffer larger than the frame limit is split rather than refused, so the limit
+    protects memory without capping the size of a numpy array.
+    """
+    view = memoryview(data).cast("B")
+    step = max_frame - 1
+    pieces: list[bytes | memoryview] = []
+    start, total = 0, len(view)
+    while total - start > step:
+        pieces.append(HEADER.pack(step + 1, BUFFER_PART))
+        pieces.append(view[start:start + step])
+        start += step
+    pieces.append(HEADER.pack(total - start + 1, BUFFER))
+    pieces.append(view[start:] if start else data)
+    return pieces
+
+
+class FrameDecoder:
+    """Turns a byte stream into ``(kind, payload)`` frames, incrementally.
+
+    Small frames are cut out of one growing buffer. A frame above ``big`` bytes gets its
+    own ``bytearray`` of exactly its size, filled in place: :meth:`pending_view` lets a
+    socket reader ``recv_into`` it directly (no copy), and the payload handed out is that
+    writable bytearray, so an array unpickled over it is writable, as after a local pickle
+    round trip. ``limit`` may be changed between frames (raised after the handshake).
+    """
+
+    __slots__ = ("limit", "big", "_buf", "_pos", "_frame", "_filled", "_kind")
+
+    def __init__(self, limit: int, big: int = 1 << 16) -> None:
+        self.limit = limit
+        self.big = big
+        self._buf = bytearray()
+        self._pos = 0
+        self._frame: bytearray | None = None   # a big frame being filled
+        self._filled = 0
+        self._kind = 0
+
+    def pending_view(self) -> memoryview | None:
+        """The unfilled rest of a big frame in progress, for ``recv_into``; else None."""
+        if self._frame is None:
+            return None
+        return memoryview(self._frame)[self._filled:]
+
+    def advance(self, n: int) -> list[tuple[int, bytes | bytearray]]:
+        """Account for ``n`` bytes written into :meth:`pending_view`; frames completed."""
+        self._filled += n
+        if self._filled < len(self._frame):  # type: ignore[arg-type]
+            return []
+        done = [(self._kind, self._frame)]
+        self._frame = None
+        return done  # type: ignore[return-value]
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes | bytearray]]:
+        """Add received bytes; return the frames they complete, in order.
+
+        Raises FrameError for a frame announced larger than ``limit`` (or of length 0),
+        before buffering its body.
+        """
+        frames: list[tuple[int, bytes | bytearray]] = []
+        if self._frame is not None:
+            view = memoryview(data)
+            room = len(self._frame) - self._filled
+            take = min(room, len(view))
+            self._frame[self._filled:self._filled + take] = view[:take]
+            self._filled += take
+            if self._filled < len(self._frame):
+                return frames
+            frames.append((self._kind, self._frame))
+            self._frame = None
+            data = bytes(view[take:]) if take < len(view) else b""
+            if not data:
+                return frames
+        buf = self._buf
+        buf += data
+        pos = self._pos
+        end = len(buf)
+        unpack = HEADER.unpack_from
+        size = HEADER.size
+        view = memoryview(buf)
+        try:
+            while end - pos >= size:
+                length, kind = unpack(buf, pos)
+                if length < 1 or length > self.limit:
+                    raise FrameError(f"a frame of {length} bytes announced (limit "
+                                     f"{self.limit}, kind {kind})" if length else
+                                     "a frame of length 0")
+                body = pos + size
+                if end - body >= length - 1:
+                    frames.append((kind, bytes(view[body:body + length - 1])))
+                    pos = body + length - 1
+                    continue
+                if length - 1 > self.big:
+                    # Start a big frame of its own; move what we have of it there.
+                    self._frame = bytearray(length - 1)
+                    self._frame[:end - body] = view[body:end]
+                    self._filled = end - body
+                    self._kind = kind
+                    pos = end
+                break
+        except FrameError:
+            view.release()
+            self._buf = bytearray()
+            self._pos = 0
+            raise
+        view.release()
+        if pos >= end:
+            buf.clear()
+            self._pos = 0
+        elif pos > 1 << 16:
+            del buf[:pos]
+            self._pos = 0
+        else:
+            self._pos = pos
+        return frames
+
+
+# --------------------------------------------------------------------------- handshake
+
+
+def new_secret() -> bytes:
+    """A fresh per-pool secret (32 random bytes, from the ``secrets`` module)."""
+    return secrets.token_bytes(32)
+
+
+def new_nonce() -> bytes:
+    """A fresh challenge."""
+    return secrets.token_bytes(NONCE_SIZE)
+
+
+def sign(secret: bytes, role: bytes, first: bytes, second: bytes, info: bytes) -> bytes:
+    """HMAC-SHA256 over role, two fixed-size nonces and the info bytes.
+
+    The role label keeps a worker's answer from being replayed as the master's: the two
+    MACs of one handshake cover the nonces in opposite orders and different labels.
+    """
+    return hmac.new(secret, role + b"\0" + first + second + info, hashlib.sha256).digest()
+
+
+def verify(secret: bytes, mac: bytes, role: bytes, first: bytes, second: bytes,
+           info: bytes) -> bool:
+    """Constant-time check of a MAC made by :func:`sign`."""
+    return hmac.compare_digest(mac, sign(secret, role, first, second, info))
+
+
+def local_info(**extra: Any) -> dict[str, Any]:
+    """What this process says about itself in the handshake."""
+    from pydron import __version__
+    return {"python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+            "pydron": __version__, **extra}
+
+
+def version_mismatch(mine: dict[str, Any], theirs: dict[str, Any], me: str,
+                     them: str) -> str | None:
+    """A clear message if the two ends cannot share pickles, else None.
+
+    Pickled code and data are only compatible between the same Python major.minor, and
+    the task format between the same Pydron version.
+    """
+    problems = []
+    for key, label in (("python", "Python"), ("pydron", "Pydron")):
+        if mine.get(key) != theirs.get(key):
+            problems.append(f"{me} runs {label} {mine.get(key)}, {them} runs "
+                            f"{label} {theirs.get(key)}")
+    if not problems:
+        return None
+    return ("version mismatch: " + "; ".join(problems) +
+            " (master and workers must use the same Python major.minor and the same "
+            "Pydron version)")
+
+
+def encode_auth(secret: bytes, nonce_m: bytes, info: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The worker's AUTH payload, and the nonce it chose (to check the WELCOME with)."""
+    nonce_w = new_nonce()
+    raw = json.dumps(info, sort_keys=True).encode()
+    return nonce_w + sign(secret, b"worker", nonce_m, nonce_w, raw) + raw, nonce_w
+
+
+def decode_auth(secret: bytes, nonce_m: bytes, payload: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Check a worker's AUTH payload; return its nonce and info, or raise HandshakeError."""
+    if len(payload) < NONCE_SIZE + MAC_SIZE:
+        raise HandshakeError("the AUTH frame is too short")
+    nonce_w = payload[:NONCE_SIZE]
+    mac = payload[NONCE_SIZE:NONCE_SIZE + MAC_SIZE]
+    raw = payload[NONCE_SIZE + MAC_SIZE:]
+    if not verify(secret, mac, b"worker", nonce_m, nonce_w, raw):
+        raise HandshakeError("wrong HMAC (the peer does not know the pool's secret)")
+    return nonce_w, _parse_info(raw)
+
+
+def encode_welcome(secret: bytes, nonce_m: bytes, nonce_w: bytes,
+                   info: dict[str, Any]) -> bytes:
+    """The master's WELCOME payload: it proves the master knows the secret too."""
+    raw = json.dumps(info, sort_keys=True).encode()
+    return sign(secret, b"master", nonce_w, nonce_m, raw) + raw
+
+
+def decode_welcome(secret: bytes, nonce_m: bytes, nonce_w: bytes,
+                   payload: bytes) -> dict[str, Any]:
+    """Check the master's WELCOME payload; return its info, or raise HandshakeError."""
+    mac, raw = payload[:MAC_SIZE], payload[MAC_SIZE:]
+    if len(mac) < MAC_SIZE or not verify(secret, mac, b"master", nonce_w, nonce_m, raw):
+        raise HandshakeError("wrong HMAC from the master (it does not know the secret)")
+    return _parse_info(raw)
+
+
+def _parse_info(raw: bytes) -> dict[str, Any]:
+    try:
+        info = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise HandshakeError("the handshake info is not valid JSON") from None
+    if not isinstance(info, dict):
+        raise HandshakeError("the handshake info is not a JSON object")
+    return info

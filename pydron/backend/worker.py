@@ -1,0 +1,445 @@
+"""The worker program: ``python -m pydron.backend.worker --port P --index I --master-pid M``.
+
+A multicore pool starts one of these per core with ``sys.executable`` and the caller's
+``sys.path`` (as ``PYTHONPATH``); the pool's secret comes on stdin, never on the command
+line (where ``ps`` would show it). The worker connects back to the pool over TCP,
+authenticates (see :mod:`pydron.backend.wire`) and then runs the calls it is sent, one
+at a time, in its main thread, in the order they came.
+
+Threads: the main thread runs calls; a reader thread receives frames, queues tasks and
+handles cancellations; a heartbeat thread says "alive" every second. The worker needs no
+event loop, so it uses plain blocking sockets (and does not import Twisted: it starts
+faster).
+
+It exits by itself, without any help from the master, when:
+
+* the connection closes or the master is silent for the heartbeat timeout (the master
+  died, hangs, or the network is gone): exit code ``EXIT_MASTER_LOST``;
+* on Linux, the master process dies: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` is the second
+  line of defence, for the case where the socket somehow stays open;
+* the master cancels the call it is running (``EXIT_CANCELLED``): stopping a Python call
+  from outside is only reliable by ending the process, and the pool starts another.
+
+Inside a worker, ``pydron.backend.in_worker()`` is True in the main thread, so a
+``@schedule`` function called by a functional call runs sequentially; in addition the
+worker's own pool is configured ``inline``, so that even a scheduled function called from
+a thread the user started there cannot start a pool inside the pool.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import io
+import os
+import pickle
+import queue
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydron.backend import wire
+from pydron.backend.shipping import (
+    PROTOCOL, callable_name, dumps_exception, dumps_result, type_name,
+)
+from pydron.errors import SerializationError
+
+__all__ = ["main", "FUNCTION_CACHE_SIZE"]
+
+FUNCTION_CACHE_SIZE = 1024
+"""Function blobs a worker keeps (oldest first out). The master mirrors this bookkeeping
+exactly, so it always knows whether a worker still holds a function."""
+
+_IDS = struct.Struct(">Q")
+
+
+def _die_with_parent(master_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the thread that started us ends (the master's reactor
+    thread, which lives as long as the master process)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != master_pid:  # the master died before prctl took effect
+        os._exit(wire.EXIT_MASTER_LOST)
+
+
+class _Forward(io.TextIOBase):
+    """sys.stdout / sys.stderr of a worker: complete lines go to the master as frames."""
+
+    def __init__(self, send: Callable[[int, str], None], stream: int) -> None:
+        super().__init__()
+        self._send = send
+        self._stream = stream
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if "\n" in s:
+            head, _, tail = s.rpartition("\n")
+            with self._lock:
+                text = "".join(self._pending) + head + "\n"
+                self._pending = [tail] if tail else []
+                self._send(self._stream, text)
+        elif s:
+            with self._lock:
+                self._pending.append(s)
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending = []
+                self._send(self._stream, text)
+
+
+class Worker:
+    """One connection to the master, and the calls it brings."""
+
+    def __init__(self, sock: socket.socket, index: int, decoder: wire.FrameDecoder,
+                 max_frame: int, heartbeat: float, timeout: float) -> None:
+        self.sock = sock
+        self.index = index
+        self.decoder = decoder
+        self.max_frame = max_frame
+        self.heartbeat = heartbeat
+        self.timeout = timeout
+        self.send_lock = threading.Lock()
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.state_lock = threading.Lock()
+        self.current: int | None = None       # id of the call running now
+        self.cancelled: set[int] = set()      # queued ids not to run
+        self.functions: collections.OrderedDict[bytes, list[Any]] = collections.OrderedDict()
+        self.buffers: list[bytearray | bytes] = []
+        self.parts: list[bytes | bytearray] = []
+        self.last_rx = time.monotonic()
+
+    # -- sending (any thread) ------------------------------------------------------------
+    def send(self, pieces: list[bytes | memoryview]) -> None:
+        """Write frames atomically with respect to the other sending threads."""
+        with self.send_lock:
+            _sendall(self.sock, pieces)
+
+    def send_output(self, stream: int, text: str) -> None:
+        data = text.encode("utf-8", "backslashreplace")
+        step = self.max_frame - 2
+        pieces: list[bytes | memoryview] = []
+        for start in range(0, len(data), step):
+            pieces.append(wire.frame(wire.OUTPUT, bytes((stream,)) + data[start:start + step]))
+        self.send(pieces)
+
+    # -- the reader thread ---------------------------------------------------------------
+    def read_loop(self) -> None:
+        """Receive frames until the master goes away; then end the process."""
+        try:
+            self._read()
+        except BaseException:  # noqa: B902 -- whatever happened, the master is gone
+            pass
+        os._exit(wire.EXIT_MASTER_LOST)
+
+    def _read(self) -> None:
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        tick = int(min(self.heartbeat, 1.0) * 1000)
+        decoder = self.decoder
+        while True:
+            if not poller.poll(tick):
+                if time.monotonic() - self.last_rx > self.timeout:
+                    return  # the master is silent: dead, hung or unreachable
+                continue
+            view = decoder.pending_view()
+            if view is not None:
+                n = self.sock.recv_into(view)
+                if not n:
+                    return
+                frames = decoder.advance(n)
+            else:
+                data = self.sock.recv(1 << 18)
+                if not data:
+                    return
+                frames = decoder.feed(data)
+            self.last_rx = time.monotonic()
+            for kind, payload in frames:
+                self._handle(kind, payload)
+
+    def _handle(self, kind: int, payload: bytes | bytearray) -> None:
+        if kind == wire.TASKS:
+            self._tasks(payload)
+        elif kind == wire.BUFFER:
+            if self.parts:
+                self.parts.append(payload)
+                payload = bytearray(b"".join(self.parts))
+                self.parts = []
+            self.buffers.append(payload)
+        elif kind == wire.BUFFER_PART:
+            self.parts.append(payload)
+        elif kind == wire.CANCEL:
+            ids = [_IDS.unpack_from(payload, i)[0] for i in range(0, len(payload), 8)]
+            with self.state_lock:
+                if self.current in ids:
+                    os._exit(wire.EXIT_CANCELLED)  # stop computing at once
+                self.cancelled.update(ids)
+        elif kind == wire.HEARTBEAT:
+            pass
+        elif kind == wire.BYE:
+            os._exit(wire.EXIT_OK)
+        else:
+            raise wire.FrameError(f"unexpected frame kind {kind}")
+
+    def _tasks(self, payload: bytes | bytearray) -> None:
+        functions = self.functions
+        buffers = self.buffers
+        used = 0
+        for call_id, digest, blob, args, nbuf in pickle.loads(payload):
+            if blob is not None:
+                functions[digest] = [blob, None]
+                if len(functions) > FUNCTION_CACHE_SIZE:
+                    functions.popitem(last=False)
+            entry = functions.get(digest)
+            mine = buffers[used:used + nbuf]
+            used += nbuf
+            self.tasks.put((call_id, entry, args, mine))
+        del buffers[:used]
+
+    # -- the main thread -----------------------------------------------------------------
+    def serve(self) -> None:
+        """Run calls forever (the process ends from the reader thread)."""
+        from pydron.backend.context import worker_context
+        get = self.tasks.get
+        with worker_context():
+            while True:
+                task = get()
+                with self.state_lock:
+                    if task[0] in self.cancelled:
+                        self.cancelled.discard(task[0])
+                        continue
+                    self.current = task[0]
+                pieces = self._run(*task)
+                _flush_streams()
+                with self.state_lock:
+                    self.current = None
+                self.send(pieces)
+                del task, pieces
+
+    def _run(self, call_id: int, entry: list[Any] | None, args_blob: bytes,
+             buffers: list[Any]) -> list[bytes | memoryview]:
+        """Run one call; the frames that report its outcome."""
+        fn: Any = None
+        try:
+            if entry is None:
+                raise RuntimeError("pydron internal error: the worker does not hold the "
+                                   "function of this call")
+            fn = entry[1]
+            if fn is None:
+                fn = pickle.loads(entry[0])
+                entry[1] = fn
+        except BaseException as exc:  # noqa: B902
+            return self._load_failed(call_id, "the function", exc)
+        try:
+            args, kwargs = pickle.loads(args_blob, buffers=buffers)
+        except BaseException as exc:  # noqa: B902
+            return self._load_failed(call_id, "the arguments", exc, fn)
+        del buffers[:]
+        start = time.perf_counter()
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: B902 -- every failure goes to the caller
+            elapsed = time.perf_counter() - start
+            tb = exc.__traceback__
+            tb = tb.tb_next if tb is not None else None  # drop this frame: not user code
+            blob, name, message, text = dumps_exception(exc, tb)
+            del exc, tb
+            return [_results([(call_id, False, blob, 0, elapsed, name, message, text)])]
+        elapsed = time.perf_counter() - start
+        del args, kwargs
+        try:
+            blob, raw = dumps_result(value, fn)
+            if len(blob) > self.max_frame - 256:
+                raise SerializationError(
+                    f"the result of {callable_name(fn)}() pickles to {len(blob)} bytes, "
+                    f"more than the frame limit of {self.max_frame} bytes",
+                    item="the result", value_type=type_name(value))
+        except SerializationError as exc:
+            blob, name, message, _ = dumps_exception(exc, None)
+            return [_results([(call_id, False, blob, 0, elapsed, name, message, None)])]
+        pieces: list[bytes | memoryview] = []
+        for buf in raw:
+            pieces += wire.buffer_frames(buf.raw(), self.max_frame)
+        pieces.append(_results([(call_id, True, blob, len(raw), elapsed)]))
+        return pieces
+
+    def _load_failed(self, call_id: int, what: str, exc: BaseException,
+                     fn: Any = None) -> list[bytes | memoryview]:
+        where = f" of {callable_name(fn)}()" if fn is not None else ""
+        error = SerializationError(
+            f"worker {self.index} cannot load {what}{where}: {type(exc).__name__}: {exc} "
+            f"(a module the caller imported may not be importable in the worker, whose "
+            f"sys.path is the caller's)", item=what, value_type=type_name(exc))
+        blob, name, message, _ = dumps_exception(error, None)
+        return [_results([(call_id, False, blob, 0, 0.0, name, message, None)])]
+
+    # -- the heartbeat thread --------------------------------------------------------------
+    def heartbeat_loop(self) -> None:
+        beat = wire.frame(wire.HEARTBEAT)
+        wait = threading.Event().wait
+        while True:
+            wait(self.heartbeat)
+            if self.send_lock.acquire(timeout=self.heartbeat):
+                try:
+                    _sendall(self.sock, [beat])
+                except OSError:
+                    os._exit(wire.EXIT_MASTER_LOST)
+                finally:
+                    self.send_lock.release()
+
+
+def _results(entries: list[tuple]) -> bytes:
+    return wire.frame(wire.RESULTS, pickle.dumps(entries, PROTOCOL))
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+def _sendall(sock: socket.socket, pieces: list[bytes | memoryview]) -> None:
+    """A gathering write of all pieces (no joining copy), whatever the kernel takes."""
+    if len(pieces) == 1:
+        sock.sendall(pieces[0])
+        return
+    views = [memoryview(p).cast("B") for p in pieces]
+    while views:
+        sent = sock.sendmsg(views[:512])
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = sock.recv(n - len(data))
+        if not more:
+            raise wire.HandshakeError("the master closed the connection")
+        data += more
+    return data
+
+
+def _recv_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """Exactly one small frame, blocking (the handshake only: what follows it belongs to
+    the frame decoder, with the full size limit)."""
+    length, kind = wire.HEADER.unpack(_recv_exact(sock, wire.HEADER.size))
+    if not 1 <= length <= wire.HANDSHAKE_MAX_FRAME:
+        raise wire.FrameError(f"a handshake frame of {length} bytes")
+    return kind, _recv_exact(sock, length - 1)
+
+
+def _handshake(sock: socket.socket, secret: bytes, index: int, timeout: float) -> None:
+    sock.settimeout(timeout)
+    kind, hello = _recv_frame(sock)
+    if kind != wire.HELLO or len(hello) != wire.NONCE_SIZE:
+        raise wire.HandshakeError("the peer did not start with a HELLO")
+    mine = wire.local_info(index=index, pid=os.getpid())
+    auth, nonce_w = wire.encode_auth(secret, hello, mine)
+    sock.sendall(wire.frame(wire.AUTH, auth))
+    kind, answer = _recv_frame(sock)
+    if kind == wire.REFUSE:
+        raise wire.HandshakeError("the master refused this worker: " +
+                                  answer.decode("utf-8", "replace"))
+    if kind != wire.WELCOME:
+        raise wire.HandshakeError(f"expected WELCOME, got frame kind {kind}")
+    theirs = wire.decode_welcome(secret, hello, nonce_w, answer)
+    problem = wire.version_mismatch(mine, theirs, f"worker {index}", "the master")
+    if problem:
+        raise wire.HandshakeError(problem)
+    sock.settimeout(None)
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pydron.backend.worker",
+                                     description="A Pydron worker process (started by "
+                                     "a pool; the pool's secret is read from stdin).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--master-pid", type=int, default=0)
+    parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--max-frame", type=int, default=wire.MAX_FRAME)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a worker; returns only on a start-up failure (the exit code)."""
+    try:
+        options = _arguments(argv)
+    except SystemExit:
+        return wire.EXIT_BAD_START
+    if options.master_pid:
+        _die_with_parent(options.master_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
+    try:
+        secret = bytes.fromhex(sys.stdin.buffer.readline().decode("ascii").strip())
+    except (ValueError, OSError, AttributeError):
+        secret = b""
+    if not secret:
+        print("pydron worker: no secret on stdin", file=sys.stderr)
+        return wire.EXIT_BAD_START
+    sys.stdin.close()
+    sys.stdin = open(os.devnull)
+
+    sock = socket.create_connection((options.host, options.port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        _handshake(sock, secret, options.index, options.timeout * 2)
+    except (wire.HandshakeError, wire.FrameError, OSError) as exc:
+        print(f"pydron worker {options.index}: {exc}", file=sys.stderr)
+        return wire.EXIT_REFUSED
+    decoder = wire.FrameDecoder(options.max_frame)
+
+    from pydron import backend
+    backend.configure({"workers": [{"type": "inline"}]})  # no pool inside the pool
+
+    worker = Worker(sock, options.index, decoder, options.max_frame, options.heartbeat,
+                    options.timeout)
+    sys.stdout = _Forward(worker.send_output, 1)
+    sys.stderr = _Forward(worker.send_output, 2)
+    threading.Thread(target=worker.read_loop, name="pydron-reader", daemon=True).start()
+    threading.Thread(target=worker.heartbeat_loop, name="pydron-heartbeat",
+                     daemon=True).start()
+    worker.serve()
+    return wire.EXIT_OK  # pragma: no cover - serve() never returns
+
+
+if __name__ == "__main__":
+    sys.exit(main())
