@@ -160,6 +160,8 @@ class MulticorePool(Pool):
 
         self._ids = itertools.count(1)
         self._shipper = FunctionShipper()
+        self.functions_sent = 0
+        """How many function blobs have been sent, all workers together (statistics)."""
 
         # Reactor thread only.
         self._queue: collections.deque[_Call] = collections.deque()
@@ -438,6 +440,7 @@ class MulticorePool(Pool):
             blob = None
             if call.digest not in known:
                 blob = call.fn_blob
+                self.functions_sent += 1
                 known[call.digest] = None
                 if len(known) > FUNCTION_CACHE_SIZE:  # mirror the worker's cache exactly
                     known.popitem(last=False)
