@@ -81,15 +81,19 @@ class WorkerProtocol(Protocol):
         except Exception:
             return "an unknown peer"
 
-    def drop(self, reason: str, level: int = logging.WARNING) -> None:
-        """Close at once, discarding anything unsent, and say why in the log."""
+    def drop(self, reason: str, level: int = logging.WARNING, graceful: bool = False) -> None:
+        """Close, and say why in the log: at once, discarding anything unsent (the peer
+        gets nothing more from us), or ``graceful``ly, after what was written."""
         if self.dropped:
             return
         self.dropped = True
         what = f"worker {self.proc.index} (pid {self.proc.pid})" if self.proc else \
             f"a connection from {self.peer()}"
         _log.log(level, "pydron: dropped %s: %s", what, reason)
-        self.transport.abortConnection()
+        if graceful:
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -110,7 +114,7 @@ class WorkerProtocol(Protocol):
         if problem:
             self.transport.write(wire.frame(wire.REFUSE, problem.encode()))
             self.pool.refused(info, problem)
-            self.drop(problem, logging.ERROR)
+            self.drop(problem, logging.ERROR, graceful=True)  # let REFUSE reach it
             return
         proc = self.pool.claim(info, self)
         if proc is None:

@@ -369,8 +369,8 @@ class MulticorePool(Pool):
 
     def refused(self, info: dict[str, Any], reason: str) -> None:
         proc = self._procs.get(info.get("index"))  # type: ignore[arg-type]
-        if proc is not None and proc.pid == info.get("pid"):
-            proc.refused = reason
+        if proc is not None and proc.pid == info.get("pid") and not proc.ready:
+            proc.refused = reason  # said when it exits: why it could not start
 
     def ready(self, proc: _Proc) -> None:
         if proc.timer is not None and proc.timer.active():
@@ -570,8 +570,8 @@ class MulticorePool(Pool):
         if self._stopping and not self._has_work():
             self._maybe_stop()
             return
-        if not cancel_death or self._queue:
-            self._ensure_workers()
+        if not cancel_death or self._queued():
+            self._ensure_workers()  # after a cancel: lazily, when work comes
         self._dispatch()
 
     def _start_failed(self, problem: str) -> None:
@@ -611,10 +611,11 @@ class MulticorePool(Pool):
             conn.send([beat])
 
     # -- stopping ------------------------------------------------------------------------
+    def _queued(self) -> bool:
+        return any(c.state == QUEUED for c in self._queue)
+
     def _has_work(self) -> bool:
-        if any(c.state == QUEUED for c in self._queue):
-            return True
-        return any(p.outstanding for p in self._procs.values())
+        return self._queued() or any(p.outstanding for p in self._procs.values())
 
     def _begin_stop(self) -> None:
         self._stopping = True
