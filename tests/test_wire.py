@@ -145,9 +145,12 @@ def test_out_of_band_buffers_keep_array_data_out_of_the_pickle():
     a = np.arange(100_000, dtype=np.int64)
     blob, buffers = shipping.dumps_value(a)
     assert len(blob) < 1000 and len(buffers) == 1
-    assert buffers[0].raw().nbytes == a.nbytes
-    b = pickle.loads(blob, buffers=[bytearray(buffers[0].raw())])
+    assert buffers[0].nbytes == a.nbytes and buffers[0].obj is a  # a view, no copy
+    b = pickle.loads(blob, buffers=[bytearray(buffers[0])])
     assert (a == b).all() and b.flags.writeable
+    small = np.arange(10)
+    blob, buffers = shipping.dumps_value(small)  # small arrays stay in the pickle
+    assert buffers == [] and (pickle.loads(blob) == small).all()
 
 
 def test_argument_errors_name_the_culprit():

@@ -12,6 +12,7 @@ The pool side of the conversation is the small interface this module calls:
 """
 from __future__ import annotations
 
+import collections
 import logging
 import pickle
 import sys
@@ -25,6 +26,9 @@ from pydron.backend import wire
 __all__ = ["WorkerProtocol", "WorkerFactory"]
 
 _log = logging.getLogger("pydron.backend")
+
+CHUNK = 1 << 20
+"""Bytes of out-of-band buffers handed to Twisted at a time (and sent per send())."""
 
 
 class WorkerProtocol(Protocol):
@@ -41,6 +45,7 @@ class WorkerProtocol(Protocol):
         self.buffers: list[Any] = []
         self.parts: list[Any] = []
         self._timer: Any = None
+        self._backlog: collections.deque[bytes | memoryview] | None = None
 
     # -- Twisted callbacks ---------------------------------------------------------------
     def connectionMade(self) -> None:  # noqa: N802
@@ -126,7 +131,8 @@ class WorkerProtocol(Protocol):
         self.proc = proc
         self.authenticated = True
         self.decoder.limit = self.pool.max_frame
-        self.transport.bufferSize = 1 << 20  # big reads for big buffers
+        self.transport.bufferSize = CHUNK  # big reads and writes for big buffers
+        self.transport.SEND_LIMIT = CHUNK
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -157,9 +163,50 @@ class WorkerProtocol(Protocol):
         else:
             self.drop(f"unexpected frame kind {kind}")
 
-    def send(self, pieces: list[bytes]) -> None:
-        if not self.dropped:
-            self.transport.writeSequence(pieces)
+    # -- sending -------------------------------------------------------------------------
+    def send(self, pieces: list[bytes | memoryview]) -> None:
+        """Write frames. Pieces may be memoryviews of the caller's arrays (out-of-band
+        buffers): those are not copied whole into Twisted's buffer but fed to it a chunk
+        at a time, as it drains, by this protocol acting as a pull producer."""
+        if self.dropped:
+            return
+        if self._backlog is None:
+            if all(type(p) is bytes for p in pieces):
+                self.transport.writeSequence(pieces)
+                # Send now rather than on the reactor's next turn: a loop iteration less
+                # per batch. A failure shows up as the connection's loss on reading.
+                self.transport.doWrite()
+                return
+            self._backlog = collections.deque(pieces)
+            self.transport.registerProducer(self, False)  # calls resumeProducing now
+        else:
+            self._backlog.extend(pieces)
+
+    def resumeProducing(self) -> None:  # noqa: N802 -- IPullProducer
+        backlog = self._backlog
+        if backlog is None:
+            return
+        out: list[bytes | memoryview] = []
+        size = 0
+        while backlog and size < CHUNK:
+            piece = backlog.popleft()
+            if size + len(piece) > CHUNK and type(piece) is not bytes:
+                take = CHUNK - size
+                backlog.appendleft(piece[take:])
+                piece = piece[:take]
+            out.append(piece)
+            size += len(piece)
+        if out:
+            self.transport.write(b"".join(out))
+        if not backlog:
+            self._backlog = None
+            self.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        pass
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self._backlog = None
 
 
 def _write_output(payload: bytes) -> None:

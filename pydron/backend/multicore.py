@@ -73,13 +73,13 @@ class _Call:
                  "proc", "attempts")
 
     def __init__(self, call_id: int, fn: Callable[..., Any], digest: bytes, fn_blob: bytes,
-                 args: bytes, buffers: list[bytes], on_done: OnDone) -> None:
+                 args: bytes, buffers: list[memoryview], on_done: OnDone) -> None:
         self.id = call_id
         self.fn = fn
         self.digest = digest
         self.fn_blob = fn_blob
         self.args = args
-        self.buffers = buffers      # each: the complete frame(s) of one out-of-band buffer
+        self.buffers = buffers      # views of the out-of-band buffers of the arguments
         self.on_done = on_done
         self.state = QUEUED
         self.proc: _Proc | None = None
@@ -193,10 +193,10 @@ class MulticorePool(Pool):
                 f"the arguments of {callable_name(fn)}() pickle to {len(blob)} bytes, more "
                 f"than the frame limit of {self.max_frame} bytes", item="the arguments",
                 value_type="tuple")
-        # One copy of each buffer, into ready-made frames: the call owns a snapshot of its
-        # arguments (they may change in the caller before it is sent, or be re-sent).
-        buffers = [b"".join(wire.buffer_frames(b.raw(), self.max_frame)) for b in raw]
-        call = _Call(next(self._ids), fn, digest, fn_blob, blob, buffers, on_done)
+        # The buffers are views of the arguments' own memory, sent from there: no copy.
+        # Like the other pools, this relies on the caller not to change an argument
+        # before its call is done (the runtime orders a mutation after earlier readers).
+        call = _Call(next(self._ids), fn, digest, fn_blob, blob, raw, on_done)
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot submit to a pool that has been shut down")
@@ -431,7 +431,7 @@ class MulticorePool(Pool):
             self._send(proc, calls)
 
     def _send(self, proc: _Proc, calls: list[_Call]) -> None:
-        pieces: list[bytes] = []
+        pieces: list[bytes | memoryview] = []
         entries: list[tuple] = []
         size = 0
         known = proc.known
@@ -448,7 +448,8 @@ class MulticorePool(Pool):
             if entries and size + cost > limit:
                 pieces.append(wire.frame(wire.TASKS, pickle.dumps(entries, PROTOCOL)))
                 entries, size = [], 0
-            pieces.extend(call.buffers)
+            for buffer in call.buffers:
+                pieces += wire.buffer_frames(buffer, self.max_frame)
             entries.append((call.id, call.digest, blob, call.args, len(call.buffers)))
             size += cost
         pieces.append(wire.frame(wire.TASKS, pickle.dumps(entries, PROTOCOL)))

@@ -105,28 +105,46 @@ def _safe_str(value: object) -> str:
 # --------------------------------------------------------------------------- values
 
 
-def dumps_value(value: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``value`` with out-of-band buffers: ``(blob, buffers)``.
+OUT_OF_BAND_MIN = 1 << 16
+"""Buffers smaller than this stay inside the pickle: a frame of their own costs more."""
 
-    Plain pickle first; cloudpickle if that fails or if the pickle refers to ``__main__``
-    (a scan for the module name: cheap, since large data sits in the buffers; a false
-    alarm only costs the slower pickler). Raises whatever cloudpickle raises.
+
+def dumps_value(value: object) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``value``: ``(blob, buffers)``, the buffers out of band.
+
+    The buffers are flat byte views of the value's own memory (a numpy array's data, not
+    a copy); they stay valid while the value lives. Small or non-contiguous buffers are
+    kept in the blob. Plain pickle first; cloudpickle if that fails or if the pickle
+    refers to ``__main__`` (a scan for the module name: cheap, since large data sits in
+    the buffers; a false alarm only costs the slower pickler). Raises whatever
+    cloudpickle raises.
     """
-    buffers: list[pickle.PickleBuffer] = []
+    buffers: list[memoryview] = []
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # neither C- nor Fortran-contiguous
+            return True
+        if raw.nbytes < OUT_OF_BAND_MIN:
+            return True      # true: serialise it in-band
+        buffers.append(raw)
+        return False
+
     try:
-        blob = pickle.dumps(value, PROTOCOL, buffer_callback=buffers.append)
+        blob = pickle.dumps(value, PROTOCOL, buffer_callback=keep)
         if _MAIN not in blob:
             return blob, buffers
     except Exception:
         pass
     import cloudpickle
-    buffers = []
-    blob = cloudpickle.dumps(value, PROTOCOL, buffer_callback=buffers.append)
+    buffers.clear()
+    blob = cloudpickle.dumps(value, PROTOCOL, buffer_callback=keep)
     return blob, buffers
 
 
 def dumps_args(fn: Callable[..., Any], args: tuple, kwargs: dict
-               ) -> tuple[bytes, list[pickle.PickleBuffer]]:
+               ) -> tuple[bytes, list[memoryview]]:
     """Pickle a call's ``(args, kwargs)``; SerializationError names the culprit."""
     try:
         return dumps_value((args, kwargs))
@@ -151,7 +169,7 @@ def _culprit(args: tuple, kwargs: dict, exc: Exception) -> tuple[str, object, Ex
 
 
 def dumps_result(value: object, fn: Callable[..., Any]
-                 ) -> tuple[bytes, list[pickle.PickleBuffer]]:
+                 ) -> tuple[bytes, list[memoryview]]:
     """Pickle a call's result on the worker; SerializationError if it cannot be."""
     try:
         return dumps_value(value)

@@ -286,7 +286,7 @@ class Worker:
             return [_results([(call_id, False, blob, 0, elapsed, name, message, None)])]
         pieces: list[bytes | memoryview] = []
         for buf in raw:
-            pieces += wire.buffer_frames(buf.raw(), self.max_frame)
+            pieces += wire.buffer_frames(buf, self.max_frame)
         pieces.append(_results([(call_id, True, blob, len(raw), elapsed)]))
         return pieces
 
