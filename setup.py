@@ -11,9 +11,11 @@ setup(
         "networkx>=2.8",
         "cloudpickle>=2.0",
         "twisted>=22.10",
+        "paramiko>=3.0",
+        "apache-libcloud>=3.6",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "numpy"],
+        "test": ["pytest>=7", "hypothesis>=6", "numpy", "moto[ec2]>=5", "flask", "flask-cors"],
         "bench": ["numpy"],
         "examples": ["numpy"],
     },

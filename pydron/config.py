@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -129,17 +130,95 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid("a non-empty string")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: object) -> str:
+        if value not in choices:
+            raise _Invalid(f"one of {_quoted(choices)}")
+        return value  # type: ignore[return-value]
+    return check
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _Invalid("a port number from 1 to 65535")
+    return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise _Invalid("a number of seconds >= 0")
+    return value
+
+
+def _strings(value: object) -> object:
+    """A non-empty string or a non-empty array of them."""
+    if isinstance(value, str) and value:
+        return value
+    if (isinstance(value, list) and value
+            and all(isinstance(v, str) and v for v in value)):
+        return tuple(value)
+    raise _Invalid("a non-empty string or an array of them")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _credentials(value: object) -> object:
+    """Where cloud credentials come from -- never the secrets themselves: pydron.conf is
+    often shared or committed, so it may only name environment variables or a file."""
+    expected = ('{"env": {"key": "ENV_VAR", ...}} or {"file": "/path"} '
+                '(optionally with "profile")')
+    if not isinstance(value, Mapping) or not value:
+        raise _Invalid(expected)
+    if "env" in value and set(value) == {"env"}:
+        env = value["env"]
+        if (not isinstance(env, Mapping) or not env
+                or not all(isinstance(k, str) and k and isinstance(v, str)
+                           and _ENV_NAME.fullmatch(v) for k, v in env.items())):
+            raise _Invalid('"env": an object mapping driver arguments to the names of '
+                           'environment variables, e.g. {"key": "AWS_ACCESS_KEY_ID"}')
+        return types.MappingProxyType({"env": types.MappingProxyType(dict(env))})
+    if "file" in value and set(value) <= {"file", "profile"}:
+        if not all(isinstance(v, str) and v for v in value.values()):
+            raise _Invalid('"file" (and "profile") as non-empty strings')
+        return types.MappingProxyType(dict(value))
+    raise _Invalid(expected)
+
+
+def _scalars(value: object) -> object:
+    """An object of JSON scalars (extra keyword arguments for a driver)."""
+    if (not isinstance(value, Mapping)
+            or not all(isinstance(v, (str, int, float, bool)) or v is None
+                       for v in value.values())):
+        raise _Invalid("an object whose values are strings, numbers, booleans or null")
+    return types.MappingProxyType(dict(value))
+
+
 @dataclass(frozen=True)
 class WorkerType:
     """How to validate one kind of worker entry.
 
     ``keys`` maps every allowed key (besides ``"type"``) to its check; ``count`` derives the
     number of calls the worker runs at once from the validated keys. ``count`` is not put
-    into ``WorkerSpec.options``; every other key is.
+    into ``WorkerSpec.options``; every other key is. ``required`` names the keys an entry
+    of this type must have.
     """
 
     keys: Mapping[str, Check]
     count: Callable[[Mapping[str, object]], int]
+    required: frozenset[str] = frozenset()
 
 
 WORKER_TYPES: dict[str, WorkerType] = {
@@ -150,6 +229,30 @@ WORKER_TYPES: dict[str, WorkerType] = {
     ),
     # Runs each call in the caller's thread, one at a time: debugging, deterministic tests.
     "inline": WorkerType(keys={}, count=lambda entry: 1),
+    # Worker processes on another host over SSH (pydron.backend.ssh): `cores` of them.
+    "ssh": WorkerType(
+        keys={"hostname": _string, "port": _port, "username": _string,
+              "key_filename": _string, "python": _string, "tmp_dir": _string,
+              "cores": _positive_int, "host_key": _one_of("known_hosts", "accept-new"),
+              "known_hosts": _string, "required": _bool},
+        count=lambda entry: int(entry.get("cores", 1)),  # type: ignore[call-overload]
+        required=frozenset({"hostname"}),
+    ),
+    # Instances Pydron creates with libcloud (pydron.backend.cloud), then used as ssh hosts.
+    # `count` is the number of instances here; the capacity is count * cores (use
+    # pydron.backend.cloud.entry_of(spec) to get the entry back with its count).
+    "cloud": WorkerType(
+        keys={"provider": _string, "region": _string, "image": _string, "size": _string,
+              "key_name": _string, "key_filename": _string, "security_group": _strings,
+              "count": _positive_int, "cores": _positive_int, "idle_timeout": _seconds,
+              "ready_timeout": _seconds, "credentials": _credentials,
+              "driver_options": _scalars, "port": _port, "username": _string,
+              "python": _string, "tmp_dir": _string,
+              "host_key": _one_of("known_hosts", "accept-new"), "known_hosts": _string},
+        count=lambda entry: (int(entry.get("count", 1))  # type: ignore[call-overload]
+                             * int(entry.get("cores", 1))),  # type: ignore[call-overload]
+        required=frozenset({"provider", "image", "size"}),
+    ),
     # Worker processes on this machine, one call at a time each: CPU-bound Python code.
     "multicore": WorkerType(
         keys={"cores": _positive_int},
@@ -258,6 +361,9 @@ def _parse_worker(entry: object, source: str, path: str) -> WorkerSpec:
             allowed = f"only the keys {_quoted(['type', *spec.keys])}"
             raise _error(source, path, f'{allowed} for type "{kind}"', f'unknown key "{key}"')
         checked[key] = _check(source, f"{path}.{key}", spec.keys[key], value)
+    for key in sorted(spec.required - set(checked)):
+        raise _error(source, f"{path}.{key}", f'a value (required for type "{kind}")',
+                     "nothing (the key is missing)")
 
     count = spec.count(checked)
     options = {k: v for k, v in checked.items() if k != "count"}

@@ -7,6 +7,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import diffcheck  # noqa: E402
 
+pytest_plugins = ["conftest_hosts"]  # real sshd, network namespace, moto (tests/realhosts.py)
+
 
 @pytest.fixture(scope="module")
 def threads_pool():

@@ -47,6 +47,11 @@ _config: Config | None = None  # None: discover on next use
 
 def pool_from_config(config: Config) -> Pool:
     """Build (but do not register) the pool a configuration describes."""
+    for spec in config.workers:
+        if spec.type not in POOL_FACTORIES:
+            raise NotImplementedError(
+                f'{config.source}: workers of type "{spec.type}" are accepted in pydron.conf '
+                "but this version of pydron cannot start them yet")
     members = [POOL_FACTORIES[spec.type](spec, config) for spec in config.workers]
     return members[0] if len(members) == 1 else CompositePool(members)
 
