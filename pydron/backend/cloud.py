@@ -1,0 +1,573 @@
+"""Cloud instances for remote workers (Apache libcloud): create, wait, tag, find, destroy.
+
+A ``"cloud"`` entry in ``pydron.conf`` makes Pydron create ``count`` instances for a run,
+wait until SSH answers on each, and then use them as ssh hosts (see
+:mod:`pydron.backend.ssh` and :func:`node_ssh_entry`). Instances cost money by the hour,
+so the one rule here is that **no instance may outlive its purpose unnoticed**:
+
+* every instance is tagged (``pydron-run`` = the run's id, plus ``pydron-entry`` and
+  ``pydron-created``) at creation, so it can always be found again, by this process or by
+  ``python -m pydron cloud list`` / ``cleanup`` after a crash or a SIGKILL;
+* :func:`provision` destroys what it created when it fails or is interrupted (Ctrl-C
+  included), and instances that never became ready;
+* :func:`provisioned` is a context manager that also destroys them on the way out and at
+  interpreter exit.
+
+Slow starts are reported as they happen, through the ``logging`` logger
+``"pydron.backend"`` and an optional ``progress(event, node, detail)`` callback (events
+``starting``, ``ready``, ``failed``, ``destroyed``), so a person can follow which instances
+are starting, ready or failed.
+
+Credentials never have to be in ``pydron.conf``: an entry names environment variables or
+a file (see :func:`driver_for`).
+"""
+from __future__ import annotations
+
+import atexit
+import configparser
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from pydron.errors import PydronError
+
+__all__ = [
+    "CloudError", "TAG_RUN", "TAG_ENTRY", "TAG_CREATED", "EVENTS", "Progress",
+    "new_run_id", "entry_of", "driver_for", "reset_drivers", "provision", "provisioned", "destroy",
+    "list_tagged", "cleanup", "node_address", "node_ssh_entry", "node_tags",
+    "ssh_answers", "DEFAULT_READY_TIMEOUT",
+]
+
+log = logging.getLogger("pydron.backend")
+
+TAG_RUN = "pydron-run"
+"""The tag every instance Pydron creates carries: its value is the run's id."""
+TAG_ENTRY = "pydron-entry"
+"""A fingerprint of the entry (provider, region, image, size, key, group): a later run may
+reuse only instances made from an equal entry."""
+TAG_CREATED = "pydron-created"
+"""Creation time, seconds since the epoch (a string, as tags are)."""
+
+EVENTS = ("starting", "ready", "failed", "destroyed")
+Progress = Callable[[str, str, str], None]
+"""``progress(event, node, detail)``: ``event`` is one of :data:`EVENTS`, ``node`` the
+instance's name (with its id), ``detail`` a sentence for a person."""
+
+DEFAULT_READY_TIMEOUT = 600.0
+"""Seconds an instance may take from creation until SSH answers (``ready_timeout``)."""
+
+
+class CloudError(PydronError):
+    """Instances cannot be created, listed or destroyed; the message says which entry and
+    why (bad credentials, unknown provider, a refused request, nothing became ready)."""
+
+
+# --------------------------------------------------------------------------- entries
+
+
+def new_run_id() -> str:
+    """A fresh run id: sortable by time, unique enough to tell concurrent runs apart."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def entry_of(spec: Any) -> dict[str, Any]:
+    """The cloud entry as written, from a :class:`pydron.config.WorkerSpec` or a mapping.
+
+    The configuration parser keeps ``count`` out of ``WorkerSpec.options`` (there it is the
+    capacity, ``count * cores``); this puts the number of instances back.
+    """
+    options = getattr(spec, "options", None)
+    if options is None:
+        return dict(spec)
+    entry = dict(options)
+    entry["count"] = max(1, spec.count // int(entry.get("cores", 1)))
+    return entry
+
+
+def _fingerprint(entry: Mapping[str, Any]) -> str:
+    keys = ("provider", "region", "image", "size", "key_name", "security_group")
+    text = json.dumps({k: entry.get(k) for k in keys}, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _where(entry: Mapping[str, Any]) -> str:
+    region = entry.get("region")
+    return f"{entry.get('provider')}" + (f" ({region})" if region else "")
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+_drivers: dict[str, Any] = {}
+_drivers_lock = threading.Lock()
+
+
+def _credentials(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for the driver, from environment variables or a file."""
+    provider = str(entry.get("provider"))
+    creds = entry.get("credentials")
+    if creds is None:
+        if provider == "ec2":
+            creds = {"env": {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY"}}
+            if os.environ.get("AWS_SESSION_TOKEN"):
+                creds["env"]["token"] = "AWS_SESSION_TOKEN"
+        elif provider == "dummy":
+            return {"creds": 0}
+        else:
+            return {}
+    if "env" in creds:
+        missing = [var for var in creds["env"].values() if not os.environ.get(var)]
+        if missing:
+            raise CloudError(
+                f"cloud entry {_where(entry)}: the environment variable(s) "
+                f"{', '.join(missing)} holding its credentials are not set")
+        return {arg: os.environ[var] for arg, var in creds["env"].items()}
+    path = os.path.expanduser(str(creds["file"]))
+    try:
+        text = open(path, encoding="utf-8").read()
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise CloudError(f"cloud entry {_where(entry)}: cannot read the credentials file "
+                         f"{path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        log.warning("cloud credentials file %s can be read by other users (chmod 600 it)", path)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return data
+    # Not JSON: an AWS-style credentials file ([profile] aws_access_key_id = ...).
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        raise CloudError(f"cloud entry {_where(entry)}: {path} is neither a JSON object "
+                         f"nor an AWS credentials file: {exc}") from None
+    profile = str(creds.get("profile", "default"))
+    if not parser.has_section(profile):
+        raise CloudError(f"cloud entry {_where(entry)}: {path} has no profile [{profile}]")
+    section = parser[profile]
+    names = {"aws_access_key_id": "key", "aws_secret_access_key": "secret",
+             "aws_session_token": "token"}
+    found = {arg: section[name] for name, arg in names.items() if name in section}
+    if "key" not in found:
+        raise CloudError(f"cloud entry {_where(entry)}: profile [{profile}] of {path} has "
+                         "no aws_access_key_id")
+    return found
+
+
+def driver_for(entry: Mapping[str, Any], *, cached: bool = True) -> Any:
+    """The libcloud compute driver for an entry (one per provider, region, credentials
+    and options in a process, so that in-process drivers such as Dummy keep their state).
+
+    ``provider`` is a libcloud provider name (``"ec2"``, ``"gce"``, ``"azure_arm"``,
+    ``"openstack"``, ``"dummy"``, ...); ``region`` and ``driver_options`` (e.g. ``host``,
+    ``port``, ``secure`` for another endpoint) are passed to the driver. For EC2,
+    ``signature_version`` defaults to ``"4"``, which every AWS region accepts; against a
+    non-AWS endpoint (``driver_options.host``), the XML namespace of its answers is
+    adopted, as EC2-compatible servers differ there from AWS.
+    """
+    from libcloud.compute.providers import get_driver
+
+    provider = str(entry["provider"])
+    kwargs = _credentials(entry)
+    options = dict(entry.get("driver_options") or {})
+    if provider == "ec2":
+        options.setdefault("signature_version", "4")
+    if entry.get("region"):
+        kwargs["region"] = entry["region"]
+    kwargs.update(options)
+    key = json.dumps([provider, sorted(kwargs.items())], default=str)
+    if cached:
+        with _drivers_lock:
+            if key in _drivers:
+                return _drivers[key]
+    try:
+        cls = get_driver(provider)
+    except (AttributeError, KeyError, ValueError) as exc:
+        raise CloudError(f"cloud entry {_where(entry)}: libcloud has no compute provider "
+                         f"{provider!r} ({exc})") from None
+    try:
+        driver = cls(**kwargs)
+    except Exception as exc:  # each driver validates its arguments its own way
+        raise CloudError(f"cloud entry {_where(entry)}: cannot create the {provider} "
+                         f"driver: {type(exc).__name__}: {exc}") from None
+    if provider == "ec2" and options.get("host"):
+        _adopt_ec2_namespace(driver, entry)
+    if cached:
+        with _drivers_lock:
+            driver = _drivers.setdefault(key, driver)
+    return driver
+
+
+def reset_drivers() -> None:
+    """Forget the cached drivers (tests; a long-lived process whose credentials rotate)."""
+    with _drivers_lock:
+        _drivers.clear()
+
+
+def _adopt_ec2_namespace(driver: Any, entry: Mapping[str, Any]) -> None:
+    """libcloud reads EC2 answers in AWS's XML namespace only; an EC2-compatible server
+    (moto, for one) may answer in another, and then every lookup silently finds nothing.
+    Ask the endpoint once and use its namespace (libcloud keeps it in a module global)."""
+    import libcloud.compute.drivers.ec2 as ec2
+
+    try:
+        body = driver.connection.request(driver.path, params={"Action": "DescribeRegions"}).body
+    except Exception as exc:
+        raise CloudError(f"cloud entry {_where(entry)}: the EC2 endpoint "
+                         f"{entry['driver_options'].get('host')} does not answer: {exc}") from None
+    match = re.search(r'xmlns="([^"]+)"', body if isinstance(body, str) else "")
+    if match and match.group(1) != ec2.NAMESPACE:
+        log.debug("cloud: EC2 endpoint answers in XML namespace %s", match.group(1))
+        ec2.NAMESPACE = match.group(1)
+
+
+def _call(entry: Mapping[str, Any], what: str, fn: Callable[..., Any], *args: Any,
+          **kwargs: Any) -> Any:
+    """Call the driver; its errors become CloudError naming the entry and the action."""
+    try:
+        return fn(*args, **kwargs)
+    except CloudError:
+        raise
+    except Exception as exc:
+        text = str(exc) or type(exc).__name__
+        raise CloudError(f"cloud entry {_where(entry)}: {what} failed: {text}") from exc
+
+
+# --------------------------------------------------------------------------- tags
+
+
+def node_tags(node: Any) -> dict[str, str]:
+    """The tags (or metadata) a node carries."""
+    extra = getattr(node, "extra", None) or {}
+    tags = extra.get("tags") or extra.get("metadata") or {}
+    return dict(tags) if isinstance(tags, Mapping) else {}
+
+
+def _gone(node: Any) -> bool:
+    from libcloud.compute.types import NodeState
+    status = str((getattr(node, "extra", None) or {}).get("status", "")).lower()
+    return node.state == NodeState.TERMINATED or status in ("shutting-down", "terminated")
+
+
+def _label(node: Any, name: str | None = None) -> str:
+    shown = name or getattr(node, "name", None) or "?"
+    return shown if shown == node.id else f"{shown} [{node.id}]"
+
+
+def _tag(driver: Any, node: Any, tags: Mapping[str, str], entry: Mapping[str, Any]) -> None:
+    """Tag a node whose driver could not do it at creation."""
+    if str(entry["provider"]) != "dummy" and hasattr(driver, "ex_create_tags"):
+        _call(entry, "tagging the instance", driver.ex_create_tags, node, dict(tags))
+    elif str(entry["provider"]) != "dummy":
+        log.warning("cloud: provider %s cannot tag instances; `python -m pydron cloud` will "
+                    "not find %s from another process", entry["provider"], node.id)
+    # Remembered on the node object too: in-process drivers (Dummy) list these objects.
+    node.extra = dict(node.extra or {})
+    node.extra.setdefault("tags", {}).update(tags)
+
+
+# --------------------------------------------------------------------------- create
+
+
+def _image(driver: Any, entry: Mapping[str, Any]) -> Any:
+    from libcloud.compute.base import NodeImage
+    # Only the id is needed to create a node; listing all images (thousands on AWS) is slow.
+    return NodeImage(id=str(entry["image"]), name=str(entry["image"]), driver=driver)
+
+
+def _size(driver: Any, entry: Mapping[str, Any]) -> Any:
+    from libcloud.compute.base import NodeSize
+    want = str(entry["size"])
+    try:
+        for size in driver.list_sizes():
+            if str(size.id) == want or size.name == want:
+                return size
+    except Exception as exc:  # some drivers need a location, or a request, to list sizes
+        log.debug("cloud: cannot list sizes of %s: %s", entry["provider"], exc)
+    return NodeSize(id=want, name=want, ram=0, disk=0, bandwidth=None, price=None,
+                    driver=driver)
+
+
+def _create(driver: Any, entry: Mapping[str, Any], name: str, tags: Mapping[str, str]) -> Any:
+    provider = str(entry["provider"])
+    image, size = _image(driver, entry), _size(driver, entry)
+    if provider == "ec2":
+        kwargs: dict[str, Any] = {"ex_metadata": dict(tags)}  # tagged in the same request
+        if entry.get("key_name"):
+            kwargs["ex_keyname"] = entry["key_name"]
+        groups = entry.get("security_group")
+        if groups:
+            groups = [groups] if isinstance(groups, str) else list(groups)
+            ids = [g for g in groups if g.startswith("sg-")]
+            names = [g for g in groups if not g.startswith("sg-")]
+            if ids:
+                kwargs["ex_security_group_ids"] = ids
+            if names:
+                kwargs["ex_security_groups"] = names
+        node = _call(entry, "creating an instance", driver.create_node, name=name, size=size,
+                     image=image, **kwargs)
+        node.extra = dict(node.extra or {})
+        node.extra.setdefault("tags", {}).update(tags)
+        return node
+    node = _call(entry, "creating an instance", driver.create_node, name=name, size=size,
+                 image=image)
+    _tag(driver, node, {**tags, "Name": name}, entry)
+    return node
+
+
+def node_address(node: Any, entry: Mapping[str, Any]) -> tuple[str, int] | None:
+    """Where SSH of a node is: its first public IP (else private IP) and the entry's
+    ``port`` (22); None while it has no address yet."""
+    ips = list(getattr(node, "public_ips", None) or []) + list(getattr(node, "private_ips", None) or [])
+    if not ips:
+        return None
+    return str(ips[0]), int(entry.get("port", 22))
+
+
+def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True if an SSH server greets us on host:port (its ``SSH-`` banner arrives).
+
+    A TCP connect alone is not enough: cloud load balancers and half-booted images accept
+    connections before sshd is there."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _report(progress: Progress | None, event: str, node: str, detail: str) -> None:
+    level = logging.WARNING if event == "failed" else logging.INFO
+    log.log(level, "cloud node %s: %s: %s", node, event, detail)
+    if progress is not None:
+        try:
+            progress(event, node, detail)
+        except Exception:  # a broken progress display must not leak instances
+            log.exception("cloud: progress callback failed")
+
+
+def provision(entry: Any, run_id: str | None = None, *, progress: Progress | None = None,
+              timeout: float | None = None, wait_for_ssh: bool = True,
+              address_of: Callable[[Any], tuple[str, int] | None] | None = None,
+              poll: float = 2.0) -> list[Any]:
+    """Create the entry's ``count`` instances tagged with ``run_id`` and return those that
+    became ready (running, and SSH answering unless ``wait_for_ssh`` is false).
+
+    ``entry`` is a cloud entry (a mapping, or a WorkerSpec: see :func:`entry_of`).
+    ``timeout`` (default: the entry's ``ready_timeout``, else
+    :data:`DEFAULT_READY_TIMEOUT`) bounds the wait from creation to ready; an instance not
+    ready by then is reported ``failed`` and destroyed, and so is one that stops or errs
+    on its way. If none became ready, all are destroyed and :class:`CloudError` is raised.
+    On any exception or interrupt (Ctrl-C) during provisioning, every instance created so
+    far is destroyed before it propagates: an instance must not outlive a failed start.
+
+    ``address_of(node)`` overrides where SSH of a node is (default :func:`node_address`),
+    e.g. to reach the instances through a tunnel.
+    """
+    entry = entry_of(entry)
+    run_id = run_id or new_run_id()
+    count = int(entry.get("count", 1))
+    if timeout is None:
+        timeout = float(entry.get("ready_timeout", DEFAULT_READY_TIMEOUT))
+    address_of = address_of or (lambda node: node_address(node, entry))
+    driver = driver_for(entry)
+    tags = {TAG_RUN: run_id, TAG_ENTRY: _fingerprint(entry), TAG_CREATED: str(int(time.time()))}
+    created: list[tuple[str, Any]] = []
+    ready: list[Any] = []
+    try:
+        for i in range(count):
+            name = f"pydron-{run_id}-{i}"
+            node = _create(driver, entry, name, tags)
+            created.append((name, node))
+            _report(progress, "starting", _label(node, name),
+                    f"created on {_where(entry)}, waiting until it runs"
+                    + (" and SSH answers" if wait_for_ssh else ""))
+        ready, failed = _wait_ready(driver, entry, created, time.monotonic() + timeout,
+                                    timeout, progress, address_of, wait_for_ssh, poll)
+        if failed:
+            gone = {node.id for node in failed}
+            created = [(name, node) for name, node in created if node.id not in gone]
+            destroy(failed, progress=progress)
+        if not ready:
+            raise CloudError(f"cloud entry {_where(entry)}: none of the {count} instance(s) "
+                             f"of run {run_id} became ready")
+        return ready
+    except BaseException:
+        # Whatever went wrong (an error, Ctrl-C): no instance of this start may survive it.
+        leftovers = [node for _, node in created]
+        if leftovers:
+            log.warning("cloud: start of run %s failed; destroying its %d instance(s)",
+                        run_id, len(leftovers))
+            destroy(leftovers, progress=progress)
+        raise
+
+
+def _wait_ready(driver: Any, entry: Mapping[str, Any], created: list[tuple[str, Any]],
+                deadline: float, timeout: float, progress: Progress | None,
+                address_of: Callable[[Any], tuple[str, int] | None], wait_for_ssh: bool,
+                poll: float) -> tuple[list[Any], list[Any]]:
+    from libcloud.compute.types import NodeState
+
+    names = {node.id: name for name, node in created}
+    pending = {node.id: node for _, node in created}
+    ready: list[Any] = []
+    failed: list[Any] = []
+    while pending:
+        current = _refresh(driver, entry, list(pending))
+        for node_id in list(pending):
+            node = current.get(node_id, pending[node_id])
+            node.extra = {**(pending[node_id].extra or {}), **(node.extra or {})}
+            pending[node_id] = node
+            label = _label(node, names[node_id])
+            if node.state in (NodeState.TERMINATED, NodeState.ERROR, NodeState.STOPPED) or _gone(node):
+                _report(progress, "failed", label, f"it is {node.state} instead of running")
+                failed.append(pending.pop(node_id))
+                continue
+            if node.state != NodeState.RUNNING:
+                continue
+            address = address_of(node)
+            if address is None:
+                continue
+            if wait_for_ssh and not ssh_answers(*address):
+                continue
+            _report(progress, "ready", label,
+                    f"running at {address[0]}:{address[1]}"
+                    + (", SSH answers" if wait_for_ssh else ""))
+            ready.append(pending.pop(node_id))
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            for node_id, node in list(pending.items()):
+                _report(progress, "failed", _label(node, names[node_id]),
+                        f"not ready within {timeout:g} s (state {node.state})")
+                failed.append(pending.pop(node_id))
+            break
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    return ready, failed
+
+
+def _refresh(driver: Any, entry: Mapping[str, Any], ids: list[str]) -> dict[str, Any]:
+    """The current state of the given nodes, by id."""
+    try:
+        if str(entry["provider"]) == "ec2":
+            nodes = driver.list_nodes(ex_node_ids=ids)
+        else:
+            nodes = driver.list_nodes()
+    except Exception as exc:  # a hiccup of the API: try again at the next poll
+        log.debug("cloud: listing nodes failed: %s", exc)
+        return {}
+    return {node.id: node for node in nodes if node.id in ids}
+
+
+# --------------------------------------------------------------------------- destroy
+
+
+def destroy(nodes: Sequence[Any], *, progress: Progress | None = None) -> int:
+    """Destroy nodes; returns how many went. A node whose destruction fails is reported
+    (``failed``) and the others are still destroyed: one refusal must not keep the rest
+    billing."""
+    done = 0
+    for node in nodes:
+        label = _label(node, node_tags(node).get("Name"))
+        try:
+            ok = node.driver.destroy_node(node)
+        except Exception as exc:
+            _report(progress, "failed", label, f"could not destroy it: {exc or type(exc).__name__}")
+            continue
+        if ok is False:
+            _report(progress, "failed", label, "the provider refused to destroy it")
+            continue
+        done += 1
+        _report(progress, "destroyed", label, "destroyed")
+    return done
+
+
+def list_tagged(entry: Any, run_id: str | None = None) -> list[Any]:
+    """Every live instance Pydron tagged that the entry's provider, region and
+    credentials can see (of any run, or only of ``run_id``)."""
+    entry = entry_of(entry)
+    driver = driver_for(entry)
+    if str(entry["provider"]) == "ec2":
+        nodes = _call(entry, "listing instances", driver.list_nodes,
+                      ex_filters={"tag-key": TAG_RUN})
+    else:
+        nodes = _call(entry, "listing instances", driver.list_nodes)
+    found = []
+    for node in nodes:
+        tags = node_tags(node)
+        if TAG_RUN in tags and (run_id is None or tags[TAG_RUN] == run_id) and not _gone(node):
+            found.append(node)
+    return found
+
+
+def cleanup(entry: Any, run_id: str | None = None, *, progress: Progress | None = None) -> int:
+    """Destroy every instance Pydron tagged (of any run, or only of ``run_id``); returns
+    how many were destroyed. This is what ``python -m pydron cloud cleanup`` does."""
+    return destroy(list_tagged(entry, run_id), progress=progress)
+
+
+@contextlib.contextmanager
+def provisioned(entry: Any, run_id: str | None = None, **kwargs: Any) -> Iterator[list[Any]]:
+    """``with provisioned(entry) as nodes:`` -- :func:`provision`, and :func:`destroy` on
+    the way out (normal end, error, Ctrl-C) and at interpreter exit if the block never
+    ends (a daemon thread, say). A SIGKILL skips all of that: ``cloud cleanup`` is for
+    that case."""
+    nodes = provision(entry, run_id, **kwargs)
+    destroyed = threading.Event()
+
+    def _destroy() -> None:
+        if not destroyed.is_set():
+            destroyed.set()
+            destroy(nodes, progress=kwargs.get("progress"))
+
+    atexit.register(_destroy)
+    try:
+        yield nodes
+    finally:
+        atexit.unregister(_destroy)
+        _destroy()
+
+
+# --------------------------------------------------------------------------- as ssh hosts
+
+
+def node_ssh_entry(node: Any, entry: Any, *, known_hosts: str | None = None,
+                   address: tuple[str, int] | None = None) -> dict[str, Any]:
+    """The ``"ssh"`` worker entry that reaches a provisioned node.
+
+    The ssh side of the cloud entry (``username`` -- default ``root``, set it to the
+    image's user such as ``ubuntu`` or ``ec2-user`` --, ``key_filename``, ``python``,
+    ``tmp_dir``, ``cores``) carries over. A fresh instance's host key cannot be known in
+    advance, so ``host_key`` defaults to ``accept-new``; give ``known_hosts`` (e.g. a
+    file per run) to keep the keys of short-lived instances, whose addresses are reused by
+    others, out of ``~/.ssh/known_hosts``.
+    """
+    entry = entry_of(entry)
+    address = address or node_address(node, entry)
+    if address is None:
+        raise CloudError(f"cloud node {_label(node)} has no IP address")
+    ssh_entry: dict[str, Any] = {
+        "hostname": address[0], "port": address[1],
+        "username": entry.get("username", "root"),
+        "host_key": entry.get("host_key", "accept-new"),
+        "cores": int(entry.get("cores", 1)),
+    }
+    for key in ("key_filename", "python", "tmp_dir"):
+        if key in entry:
+            ssh_entry[key] = entry[key]
+    if known_hosts or entry.get("known_hosts"):
+        ssh_entry["known_hosts"] = known_hosts or entry["known_hosts"]
+    return ssh_entry
