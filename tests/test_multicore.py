@@ -7,7 +7,7 @@ test_wire.py.)
 """
 from __future__ import annotations
 
-import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -337,6 +337,19 @@ def test_workers_start_lazily_all_at_once_and_stop_on_shutdown(make_pool):
     assert wait_gone(pids, 5) == []
     with pytest.raises(RuntimeError):
         pool.submit(square, (1,), {}, seen.callback())
+
+
+def test_shutdown_while_workers_are_starting(make_pool, caplog):
+    caplog.set_level(logging.WARNING, logger="pydron.backend")
+    pool = make_pool(2)
+    pool.start(wait=False)
+    deadline = time.monotonic() + TIMEOUT
+    while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    pids = pool.worker_pids()
+    pool.shutdown(wait=True)
+    assert len(pids) == 2 and wait_gone(pids, 5) == []
+    assert caplog.records == []  # stopping a worker on purpose is no failure
 
 
 def test_shutdown_lets_submitted_calls_finish(make_pool):

@@ -560,7 +560,7 @@ class MulticorePool(Pool):
                 f"(max_retries={self.max_retries})"))
         if self._exiting:
             return
-        if not proc.ready:
+        if not proc.ready and not proc.leaving:
             problem = f"worker {proc.index} (pid {proc.pid}) {how} before it connected"
             if proc.refused:
                 problem += f": {proc.refused}"
