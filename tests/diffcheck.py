@@ -63,7 +63,10 @@ else:
 
 THREADS = {"workers": [{"type": "threads", "count": 4}]}
 INLINE = {"workers": [{"type": "inline"}]}
-POOLS = {"threads": THREADS, "inline": INLINE}
+MULTICORE = {"workers": [{"type": "multicore", "cores": 2}]}
+POOLS = {"threads": THREADS, "inline": INLINE, "multicore": MULTICORE}
+# PYDRON_TEST_POOL=multicore runs the cases written for the threads pool on another pool.
+_OVERRIDE = os.environ.get("PYDRON_TEST_POOL")
 
 
 def configure_pool(name):
@@ -71,6 +74,8 @@ def configure_pool(name):
     pydron has no ``configure``. Returns True when pydron was configured."""
     if SELFTEST or not hasattr(pydron, "configure"):
         return False
+    if name == "threads" and _OVERRIDE:
+        name = _OVERRIDE
     pydron.configure(copy.deepcopy(POOLS[name]))
     return True
 
