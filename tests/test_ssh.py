@@ -138,6 +138,23 @@ def test_unreachable_port(sshd, ssh_home):
     assert "refused" in str(err).lower()
 
 
+def test_a_silent_server_times_out(ssh_home):
+    """Something accepts the connection but never speaks SSH (a hung host, a wrong port)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    port = silent.getsockname()[1]
+    try:
+        started = time.monotonic()
+        with pytest.raises(HostError) as info:
+            ssh.connect({"hostname": "127.0.0.1", "port": port}, timeout=1.0)
+        assert time.monotonic() - started < 10
+        assert info.value.cause == HostError.UNREACHABLE
+        assert f"127.0.0.1:{port}" in str(info.value) and "banner" in str(info.value)
+    finally:
+        silent.close()
+
+
 def test_ssh_config_is_honoured(sshd, ssh_home):
     key = ssh_home / ".ssh" / "id_testbox"
     shutil.copy(sshd.key_filename, key)
@@ -187,6 +204,24 @@ def test_proxyjump_reaches_a_host_only_the_jump_host_can_reach(netns_host, ssh_h
     finally:
         client.close()
     assert not client.jumps  # closed with the client
+
+    # The same through ProxyCommand (OpenSSH's client, installed with the server).
+    if not os.path.exists("/usr/bin/ssh"):
+        pytest.skip("no OpenSSH client for ProxyCommand")
+    kh = ssh_home / ".ssh" / "known_hosts"
+    (ssh_home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
+        Host inner2
+            HostName 127.0.0.1
+            Port 22
+            User root
+            IdentityFile ~/.ssh/id_h2
+            ProxyCommand /usr/bin/ssh -q -i {key} -o BatchMode=yes -o UserKnownHostsFile={kh} root@{h2.hostname} -W %h:%p
+        """))
+    client = ssh.connect({"hostname": "inner2"})
+    try:
+        assert ssh.run_command(client, "hostname")[1].decode().strip() == h2.name
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- python
@@ -346,6 +381,12 @@ def test_ensure_pydron_uploads_into_tmp_dir(netns_host, ssh_home, tmp_path):
 
 
 def test_ensure_pydron_needs_nothing_when_the_remote_has_this_pydron(sshd, ssh_home, tmp_path):
+    plain = subprocess.run([sys.executable, "-c", "import pydron; print(pydron.__file__)"],
+                           cwd="/", capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not plain.stdout.startswith(os.path.join(here, "pydron")):
+        pytest.skip("this checkout is not installed in this interpreter (pip install -e .)")
     client = _connect(sshd, ssh_home)
     remote_tmp = tmp_path / "remote"
     try:

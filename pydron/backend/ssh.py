@@ -294,10 +294,16 @@ def _open(target: _Target, sock: object | None, host_key: str, timeout: float,
                         f"no answer from {target.hostname}:{target.port}{via} within "
                         f"{timeout:g} s ({exc or 'timed out'})") from None
     except paramiko.SSHException as exc:
+        # paramiko may report a later symptom ("No existing session"); the transport keeps
+        # the first error (such as no SSH banner within the timeout): report that one.
+        transport = client.get_transport()
+        if transport is not None and transport.is_alive():
+            transport.join(min(timeout, 2.0))  # the thread that saw the error is finishing
+        cause = getattr(transport, "saved_exception", None) or exc
         client.close()
         raise HostError(target.display, HostError.UNREACHABLE,
                         f"SSH handshake with {target.hostname}:{target.port}{via} failed: "
-                        f"{exc}") from None
+                        f"{cause}") from None
     except OSError as exc:  # refused, no route, unknown name (NoValidConnectionsError too)
         client.close()
         reason = exc.strerror or str(exc)
