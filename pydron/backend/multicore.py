@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,7 +42,9 @@ from typing import Any
 
 from pydron.backend import wire
 from pydron.backend.pool import OnDone, Pool
-from pydron.backend.reactor import call_soon, get_reactor, in_reactor_thread, watch_exit
+from pydron.backend.reactor import (
+    before_twisted, call_soon, get_reactor, in_reactor_thread, watch_exit,
+)
 from pydron.backend.shipping import (
     PROTOCOL, FunctionShipper, callable_name, callable_site, dumps_args, loads_exception,
     type_name,
@@ -165,7 +168,9 @@ class MulticorePool(Pool):
 
         # Reactor thread only.
         self._queue: collections.deque[_Call] = collections.deque()
-        self._port: Any = None
+        self._port: Any = None             # Twisted's listening port
+        self._listener: socket.socket | None = None  # listening before Twisted was there
+        self._port_number = 0
         self._beat: Any = None
         self._ewma: float | None = None
         self._start_failures = 0
@@ -204,7 +209,9 @@ class MulticorePool(Pool):
             if self._flush_pending:
                 return call
             self._flush_pending = True
-            self._started = True
+            first, self._started = not self._started, True
+        if first:
+            before_twisted(self._prestart)
         call_soon(self._flush)
         return call
 
@@ -256,7 +263,9 @@ class MulticorePool(Pool):
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot start a pool that has been shut down")
-            self._started = True
+            first, self._started = not self._started, True
+        if first:
+            before_twisted(self._prestart)
         call_soon(self._flush)
         if not wait:
             return
@@ -304,12 +313,34 @@ class MulticorePool(Pool):
             self._ensure_workers()
         self._dispatch()
 
+    def _prestart(self) -> None:
+        """Listen and start the workers, before Twisted is imported if possible (they
+        need ~0.1 s to start, which then overlaps the import)."""
+        if self._port is not None or self._listener is not None:
+            return
+        listener = socket.create_server(("127.0.0.1", 0),
+                                        backlog=max(16, 2 * self.parallelism))
+        listener.setblocking(False)
+        self._listener = listener
+        self._port_number = listener.getsockname()[1]
+        self._ensure_workers()
+
     def _listen(self) -> None:
         from twisted.internet.task import LoopingCall
 
         from pydron.backend.master import WorkerFactory
         reactor = get_reactor()
-        self._port = reactor.listenTCP(0, WorkerFactory(self), interface="127.0.0.1")
+        if self._listener is not None:  # hand the early socket to Twisted
+            self._port = reactor.adoptStreamPort(self._listener.fileno(), socket.AF_INET,
+                                                 WorkerFactory(self))
+            self._listener.close()
+            self._listener = None
+        else:
+            self._port = reactor.listenTCP(0, WorkerFactory(self), interface="127.0.0.1")
+            self._port_number = self._port.getHost().port
+        for proc in list(self._procs.values()):
+            if proc.unwatch is None:
+                self._watch(proc)
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = reactor
         self._last_beat = time.monotonic()
@@ -325,7 +356,7 @@ class MulticorePool(Pool):
     def _spawn(self, index: int) -> None:
         """Start worker ``index``; it connects back on its own."""
         command = [sys.executable, "-m", "pydron.backend.worker",
-                   "--port", str(self._port.getHost().port), "--index", str(index),
+                   "--port", str(self._port_number), "--index", str(index),
                    "--master-pid", str(os.getpid()), "--heartbeat", str(self.heartbeat),
                    "--timeout", str(self.heartbeat_timeout),
                    "--max-frame", str(self.max_frame)]
@@ -349,7 +380,12 @@ class MulticorePool(Pool):
             popen.stdin.close()  # type: ignore[union-attr]
         except OSError:
             pass  # it died already; its exit is on the way
-        proc.unwatch = watch_exit(popen, lambda code: self._exited(proc, code))
+        if self._port is not None:
+            self._watch(proc)
+
+    def _watch(self, proc: _Proc) -> None:
+        """Learn of the worker's exit, and of its not connecting in time (reactor)."""
+        proc.unwatch = watch_exit(proc.popen, lambda code: self._exited(proc, code))
         proc.timer = get_reactor().callLater(self.start_timeout, self._start_timed_out, proc)
 
     def _start_timed_out(self, proc: _Proc) -> None:

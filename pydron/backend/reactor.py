@@ -8,7 +8,9 @@ it never keeps the interpreter alive.
 
 Everything that touches Twisted objects must run in that thread: other threads hand work
 over with :func:`call_soon` (``reactor.callFromThread``), or :func:`blocking_call` when
-they need the answer.
+they need the answer. Twisted itself is imported in that thread, not the caller's, and
+:func:`before_twisted` runs work that needs no reactor (starting worker processes) before
+that import, so that a fresh program gets its first result sooner.
 
 The module also watches worker processes for their exit (:func:`watch_exit`): through a
 Linux pidfd the reactor learns of a death the moment it happens, with no SIGCHLD handler
@@ -19,54 +21,131 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["get_reactor", "call_soon", "blocking_call", "in_reactor_thread", "watch_exit"]
+__all__ = ["get_reactor", "call_soon", "before_twisted", "blocking_call",
+           "in_reactor_thread", "watch_exit"]
 
 _log = logging.getLogger("pydron.backend")
 _lock = threading.Lock()
 _reactor: Any = None
 _thread: threading.Thread | None = None
+_imported = threading.Event()              # set once _reactor is known
+_before: list[Callable[[], None]] = []      # to run in our thread before importing Twisted
+_pending: list[tuple[Callable[..., Any], tuple]] = []  # call_soon before the reactor exists
 
 
-def get_reactor() -> Any:
-    """The global reactor, running (in pydron's thread, unless the program runs it)."""
-    global _reactor, _thread
-    reactor = _reactor
-    if reactor is not None:
-        return reactor
+def _start() -> None:
+    """Start the reactor thread (once); called with _lock held."""
+    global _thread, _reactor
+    if _thread is not None or _reactor is not None:
+        return
+    running = sys.modules.get("twisted.internet.reactor")
+    if running is not None and getattr(running, "running", False):
+        # The program runs Twisted's reactor itself: use it, from its own thread.
+        _reactor = running
+        _imported.set()
+        for fn in _before:
+            running.callFromThread(fn)
+        for fn, args in _pending:
+            running.callFromThread(fn, *args)
+        _before.clear()
+        _pending.clear()
+        return
+    _thread = threading.Thread(target=_main, name="pydron-reactor", daemon=True)
+    _thread.start()
+
+
+def _main() -> None:
+    global _reactor
+    # Work that needs no Twisted runs first, while nothing else can: importing Twisted
+    # takes ~0.1 s, during which worker processes queued here are already starting.
+    while True:
+        with _lock:
+            jobs = list(_before)
+            _before.clear()
+        if not jobs:
+            break
+        for job in jobs:
+            _call(job)
+    from twisted.internet import reactor
     with _lock:
-        if _reactor is None:
-            from twisted.internet import reactor as twisted_reactor
-            if not twisted_reactor.running:
-                # A program that runs the reactor itself keeps it; otherwise we run it.
-                _thread = threading.Thread(target=_run, args=(twisted_reactor,),
-                                           name="pydron-reactor", daemon=True)
-                _thread.start()
-            _reactor = twisted_reactor
-        return _reactor
-
-
-def _run(reactor: Any) -> None:
+        _reactor = reactor
+        jobs = list(_before)
+        pending = list(_pending)
+        _before.clear()
+        _pending.clear()
+    _imported.set()
+    for job in jobs:
+        reactor.callWhenRunning(_call, job)
+    for fn, args in pending:
+        reactor.callWhenRunning(fn, *args)
     try:
         reactor.run(installSignalHandlers=False)
     except BaseException:  # pragma: no cover - nothing should ever get here
         _log.exception("pydron: the reactor thread failed")
 
 
+def _call(job: Callable[[], None]) -> None:
+    try:
+        job()
+    except Exception:
+        _log.exception("pydron: a start-up job in the reactor thread failed")
+
+
+def get_reactor() -> Any:
+    """The global reactor, running (in pydron's thread, unless the program runs it).
+
+    Starts the thread if need be and waits (on an event, not a sleep) until Twisted is
+    imported there.
+    """
+    reactor = _reactor
+    if reactor is not None:
+        return reactor
+    with _lock:
+        _start()
+    _imported.wait()
+    return _reactor
+
+
+def before_twisted(job: Callable[[], None]) -> None:
+    """Run ``job()`` in the reactor thread as early as possible: before Twisted is
+    imported if the thread is only now starting, else soon like :func:`call_soon`.
+
+    For work that needs no reactor (starting processes), so that it overlaps the import.
+    """
+    with _lock:
+        if _reactor is None:
+            _before.append(job)
+            _start()
+            return
+    _reactor.callFromThread(_call, job)
+
+
 def in_reactor_thread() -> bool:
     """True in the thread that runs the reactor."""
-    if _reactor is None:
+    if _thread is not None and threading.current_thread() is _thread:
+        return True
+    if _reactor is None or _thread is not None:
         return False
-    from twisted.python import threadable
+    from twisted.python import threadable  # the program's own reactor thread
     return threadable.isInIOThread()
 
 
 def call_soon(fn: Callable[..., Any], *args: Any) -> None:
     """Run ``fn(*args)`` in the reactor thread, soon; safe from any thread."""
-    get_reactor().callFromThread(fn, *args)
+    reactor = _reactor
+    if reactor is None:
+        with _lock:
+            if _reactor is None:
+                _pending.append((fn, args))
+                _start()
+                return
+            reactor = _reactor
+    reactor.callFromThread(fn, *args)
 
 
 def blocking_call(fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
