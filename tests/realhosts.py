@@ -65,11 +65,14 @@ def wait_for_banner(host: str, port: int, timeout: float = 10.0) -> None:
 
 def _apt_install(*packages: str) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    # Wait for the dpkg lock rather than fail: another test run may be installing too.
+    cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=120", "install", "-y", "-q",
+           "--no-install-recommends", *packages]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         # The package lists may be missing or stale on a fresh machine: update once, retry.
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True)
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=120", "update", "-q"], env=env,
+                       capture_output=True, text=True)
         result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
@@ -217,8 +220,11 @@ class SSHServer:
         return self.workdir / f"{self.tag}.log"
 
     def start(self, timeout: float = 10.0) -> None:
-        os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
-        os.chmod("/run/sshd", 0o755)
+        try:
+            os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+            os.chmod("/run/sshd", 0o755)
+        except OSError as exc:
+            raise Unavailable(f"cannot prepare /run/sshd for sshd: {exc}") from None
         listen = "\n".join(f"ListenAddress {a}" for a in self.addresses)
         self.config_path().write_text(_SSHD_CONFIG.format(
             port=self.port, listen=listen, host_key=self.keys["host"],

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from conftest_hosts import pin_host  # noqa: F401  (fixture module loaded as a plugin)
 from pydron.backend import cloud, ssh
 from pydron.backend.cloud import TAG_ENTRY, TAG_RUN, CloudError
 from pydron.config import WorkerSpec, parse_config

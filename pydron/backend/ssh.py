@@ -26,7 +26,6 @@ can report "gpu3: unreachable: ..." and go on with the hosts that work.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import io
 import json
 import logging
@@ -43,7 +42,6 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import paramiko
 
