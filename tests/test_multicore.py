@@ -352,6 +352,33 @@ def test_shutdown_while_workers_are_starting(make_pool, caplog):
     assert caplog.records == []  # stopping a worker on purpose is no failure
 
 
+def test_a_forked_child_neither_uses_nor_kills_the_parents_workers(make_pool):
+    from pydron.backend import multicore
+    pool = make_pool(2)
+    pool.start()
+    pids = pool.worker_pids()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+        child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            try:
+                pool.submit(square, (2,), {}, lambda ok, value: None)
+            except RuntimeError as exc:
+                code = 0 if "fork()ed" in str(exc) else 2
+            pool.shutdown(wait=True)             # returns at once, stops nothing
+            multicore._kill_workers_at_exit()    # what the child's exit runs
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert all(alive(p) for p in pids) and pool.worker_pids() == pids
+    seen = Outcomes()
+    pool.submit(square, (3,), {}, seen.callback())
+    assert seen.one() == (True, 9)
+
+
 def test_shutdown_lets_submitted_calls_finish(make_pool):
     pool = make_pool(1)
     seen = Outcomes()

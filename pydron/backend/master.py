@@ -63,20 +63,30 @@ class WorkerProtocol(Protocol):
         except wire.FrameError as exc:
             self.drop(str(exc))
             return
-        for kind, payload in frames:
-            if not self.authenticated:
-                self._handshake(kind, payload)
-            else:
-                self._frame(kind, payload)
-            if self.dropped:
-                return
+        try:
+            for kind, payload in frames:
+                if not self.authenticated:
+                    self._handshake(kind, payload)
+                else:
+                    self._frame(kind, payload)
+                if self.dropped:
+                    return
+        except Exception:
+            # A bug of ours. Twisted would log it where nobody looks (its own log has
+            # no observer unless the program starts one) and drop the connection.
+            _log.exception("pydron: internal error while handling frames from %s",
+                           self.peer())
+            self.drop("internal error (see the traceback logged above)")
 
     def connectionLost(self, reason: object = None) -> None:  # noqa: N802
         self.dropped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.proc is not None:
-            self.pool.connection_lost(self.proc)
+            try:
+                self.pool.connection_lost(self.proc)
+            except Exception:
+                _log.exception("pydron: internal error after a lost connection")
 
     # -- handshake -----------------------------------------------------------------------
     def peer(self) -> str:
@@ -151,7 +161,7 @@ class WorkerProtocol(Protocol):
         elif kind == wire.BUFFER:
             if self.parts:
                 self.parts.append(payload)
-                payload = bytearray(b"".join(self.parts))
+                payload = bytearray().join(self.parts)
                 self.parts = []
             self.buffers.append(payload)
         elif kind == wire.BUFFER_PART:

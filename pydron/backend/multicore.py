@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -67,6 +68,21 @@ STOP_GRACE = 5.0
 """Seconds a worker told BYE gets to exit before it is killed."""
 
 _live_pools: weakref.WeakSet[MulticorePool] = weakref.WeakSet()
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """For the pool's entry points in the reactor thread: log a bug of ours on the
+    ``pydron.backend`` logger (Twisted's own log has no observer unless the program
+    starts one, so it would vanish there)."""
+    @functools.wraps(method)
+    def run(self: MulticorePool, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except Exception:
+            _log.exception("pydron: internal error in the multicore pool (%s)",
+                           method.__name__)
+            return None
+    return run
 
 
 class _Call:
@@ -177,6 +193,7 @@ class MulticorePool(Pool):
         self._broken = ""                  # why workers cannot start, once given up
         self._stopping = False
         self._stopped = threading.Event()
+        self._forked = False               # this is a fork()ed copy of the pool's owner
         _live_pools.add(self)
 
     # ------------------------------------------------------------------ caller's side
@@ -190,7 +207,8 @@ class MulticorePool(Pool):
         shutdown().
         """
         if self._closed:
-            raise RuntimeError("cannot submit to a pool that has been shut down")
+            raise RuntimeError("cannot submit to a pool that has been shut down"
+                               if not self._forked else _FORKED)
         digest, fn_blob = self._shipper.prepare(fn)
         blob, raw = dumps_args(fn, args, kwargs)
         if len(blob) + len(fn_blob) > self.max_frame - 256:
@@ -241,6 +259,8 @@ class MulticorePool(Pool):
         ``wait=True`` blocks until every worker process has exited (not from the
         reactor thread, where it cannot wait for itself).
         """
+        if self._forked:
+            return  # the workers and the reactor thread belong to the parent process
         with self._lock:
             first = not self._closed
             self._closed = True
@@ -299,6 +319,7 @@ class MulticorePool(Pool):
 
     # ------------------------------------------------------------------ reactor thread
 
+    @_guarded
     def _flush(self) -> None:
         with self._lock:
             calls, self._outbox = self._outbox, []
@@ -313,6 +334,7 @@ class MulticorePool(Pool):
             self._ensure_workers()
         self._dispatch()
 
+    @_guarded
     def _prestart(self) -> None:
         """Listen and start the workers, before Twisted is imported if possible (they
         need ~0.1 s to start, which then overlaps the import)."""
@@ -388,6 +410,7 @@ class MulticorePool(Pool):
         proc.unwatch = watch_exit(proc.popen, lambda code: self._exited(proc, code))
         proc.timer = get_reactor().callLater(self.start_timeout, self._start_timed_out, proc)
 
+    @_guarded
     def _start_timed_out(self, proc: _Proc) -> None:
         proc.timer = None
         if not proc.ready and not proc.dead:
@@ -427,6 +450,7 @@ class MulticorePool(Pool):
         if not proc.dead:
             get_reactor().callLater(1.0, self._kill_if_alive, proc)
 
+    @_guarded
     def _kill_if_alive(self, proc: _Proc) -> None:
         if not proc.dead:
             proc.kill("" if proc.leaving else "closed its connection")
@@ -538,6 +562,7 @@ class MulticorePool(Pool):
         except BaseException:
             _log.exception("pydron: the completion callback of a call raised")
 
+    @_guarded
     def _withdraw(self, call: _Call) -> None:
         """A call cancelled after it was sent: take it back from its worker."""
         proc = call.proc
@@ -558,6 +583,7 @@ class MulticorePool(Pool):
         self._dispatch()
 
     # -- deaths --------------------------------------------------------------------------
+    @_guarded
     def _exited(self, proc: _Proc, code: int) -> None:
         """The process of ``proc`` has exited: re-run or fail its calls, replace it."""
         proc.dead = True
@@ -628,6 +654,7 @@ class MulticorePool(Pool):
         for call in doomed:
             self._deliver(call, False, WorkerLostError(self._broken))
 
+    @_guarded
     def _heartbeat(self) -> None:
         now = time.monotonic()
         late = now - self._last_beat > 2 * self.heartbeat
@@ -654,6 +681,7 @@ class MulticorePool(Pool):
     def _has_work(self) -> bool:
         return self._queued() or any(p.outstanding for p in self._procs.values())
 
+    @_guarded
     def _begin_stop(self) -> None:
         self._stopping = True
         self._flush()
@@ -728,6 +756,24 @@ def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(unique)
     return env
+
+
+_FORKED = ("this process was fork()ed from the one that owns this pool: its workers and "
+           "reactor thread are the parent's (start child processes with the 'spawn' "
+           "method, or use pydron in the child only)")
+
+
+def _after_fork_in_child() -> None:
+    # The child must neither use nor, at its exit, kill the parent's workers.
+    for pool in list(_live_pools):
+        pool._forked = True
+        pool._closed = True
+        pool._exiting = True
+    _live_pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

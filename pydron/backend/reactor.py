@@ -36,11 +36,28 @@ _thread: threading.Thread | None = None
 _imported = threading.Event()              # set once _reactor is known
 _before: list[Callable[[], None]] = []      # to run in our thread before importing Twisted
 _pending: list[tuple[Callable[..., Any], tuple]] = []  # call_soon before the reactor exists
+_forked = False                            # a fork()ed child: the thread is not here
+
+
+def _after_fork_in_child() -> None:
+    global _forked, _reactor, _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    if _thread is not None:  # the parent's reactor does not run here, nor can run again
+        _forked = True
+        _reactor = None
+        _imported.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _start() -> None:
     """Start the reactor thread (once); called with _lock held."""
     global _thread, _reactor
+    if _forked:
+        raise RuntimeError("pydron's reactor thread belongs to the process this one was "
+                           "fork()ed from; start child processes with the 'spawn' method")
     if _thread is not None or _reactor is not None:
         return
     running = sys.modules.get("twisted.internet.reactor")

@@ -190,7 +190,7 @@ class Worker:
         elif kind == wire.BUFFER:
             if self.parts:
                 self.parts.append(payload)
-                payload = bytearray(b"".join(self.parts))
+                payload = bytearray().join(self.parts)
                 self.parts = []
             self.buffers.append(payload)
         elif kind == wire.BUFFER_PART:
