@@ -65,6 +65,16 @@ def scheduled_death():
     return kill_myself_f()
 
 
+def gil_hog(seconds):
+    """Hold the GIL for about ``seconds`` in one C call (no heartbeat thread can run)."""
+    start = time.perf_counter()
+    sum(range(10 ** 6))
+    n = int(10 ** 6 * seconds / max(time.perf_counter() - start, 1e-6))
+    start = time.perf_counter()
+    sum(range(n))
+    return os.getpid(), time.perf_counter() - start
+
+
 def runs(path) -> list[int]:
     try:
         with open(path) as f:
@@ -226,6 +236,19 @@ def test_a_hung_worker_is_killed_and_its_call_runs_elsewhere(make_pool, tmp_path
             os.kill(victim, signal.SIGKILL)
 
 
+def test_a_worker_holding_the_gil_is_busy_not_hung(make_pool):
+    pool = make_pool(1, heartbeat=0.2, heartbeat_timeout=1.0, max_retries=0)
+    pool.start()
+    before = pool.worker_pids()
+    seen = Outcomes()
+    pool.submit(gil_hog, (3.0,), {}, seen.callback())
+    ok, value = seen.one()
+    assert ok, value
+    pid, took = value
+    assert took > 2.0  # silent for twice the timeout, but computing: not killed
+    assert [pid] == before == pool.worker_pids()
+
+
 def test_workers_that_cannot_start_fail_the_calls_instead_of_hanging(make_pool, monkeypatch,
                                                                      caplog):
     monkeypatch.setattr(sys, "executable", "/bin/false")  # every worker exits at once
@@ -333,6 +356,27 @@ def test_workers_exit_by_themselves_when_the_caller_hangs(tmp_path):
         proc.kill()
         proc.send_signal(signal.SIGCONT)
         proc.wait()
+
+
+def test_workers_wait_for_a_caller_that_holds_the_gil(tmp_path):
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        sys.path[:0] = [%r, %r]
+        from test_worker_failures import gil_hog
+        from test_multicore import square
+        from pydron.backend.multicore import MulticorePool
+        pool = MulticorePool(2, heartbeat=0.2, heartbeat_timeout=1.0)
+        pool.start()
+        before = pool.worker_pids()
+        gil_hog(3.0)  # the reactor thread cannot run: no heartbeats go out
+        done = []
+        pool.submit(square, (4,), {}, lambda ok, value: done.append(value))
+        deadline = time.monotonic() + 30
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(done, pool.worker_pids() == before)
+    """ % (ROOT, os.path.dirname(__file__)))], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["[16]", "True"], result.stderr
 
 
 # --------------------------------------------------------------------------- strangers

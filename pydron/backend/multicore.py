@@ -128,6 +128,7 @@ class _Proc:
         self.refused = ""
         self.timer: Any = None
         self.unwatch: Callable[[], None] | None = None
+        self.liveness = wire.Liveness(popen.pid)  # silent, but computing?
 
     def kill(self, reason: str = "") -> None:
         if reason and not self.kill_reason:
@@ -144,8 +145,9 @@ class MulticorePool(Pool):
     Keyword arguments tune the protocol (the defaults are for real use; tests shorten
     them): ``max_retries`` (re-runs of a call whose worker died), ``heartbeat`` (seconds
     between heartbeats), ``heartbeat_timeout`` (silence after which a peer counts as
-    lost), ``handshake_timeout``, ``start_timeout`` (for a worker to connect) and
-    ``max_frame`` (the largest frame either side accepts).
+    lost -- unless it is using CPU: a call holding the GIL silences a healthy worker),
+    ``handshake_timeout``, ``start_timeout`` (for a worker to connect) and ``max_frame``
+    (the largest frame either side accepts).
     """
 
     def __init__(self, cores: int, *, max_retries: int = 3, heartbeat: float = 1.0,
@@ -668,7 +670,8 @@ class MulticorePool(Pool):
                 # This thread itself did not run for a while (the GIL was held); the
                 # workers' frames are waiting unread. Judge them next time.
                 conn.last_rx = max(conn.last_rx, now)
-            elif now - conn.last_rx > self.heartbeat_timeout:
+            elif now - conn.last_rx > self.heartbeat_timeout and \
+                    not proc.liveness.working(now, self.heartbeat_timeout):
                 proc.kill(f"stopped answering (nothing heard for "
                           f"{now - conn.last_rx:.1f} s)")
                 continue

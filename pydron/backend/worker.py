@@ -13,8 +13,10 @@ faster).
 
 It exits by itself, without any help from the master, when:
 
-* the connection closes or the master is silent for the heartbeat timeout (the master
-  died, hangs, or the network is gone): exit code ``EXIT_MASTER_LOST``;
+* the connection closes, or the master is silent for the heartbeat timeout while (on
+  this machine) its CPU time stands still too (it died, hangs, is stopped, or the
+  network is gone; a master merely holding the GIL is busy, not lost):
+  exit code ``EXIT_MASTER_LOST``;
 * on Linux, the master process dies: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` is the second
   line of defence, for the case where the socket somehow stays open;
 * the master cancels the call it is running (``EXIT_CANCELLED``): stopping a Python call
@@ -119,8 +121,10 @@ class Worker:
     """One connection to the master, and the calls it brings."""
 
     def __init__(self, sock: socket.socket, index: int, decoder: wire.FrameDecoder,
-                 max_frame: int, heartbeat: float, timeout: float) -> None:
+                 max_frame: int, heartbeat: float, timeout: float,
+                 master_pid: int = 0) -> None:
         self.sock = sock
+        self.master = wire.Liveness(master_pid)  # pid 0: not on this machine
         self.index = index
         self.decoder = decoder
         self.max_frame = max_frame
@@ -166,8 +170,10 @@ class Worker:
         decoder = self.decoder
         while True:
             if not poller.poll(tick):
-                if time.monotonic() - self.last_rx > self.timeout:
-                    return  # the master is silent: dead, hung or unreachable
+                now = time.monotonic()
+                if now - self.last_rx > self.timeout and \
+                        not self.master.working(now, self.timeout):
+                    return  # the master is silent and idle: dead, hung or unreachable
                 continue
             view = decoder.pending_view()
             if view is not None:
@@ -431,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     backend.configure({"workers": [{"type": "inline"}]})  # no pool inside the pool
 
     worker = Worker(sock, options.index, decoder, options.max_frame, options.heartbeat,
-                    options.timeout)
+                    options.timeout, options.master_pid)
     sys.stdout = _Forward(worker.send_output, 1)
     sys.stderr = _Forward(worker.send_output, 2)
     threading.Thread(target=worker.read_loop, name="pydron-reader", daemon=True).start()
