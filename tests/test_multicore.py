@@ -152,6 +152,7 @@ def fail_oddly():
 @functional
 def chatty(n):
     print(f"hello {n} from the worker")
+    sys.stdout.buffer.write("bytes too, naïve\n".encode())
     print("no newline at the end", end="")
     warnings.warn(f"careful {n}", UserWarning)
     return n
@@ -316,7 +317,7 @@ def test_worker_output_reaches_the_callers_streams(multicore, capsys):
     pool.submit(chatty, (7,), {}, seen.callback())
     assert seen.one() == (True, 7)
     out, err = capsys.readouterr()
-    assert out == "hello 7 from the worker\nno newline at the end"
+    assert out == "hello 7 from the worker\nbytes too, naïve\nno newline at the end"
     assert "UserWarning: careful 7" in err and "test_multicore.py" in err
 
 

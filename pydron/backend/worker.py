@@ -30,6 +30,7 @@ a thread the user started there cannot start a pool inside the pool.
 from __future__ import annotations
 
 import argparse
+import codecs
 import collections
 import ctypes
 import io
@@ -84,6 +85,7 @@ class _Forward(io.TextIOBase):
         self._stream = stream
         self._pending: list[str] = []
         self._lock = threading.Lock()
+        self._buffer: _BinaryForward | None = None
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -115,6 +117,33 @@ class _Forward(io.TextIOBase):
                 text = "".join(self._pending)
                 self._pending = []
                 self._send(self._stream, text)
+
+    @property
+    def buffer(self) -> _BinaryForward:
+        """For code that writes bytes to ``sys.stdout.buffer``."""
+        if self._buffer is None:
+            self._buffer = _BinaryForward(self)
+        return self._buffer
+
+
+class _BinaryForward(io.RawIOBase):
+    """``sys.stdout.buffer`` of a worker: UTF-8 bytes, decoded and forwarded as text."""
+
+    def __init__(self, text: _Forward) -> None:
+        super().__init__()
+        self._text = text
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._text.write(self._decode(data))
+        return len(data)
+
+    def flush(self) -> None:
+        self._text.flush()
 
 
 class Worker:
