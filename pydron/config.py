@@ -97,8 +97,9 @@ def local_cores() -> int:
 
 
 def default_config() -> Config:
-    """The configuration used when no ``pydron.conf`` exists: one thread per usable core."""
-    return Config(workers=(WorkerSpec("threads", local_cores(), {}),), source="<default>")
+    """The configuration used when no ``pydron.conf`` exists: one worker process per usable
+    core (processes, not threads, so that pure-Python calls run in parallel too)."""
+    return Config(workers=(WorkerSpec("multicore", local_cores(), {}),), source="<default>")
 
 
 # --------------------------------------------------------------------------- checks

@@ -10,13 +10,14 @@ import diffcheck  # noqa: E402
 pytest_plugins = ["conftest_hosts"]  # real sshd, network namespace, moto (tests/realhosts.py)
 
 
-@pytest.fixture(scope="module")
-def threads_pool():
-    """A pool of 4 worker threads for a whole test module (the differential tests use it
-    through ``pytestmark``). Module scope, so a module that reconfigured pydron before
-    cannot leave the differential tests on another pool."""
-    diffcheck.configure_pool("threads")
-    yield "threads"
+@pytest.fixture(scope="module", params=["threads", "multicore"])
+def threads_pool(request):
+    """The pool for a whole differential test module (used through ``pytestmark``): every
+    case runs on 4 worker threads and again on 2 worker processes (the default kind).
+    Module scope, so a module that reconfigured pydron before cannot leave the
+    differential tests on another pool."""
+    diffcheck.configure_pool(request.param)
+    yield request.param
 
 
 @pytest.fixture(params=["threads", "inline"])

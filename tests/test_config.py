@@ -44,7 +44,7 @@ def test_no_file_anywhere_gives_the_default(places):
     assert find_config_path() is None
     conf = load_config()
     assert conf.source == "<default>"
-    assert conf.workers == (WorkerSpec("threads", config.local_cores(), {}),)
+    assert conf.workers == (WorkerSpec("multicore", config.local_cores(), {}),)
     assert conf.max_retries == 3 and conf.window is None
 
 

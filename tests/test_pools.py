@@ -405,8 +405,9 @@ def test_get_pool_is_shared_across_threads():
 
 
 def test_default_pool_without_a_file():
+    from pydron.backend.multicore import MulticorePool
     pool = backend.get_pool()
-    assert isinstance(pool, ThreadPool)
+    assert isinstance(pool, MulticorePool)
     assert pool.parallelism == config.local_cores()
     assert backend.current_config().source == "<default>"
 
