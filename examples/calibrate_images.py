@@ -7,8 +7,9 @@ batch of synthetic (but realistic-looking) frames:
     3x3 median filter)--> --(background map)--> --(source detection and count)--> stats
 
 Each step is a ``@pydron.functional`` function: it only reads its arguments and returns a
-new value. Their time goes into numpy operations that release the GIL, so Pydron's default
-pool (one thread per core) really runs several frames at once.
+new value. Their time goes into numpy operations that release the GIL, so a pool of threads
+really runs several frames at once, without copying each frame to another process: this
+example therefore asks for the threads pool (``--pool multicore`` for worker processes).
 
 The orchestration, ``pipeline``, is ordinary sequential code -- a loop that appends to a
 list and prints a progress line per frame, a quality filter, a summary -- decorated with
@@ -312,13 +313,17 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=1024, help="frame side in pixels (1024)")
     parser.add_argument("--seed", type=int, default=2024, help="random seed (2024)")
     parser.add_argument("--workers", type=int, default=0,
-                        help="threads in the pool (default: pydron.conf, else one per core)")
+                        help="workers in the pool (default: one per core)")
+    parser.add_argument("--pool", choices=("threads", "multicore"), default="threads",
+                        help="kind of workers (default: threads: numpy releases the GIL, so threads overlap the frames without copying them to processes)")
     parser.add_argument("--quiet", action="store_true", help="do not echo the progress lines")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.size < 2 * TILE:
         parser.error(f"need --frames >= 1 and --size >= {2 * TILE}")
+    entry = {"type": args.pool}
     if args.workers:
-        pydron.configure({"workers": [{"type": "threads", "count": args.workers}]})
+        entry["count" if args.pool == "threads" else "cores"] = args.workers
+    pydron.configure({"workers": [entry]})
 
     t0 = time.perf_counter()
     dark, flat, frames = observe_night(args.frames, args.size, args.seed)
@@ -336,7 +341,7 @@ def main(argv=None) -> int:
     same_output = plain_out == sched_out
     print("--- comparison ---")
     print(f"plain:      {t_plain:7.2f} s")
-    print(f"scheduled:  {t_sched:7.2f} s  ({workers} workers)")
+    print(f"scheduled:  {t_sched:7.2f} s  ({workers} {args.pool} workers)")
     print(f"speed-up:   {t_plain / t_sched:7.2f}x")
     print(f"results identical: {'yes' if same_result else 'NO'}")
     print(f"printed output identical: {'yes' if same_output else 'NO'}")

@@ -6,9 +6,9 @@ short run. Which (conductivity, cooling) pair explains the readings best? The br
 answer is a parameter sweep: simulate the 2-D heat equation (explicit finite differences in
 numpy) for every pair on a grid and keep the pair with the smallest misfit.
 
-``simulate`` is ``@pydron.functional``: it spends its time in whole-array numpy operations
-that release the GIL, so Pydron's default pool (one thread per core) runs several
-simulations at once. The sweep itself, ``sweep``, is plain sequential Python -- a nested loop
+``simulate`` is ``@pydron.functional``: Pydron's default pool (one worker process per core)
+runs several simulations at once (``--pool threads`` works too: its numpy operations
+release the GIL). The sweep itself, ``sweep``, is plain sequential Python -- a nested loop
 that fills a dict ``results[(a, b)] = simulate(a, b, ...)``, a progress line per row, a
 ``min`` over the dict -- decorated with ``@pydron.schedule``.
 
@@ -152,13 +152,17 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256, help="plate grid points per side (256)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the sensor noise (7)")
     parser.add_argument("--workers", type=int, default=0,
-                        help="threads in the pool (default: pydron.conf, else one per core)")
+                        help="workers in the pool (default: one per core)")
+    parser.add_argument("--pool", choices=("threads", "multicore"), default="multicore",
+                        help="kind of workers (default: multicore: one worker process per core, Pydron's default)")
     parser.add_argument("--quiet", action="store_true", help="do not echo the progress lines")
     args = parser.parse_args(argv)
     if args.grid < 1 or args.size < 16:
         parser.error("need --grid >= 1 and --size >= 16")
+    entry = {"type": args.pool}
     if args.workers:
-        pydron.configure({"workers": [{"type": "threads", "count": args.workers}]})
+        entry["count" if args.pool == "threads" else "cores"] = args.workers
+    pydron.configure({"workers": [entry]})
 
     measured = measure(args.size, args.seed)
     conductivities = grid(0.2, MAX_CONDUCTIVITY, args.grid)
@@ -180,7 +184,7 @@ def main(argv=None) -> int:
     same_output = plain_out == sched_out
     print("--- comparison ---")
     print(f"plain:      {t_plain:7.2f} s")
-    print(f"scheduled:  {t_sched:7.2f} s  ({workers} workers)")
+    print(f"scheduled:  {t_sched:7.2f} s  ({workers} {args.pool} workers)")
     print(f"speed-up:   {t_plain / t_sched:7.2f}x")
     print(f"results identical: {'yes' if same_result else 'NO'}")
     print(f"printed output identical: {'yes' if same_output else 'NO'}")
