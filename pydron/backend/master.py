@@ -42,8 +42,7 @@ class WorkerProtocol(Protocol):
         self.authenticated = False
         self.dropped = False
         self.last_rx = time.monotonic()
-        self.buffers: list[Any] = []
-        self.parts: list[Any] = []
+        self.buffers = wire.BufferCollector()
         self._timer: Any = None
         self._backlog: collections.deque[bytes | memoryview] | None = None
 
@@ -151,21 +150,15 @@ class WorkerProtocol(Protocol):
     # -- an authenticated worker -----------------------------------------------------------
     def _frame(self, kind: int, payload: Any) -> None:
         if kind == wire.RESULTS:
-            buffers, self.buffers = self.buffers, []
+            buffers = self.buffers.take()
             try:
                 entries = pickle.loads(payload)
             except Exception as exc:
                 self.drop(f"unreadable RESULTS frame ({type(exc).__name__}: {exc})")
                 return
             self.pool.results(self.proc, entries, buffers)
-        elif kind == wire.BUFFER:
-            if self.parts:
-                self.parts.append(payload)
-                payload = bytearray().join(self.parts)
-                self.parts = []
-            self.buffers.append(payload)
-        elif kind == wire.BUFFER_PART:
-            self.parts.append(payload)
+        elif kind == wire.BUFFER or kind == wire.BUFFER_PART:
+            self.buffers.add(kind, payload)
         elif kind == wire.OUTPUT:
             _write_output(payload)
         elif kind == wire.HEARTBEAT:

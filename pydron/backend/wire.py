@@ -41,7 +41,7 @@ __all__ = [
     "CANCEL", "HEARTBEAT", "OUTPUT", "BYE", "KIND_NAMES",
     "EXIT_OK", "EXIT_MASTER_LOST", "EXIT_REFUSED", "EXIT_CANCELLED", "EXIT_BAD_START",
     "EXIT_REASONS",
-    "FrameError", "HandshakeError", "FrameDecoder", "frame", "buffer_frames",
+    "FrameError", "HandshakeError", "FrameDecoder", "BufferCollector", "frame", "buffer_frames",
     "new_secret", "new_nonce", "sign", "verify", "local_info", "version_mismatch",
     "encode_auth", "decode_auth", "encode_welcome", "decode_welcome", "cpu_ticks",
     "Liveness",
@@ -130,6 +130,33 @@ def buffer_frames(data: bytes | memoryview, max_frame: int) -> list[bytes | memo
     pieces.append(HEADER.pack(total - start + 1, BUFFER))
     pieces.append(view[start:] if start else data)
     return pieces
+
+
+class BufferCollector:
+    """Gathers the out-of-band buffers that precede a TASKS or RESULTS frame, joining a
+    buffer that arrived split into BUFFER_PART frames (see :func:`buffer_frames`)."""
+
+    __slots__ = ("buffers", "_parts")
+
+    def __init__(self) -> None:
+        self.buffers: list[bytes | bytearray] = []
+        self._parts: list[bytes | bytearray] = []
+
+    def add(self, kind: int, payload: bytes | bytearray) -> None:
+        """Take a BUFFER or BUFFER_PART frame's payload."""
+        if kind == BUFFER_PART:
+            self._parts.append(payload)
+            return
+        if self._parts:
+            self._parts.append(payload)
+            payload = bytearray().join(self._parts)
+            self._parts = []
+        self.buffers.append(payload)
+
+    def take(self) -> list[bytes | bytearray]:
+        """The buffers gathered so far, in order; the collector starts afresh."""
+        buffers, self.buffers = self.buffers, []
+        return buffers
 
 
 class FrameDecoder:

@@ -165,8 +165,7 @@ class Worker:
         self.current: int | None = None       # id of the call running now
         self.cancelled: set[int] = set()      # queued ids not to run
         self.functions: collections.OrderedDict[bytes, list[Any]] = collections.OrderedDict()
-        self.buffers: list[bytearray | bytes] = []
-        self.parts: list[bytes | bytearray] = []
+        self.buffers = wire.BufferCollector()
         self.last_rx = time.monotonic()
 
     # -- sending (any thread) ------------------------------------------------------------
@@ -222,14 +221,8 @@ class Worker:
     def _handle(self, kind: int, payload: bytes | bytearray) -> None:
         if kind == wire.TASKS:
             self._tasks(payload)
-        elif kind == wire.BUFFER:
-            if self.parts:
-                self.parts.append(payload)
-                payload = bytearray().join(self.parts)
-                self.parts = []
-            self.buffers.append(payload)
-        elif kind == wire.BUFFER_PART:
-            self.parts.append(payload)
+        elif kind == wire.BUFFER or kind == wire.BUFFER_PART:
+            self.buffers.add(kind, payload)
         elif kind == wire.CANCEL:
             ids = [_IDS.unpack_from(payload, i)[0] for i in range(0, len(payload), 8)]
             with self.state_lock:
@@ -245,7 +238,7 @@ class Worker:
 
     def _tasks(self, payload: bytes | bytearray) -> None:
         functions = self.functions
-        buffers = self.buffers
+        buffers = self.buffers.buffers
         used = 0
         for call_id, digest, blob, args, nbuf in pickle.loads(payload):
             if blob is not None:
