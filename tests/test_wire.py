@@ -275,3 +275,18 @@ def test_worker_without_a_secret_does_not_start():
     code, err = master.finish()
     assert code == wire.EXIT_BAD_START and "no secret on stdin" in err
     assert "s" * 8 not in " ".join(master.proc.args)  # and it is never on the command line
+
+
+def test_buffer_collector_joins_a_buffer_split_into_parts():
+    data = bytes(range(256)) * 40                     # 10,240 bytes
+    pieces = wire.buffer_frames(data, max_frame=4096)  # 2 parts and a last frame
+    stream = b"".join(bytes(p) for p in pieces) + wire.frame(wire.BUFFER, b"small")
+    decoder = wire.FrameDecoder(limit=4096)
+    collector = wire.BufferCollector()
+    kinds = []
+    for kind, payload in decoder.feed(stream):
+        kinds.append(kind)
+        collector.add(kind, payload)
+    assert kinds.count(wire.BUFFER_PART) == 2
+    assert [bytes(b) for b in collector.take()] == [data, b"small"]
+    assert collector.take() == []
