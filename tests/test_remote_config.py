@@ -91,10 +91,28 @@ def test_example_file_has_ssh_and_cloud_entries():
     assert "ssh" in kinds and "cloud" in kinds
 
 
-@pytest.mark.parametrize("entry", [SSH, CLOUD])
-def test_starting_a_pool_of_these_types_is_not_available_yet(entry):
-    conf = parse_config({"workers": [entry]}, "pydron.conf")
-    with pytest.raises(NotImplementedError) as info:
-        pool_from_config(conf)
-    assert f'workers of type "{entry["type"]}"' in str(info.value)
-    assert str(info.value).startswith("pydron.conf: ")
+def test_ssh_and_cloud_entries_build_their_pools():
+    """Building a pool starts nothing (no connection, no instance): that happens on the
+    first call. Every ssh entry is a host of one ssh pool; with other entries they add up
+    in a CompositePool. (Running them: test_sshpool.py, test_cloudpool.py.)"""
+    from pydron.backend.cloudpool import CloudPool
+    from pydron.backend.composite import CompositePool
+    from pydron.backend.sshpool import SshPool
+
+    ssh_pool = pool_from_config(parse_config(
+        {"workers": [{**SSH, "cores": 2}, {**SSH, "hostname": "gpu2", "cores": 3}]}))
+    assert type(ssh_pool) is SshPool and ssh_pool.parallelism == 5
+    assert [h["name"] for h in ssh_pool.hosts()] == ["gpu1", "gpu2"]
+    ssh_pool.shutdown()
+
+    cloud_pool = pool_from_config(parse_config({"workers": [{**CLOUD, "count": 2, "cores": 4}]}))
+    assert type(cloud_pool) is CloudPool and cloud_pool.parallelism == 8
+    cloud_pool.shutdown()
+    assert cloud_pool.nodes() == []
+
+    mixed = pool_from_config(parse_config(
+        {"workers": [{"type": "multicore", "cores": 1}, SSH, {"type": "threads", "count": 2}]}))
+    assert isinstance(mixed, CompositePool)
+    assert [type(m).__name__ for m in mixed.members] == ["MulticorePool", "SshPool", "ThreadPool"]
+    assert mixed.parallelism == 4
+    mixed.shutdown()

@@ -19,7 +19,7 @@ from pydron.backend.threads import ThreadPool
 from pydron.config import Config, WorkerSpec, load_config, parse_config
 
 __all__ = [
-    "Pool", "InlinePool", "ThreadPool", "CompositePool", "POOL_FACTORIES",
+    "Pool", "InlinePool", "ThreadPool", "CompositePool", "POOL_FACTORIES", "GROUP_FACTORIES",
     "get_pool", "configure", "shutdown", "current_config", "pool_from_config",
     "in_worker", "worker_context",
 ]
@@ -32,10 +32,30 @@ def _multicore(spec: WorkerSpec, config: Config) -> Pool:
     return MulticorePool(spec.count, max_retries=config.max_retries)
 
 
+def _ssh_group(specs: list[WorkerSpec], config: Config) -> Pool:
+    # One pool for all "ssh" entries: a host that fails leaves its calls to the others.
+    from pydron.backend.sshpool import SshPool
+    return SshPool([dict(spec.options) for spec in specs], max_retries=config.max_retries)
+
+
+def _cloud_group(specs: list[WorkerSpec], config: Config) -> Pool:
+    from pydron.backend.cloudpool import CloudPool
+    return CloudPool(specs, max_retries=config.max_retries)
+
+
+GROUP_FACTORIES: dict[str, Callable[[list[WorkerSpec], Config], Pool]] = {
+    "ssh": _ssh_group,
+    "cloud": _cloud_group,
+}
+"""Worker types whose entries share one pool (every "ssh" entry is a host of one ssh pool),
+so that calls of a host that fails or is lost run again on the other hosts."""
+
 POOL_FACTORIES: dict[str, Callable[[WorkerSpec, Config], Pool]] = {
     "threads": lambda spec, config: ThreadPool(spec.count),
     "inline": lambda spec, config: InlinePool(),
     "multicore": _multicore,
+    "ssh": lambda spec, config: _ssh_group([spec], config),
+    "cloud": lambda spec, config: _cloud_group([spec], config),
 }
 """How to build a pool for each worker type of :data:`pydron.config.WORKER_TYPES`, from
 its entry and the whole configuration (for settings such as ``max_retries``)."""
@@ -52,7 +72,25 @@ def pool_from_config(config: Config) -> Pool:
             raise NotImplementedError(
                 f'{config.source}: workers of type "{spec.type}" are accepted in pydron.conf '
                 "but this version of pydron cannot start them yet")
-    members = [POOL_FACTORIES[spec.type](spec, config) for spec in config.workers]
+    grouped: dict[str, list[WorkerSpec]] = {}
+    order: list[WorkerSpec | str] = []
+    for spec in config.workers:
+        if spec.type in GROUP_FACTORIES:
+            if spec.type not in grouped:
+                grouped[spec.type] = []
+                order.append(spec.type)
+            grouped[spec.type].append(spec)
+        else:
+            order.append(spec)
+    members: list[Pool] = []
+    try:
+        for item in order:
+            members.append(GROUP_FACTORIES[item](grouped[item], config) if isinstance(item, str)
+                           else POOL_FACTORIES[item.type](item, config))
+    except BaseException:
+        for member in members:
+            member.shutdown(wait=False)
+        raise
     return members[0] if len(members) == 1 else CompositePool(members)
 
 

@@ -373,25 +373,50 @@ class MulticorePool(Pool):
     def _ensure_workers(self) -> None:
         if self._broken:
             return
-        for index in range(self.parallelism):
+        for index in self._slots():
             if index not in self._procs:
                 self._spawn(index)
 
-    def _spawn(self, index: int) -> None:
-        """Start worker ``index``; it connects back on its own."""
+    def _slots(self) -> list[int] | range:
+        """The worker indexes that should have a process (a subclass may drop some: the
+        slots of a remote host that is gone)."""
+        return range(self.parallelism)
+
+    def _launch(self, index: int) -> Any:
+        """Start the process of worker ``index`` and hand it the secret; return a
+        Popen-like object (``pid``, ``kill()``, ``poll()``, ``wait(timeout)``). Called with
+        ``_lock`` held. A subclass starts workers elsewhere (see :meth:`_watch_exit`); a
+        ``pid`` of 0 means "not known here": the worker's handshake tells it."""
         command = [sys.executable, "-m", "pydron.backend.worker",
                    "--port", str(self._port_number), "--index", str(index),
-                   "--master-pid", str(os.getpid()), "--heartbeat", str(self.heartbeat),
-                   "--timeout", str(self.heartbeat_timeout),
-                   "--max-frame", str(self.max_frame)]
+                   "--master-pid", str(os.getpid()), *self._protocol_options()]
+        popen = subprocess.Popen(command, stdin=subprocess.PIPE, env=_worker_env(),
+                                 close_fds=True)
+        try:
+            popen.stdin.write(self.secret.hex().encode() + b"\n")  # type: ignore[union-attr]
+            popen.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass  # it died already; its exit is on the way
+        return popen
+
+    def _protocol_options(self) -> list[str]:
+        """The worker's command-line options for the protocol's settings."""
+        return ["--heartbeat", str(self.heartbeat), "--timeout", str(self.heartbeat_timeout),
+                "--max-frame", str(self.max_frame)]
+
+    def _watch_exit(self, popen: Any, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``callback(returncode)`` in the reactor thread when ``popen`` exits."""
+        return watch_exit(popen, callback)
+
+    def _spawn(self, index: int) -> None:
+        """Start worker ``index``; it connects back on its own."""
         with self._lock:
             if self._exiting:
                 return
             try:
-                popen = subprocess.Popen(command, stdin=subprocess.PIPE, env=_worker_env(),
-                                         close_fds=True)
-            except OSError as exc:
-                error: OSError | None = exc
+                popen = self._launch(index)
+            except Exception as exc:
+                error: Exception | None = exc
             else:
                 error = None
                 proc = _Proc(index, popen)
@@ -399,17 +424,12 @@ class MulticorePool(Pool):
         if error is not None:
             self._start_failed(f"worker {index} could not be started: {error}")
             return
-        try:
-            popen.stdin.write(self.secret.hex().encode() + b"\n")  # type: ignore[union-attr]
-            popen.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass  # it died already; its exit is on the way
         if self._port is not None:
             self._watch(proc)
 
     def _watch(self, proc: _Proc) -> None:
         """Learn of the worker's exit, and of its not connecting in time (reactor)."""
-        proc.unwatch = watch_exit(proc.popen, lambda code: self._exited(proc, code))
+        proc.unwatch = self._watch_exit(proc.popen, lambda code: self._exited(proc, code))
         proc.timer = get_reactor().callLater(self.start_timeout, self._start_timed_out, proc)
 
     @_guarded
@@ -422,15 +442,18 @@ class MulticorePool(Pool):
     def claim(self, info: dict[str, Any], conn: Any) -> _Proc | None:
         """The process an authenticated connection belongs to, if it is one we await."""
         proc = self._procs.get(info.get("index"))  # type: ignore[arg-type]
-        if proc is None or proc.pid != info.get("pid") or proc.conn is not None or \
-                proc.dead:
+        if proc is None or (proc.pid and proc.pid != info.get("pid")) or \
+                proc.conn is not None or proc.dead:
             return None
+        if not proc.pid and isinstance(info.get("pid"), int):
+            proc.pid = info["pid"]  # a remote worker: its pid is known from now on
         proc.conn = conn
         return proc
 
     def refused(self, info: dict[str, Any], reason: str) -> None:
         proc = self._procs.get(info.get("index"))  # type: ignore[arg-type]
-        if proc is not None and proc.pid == info.get("pid") and not proc.ready:
+        if proc is not None and (not proc.pid or proc.pid == info.get("pid")) and \
+                not proc.ready:
             proc.refused = reason  # said when it exits: why it could not start
 
     def ready(self, proc: _Proc) -> None:

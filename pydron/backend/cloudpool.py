@@ -1,0 +1,195 @@
+"""The cloud pool (``"type": "cloud"``): instances created for the run, used as ssh hosts.
+
+When the pool starts, each cloud entry's ``count`` instances are created (tagged with the
+run's id) by :func:`pydron.backend.cloud.provision`, in a thread per entry, with progress
+on the ``pydron.backend`` logger; each instance that becomes ready is then brought up as an
+ssh host of the :class:`~pydron.backend.sshpool.SshPool` this class extends (its host keys
+go to a known_hosts file of the run unless the entry names one).
+
+The instances are destroyed when the pool shuts down (which the shared pool does at
+interpreter exit, after an error or a Ctrl-C that ends the program), by an ``atexit`` hook
+of the pool's own, and on SIGTERM (a handler that raises SystemExit is installed if the
+program has none). Besides the instances it knows, the destruction also looks up the
+run's tag, so that instances still being created are found too. Only a SIGKILL skips all
+this: ``python -m pydron cloud cleanup`` is for that.
+
+``idle_timeout`` (keeping instances for a later run) is not implemented yet: instances
+are always destroyed at the end of the run, and a warning says so.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydron.backend import cloud
+from pydron.backend.reactor import call_soon
+from pydron.backend.sshpool import SshPool, _Host
+
+__all__ = ["CloudPool"]
+
+_log = logging.getLogger("pydron.backend")
+
+
+class _Abandoned(BaseException):
+    """Raised inside provision() (through its progress callback) once the pool is gone,
+    so that it destroys what it created and stops."""
+
+
+class CloudPool(SshPool):
+    """Workers on instances created from ``"cloud"`` entries (WorkerSpecs or mappings,
+    see :func:`cloud.entry_of`). ``run_id`` tags the instances (default: a new one);
+    ``progress(event, name, detail)`` hears of instances and hosts; ``poll`` is the
+    seconds between state checks while instances start."""
+
+    def __init__(self, entries: Sequence[Any], *, run_id: str | None = None,
+                 progress: Callable[[str, str, str], None] | None = None,
+                 poll: float = 2.0, **kwargs: Any) -> None:
+        self._cloud_entries = [cloud.entry_of(e) for e in entries]
+        if not self._cloud_entries:
+            raise ValueError("CloudPool needs at least one cloud entry")
+        self.run_id = run_id or cloud.new_run_id()
+        self.poll = poll
+        self._nodes: list[Any] = []
+        self._nodes_lock = threading.Lock()
+        self._destroyed = False
+        self._known_hosts = ""
+        for entry in self._cloud_entries:
+            if entry.get("idle_timeout") is not None:
+                _log.warning("pydron: cloud entry %s: idle_timeout is not supported yet; its "
+                             "instances are destroyed at the end of the run",
+                             entry.get("provider"))
+        super().__init__([], progress=progress, **kwargs)
+        _install_sigterm_handler()
+        ref = weakref.ref(self)
+        self._atexit = lambda: (lambda pool: pool and pool.destroy_nodes())(ref())
+        atexit.register(self._atexit)
+
+    def _make_hosts(self, entries: Sequence[Any]) -> list[_Host]:  # type: ignore[override]
+        hosts, base = [], 0
+        for e, entry in enumerate(self._cloud_entries):
+            count, cores = int(entry.get("count", 1)), int(entry.get("cores", 1))
+            for k in range(count):
+                host = _Host(None, base, cores, f"{entry['provider']} instance {k + 1}/{count}")
+                host.cloud_entry = e  # type: ignore[attr-defined]
+                hosts.append(host)
+                base += cores
+        return hosts
+
+    def nodes(self) -> list[Any]:
+        """The instances this pool created and has not destroyed yet."""
+        with self._nodes_lock:
+            return list(self._nodes)
+
+    # ------------------------------------------------------------------ start
+
+    def _start_hosts(self) -> None:
+        for e in range(len(self._cloud_entries)):
+            threading.Thread(target=self._provision, args=(e,), daemon=True,
+                             name=f"pydron-cloud-{e}").start()
+
+    def _progress(self, event: str, node: str, detail: str) -> None:
+        if self._destroyed and event in ("starting", "ready"):
+            raise _Abandoned()  # not on "destroyed": that would stop the destruction
+        if self.progress is not None:
+            self.progress(event, node, detail)
+
+    def _provision(self, e: int) -> None:
+        entry = self._cloud_entries[e]
+        hosts = [h for h in self._hosts if getattr(h, "cloud_entry", None) == e]
+        try:
+            nodes = cloud.provision(entry, self.run_id, progress=self._progress,
+                                    poll=self.poll)
+        except BaseException as exc:  # _Abandoned included: nothing of it is left
+            for host in hosts:
+                call_soon(self._host_failed, host, exc)
+            return
+        with self._nodes_lock:
+            gone = self._destroyed
+            if not gone:
+                self._nodes.extend(nodes)
+        if gone:
+            cloud.destroy(nodes)
+            return
+        known = entry.get("known_hosts") or self._run_known_hosts()
+        for host, node in zip(hosts, nodes):
+            try:
+                host.entry = cloud.node_ssh_entry(node, entry, known_hosts=known)
+            except Exception as exc:
+                call_soon(self._host_failed, host, exc)
+                continue
+            host.name = f"{node.name} ({host.entry['hostname']})"
+            self._bring_up_later(host)
+        for host in hosts[len(nodes):]:
+            call_soon(self._host_failed, host,
+                      cloud.CloudError("the instance did not become ready"))
+
+    def _run_known_hosts(self) -> str:
+        with self._nodes_lock:
+            if not self._known_hosts:
+                fd, path = tempfile.mkstemp(prefix=f"pydron-{self.run_id}-", suffix=".known_hosts")
+                os.close(fd)
+                self._known_hosts = path
+            return self._known_hosts
+
+    # ------------------------------------------------------------------ end
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the workers (as :class:`SshPool`), then destroy the instances."""
+        try:
+            super().shutdown(wait)
+            if not wait:
+                self._close_hosts()
+        finally:
+            if not self._forked:
+                self.destroy_nodes()
+
+    def destroy_nodes(self) -> int:
+        """Destroy every instance of this run (the ones known here, and any other that
+        carries the run's tag); returns how many went. Idempotent."""
+        with self._nodes_lock:
+            first = not self._destroyed
+            self._destroyed = True
+            nodes, self._nodes = self._nodes, []
+        if first:
+            atexit.unregister(self._atexit)
+        done = cloud.destroy(nodes, progress=self.progress) if nodes else 0
+        if (not first and not nodes) or not self._hosts_started:
+            return done  # (never started: no instance was created)
+        for entry in self._cloud_entries:
+            try:
+                left = cloud.list_tagged(entry, self.run_id)
+            except Exception as exc:
+                _log.error("pydron: cannot list the instances of run %s to destroy them "
+                           "(%s); run `python -m pydron cloud cleanup`", self.run_id, exc)
+                continue
+            if left:
+                done += cloud.destroy(left, progress=self.progress)
+        if self._known_hosts:
+            try:
+                os.unlink(self._known_hosts)
+            except OSError:
+                pass
+        return done
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _install_sigterm_handler() -> None:
+    """Make SIGTERM run the exit hooks (which destroy instances), unless the program
+    handles SIGTERM itself."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _sigterm)
+    except (ValueError, OSError):
+        pass
