@@ -668,8 +668,13 @@ class MulticorePool(Pool):
         if self._start_failures < MAX_START_FAILURES or \
                 any(p.ready for p in self._procs.values()):
             return
-        self._broken = (f"pydron could not start its worker processes "
-                        f"({self._start_failures} failed in a row); the last: {problem}")
+        self._fail_queued(f"pydron could not start its worker processes "
+                          f"({self._start_failures} failed in a row); the last: {problem}")
+
+    def _fail_queued(self, message: str) -> None:
+        """No worker can be had: fail every queued call with ``message``, and mark the
+        pool broken so that later calls fail too, until new work tries again."""
+        self._broken = message
         with self._lock:
             self._changed.notify_all()
             doomed = [c for c in self._queue if c.state == QUEUED]
@@ -677,7 +682,7 @@ class MulticorePool(Pool):
                 call.state = DONE
         self._queue.clear()
         for call in doomed:
-            self._deliver(call, False, WorkerLostError(self._broken))
+            self._deliver(call, False, WorkerLostError(message))
 
     @_guarded
     def _heartbeat(self) -> None:

@@ -412,15 +412,7 @@ class SshPool(MulticorePool):
 
     def _give_up(self, message: str) -> None:
         """Fail every queued call with ``message``, and the pool's later calls too."""
-        self._broken = message
-        with self._lock:
-            self._changed.notify_all()
-            doomed = [c for c in self._queue if c.state == QUEUED]
-            for call in doomed:
-                call.state = DONE
-        self._queue.clear()
-        for call in doomed:
-            self._deliver(call, False, WorkerLostError(message))
+        self._fail_queued(message)
         if self._stopping and not self._has_work():
             self._maybe_stop()
 

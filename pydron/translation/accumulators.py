@@ -81,10 +81,7 @@ class AccumulatorFinder:
                 self.uses[target.id].fresh.append(self._here())
                 self._expr(s.value)
                 return
-            if isinstance(target, ast.Subscript) and self._is_cand(target.value):
-                self._chain(target.value.id)
-                self._expr(target.slice)
-                self._expr(s.value)
+            if self._item_store(target, s.value):
                 return
         if isinstance(s, ast.AugAssign):
             target = s.target
@@ -92,10 +89,7 @@ class AccumulatorFinder:
                 self._chain(target.id)
                 self._expr(s.value)
                 return
-            if isinstance(target, ast.Subscript) and self._is_cand(target.value):
-                self._chain(target.value.id)
-                self._expr(target.slice)
-                self._expr(s.value)
+            if self._item_store(target, s.value):
                 return
         if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
             func = s.value.func
@@ -159,6 +153,15 @@ class AccumulatorFinder:
                             self._expr(v)
             elif isinstance(value, ast.AST):
                 self._expr(value)
+
+    def _item_store(self, target: ast.AST, value: ast.expr) -> bool:
+        """``acc[k] = v`` or ``acc[k] += v`` on a candidate: a mutation in its chain."""
+        if not (isinstance(target, ast.Subscript) and self._is_cand(target.value)):
+            return False
+        self._chain(target.value.id)
+        self._expr(target.slice)
+        self._expr(value)
+        return True
 
     def _targets(self, target: ast.AST) -> None:
         for node in ast.walk(target):
