@@ -16,7 +16,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "numpy", "moto[ec2]>=5", "flask", "flask-cors"],
-        "bench": ["numpy"],
+        "bench": ["numpy", "dask[distributed]"],
         "examples": ["numpy"],
     },
 )
