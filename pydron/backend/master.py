@@ -163,8 +163,27 @@ class WorkerProtocol(Protocol):
             _write_output(payload)
         elif kind == wire.HEARTBEAT:
             pass
+        elif kind == wire.MODULE_REQUEST:
+            self._module_request(payload)
         else:
             self.drop(f"unexpected frame kind {kind}")
+
+    def _module_request(self, payload: Any) -> None:
+        """Serve the source of a module the worker cannot import (see
+        :mod:`pydron.backend.modules`); "not found" if we have none to give."""
+        try:
+            name = bytes(payload).decode("utf-8")
+        except UnicodeDecodeError:
+            self.drop("a MODULE_REQUEST frame whose name is not UTF-8")
+            return
+        from pydron.backend.modules import lookup
+        found = lookup(name)
+        reply = wire.encode_module_reply(name, **found)
+        if len(reply) >= self.pool.max_frame:
+            _log.warning("pydron: not serving module %s to worker %s: its source is larger "
+                         "than the frame limit", name, self.proc.index)
+            reply = wire.encode_module_reply(name, False)
+        self.send([wire.frame(wire.MODULE_REPLY, reply)])
 
     # -- sending -------------------------------------------------------------------------
     def send(self, pieces: list[bytes | memoryview]) -> None:

@@ -22,6 +22,10 @@ found the port learns nothing and can make us unpickle nothing)::
 a worker its index and pid. Each side checks the MAC first (constant-time) and only then
 parses the JSON and compares versions. Handshake frames are limited to
 :data:`HANDSHAKE_MAX_FRAME` bytes.
+
+After the handshake, a worker that cannot import a module may ask for it
+(``MODULE_REQUEST``, the name) and the master answers with its source or "not found"
+(``MODULE_REPLY``, JSON); see :mod:`pydron.backend.modules`.
 """
 from __future__ import annotations
 
@@ -38,12 +42,13 @@ from pydron.errors import PydronError
 __all__ = [
     "HEADER", "MAX_FRAME", "HANDSHAKE_MAX_FRAME", "NONCE_SIZE", "MAC_SIZE",
     "HELLO", "AUTH", "WELCOME", "REFUSE", "TASKS", "RESULTS", "BUFFER", "BUFFER_PART",
-    "CANCEL", "HEARTBEAT", "OUTPUT", "BYE", "KIND_NAMES",
+    "CANCEL", "HEARTBEAT", "OUTPUT", "BYE", "MODULE_REQUEST", "MODULE_REPLY", "KIND_NAMES",
     "EXIT_OK", "EXIT_MASTER_LOST", "EXIT_REFUSED", "EXIT_CANCELLED", "EXIT_BAD_START",
     "EXIT_REASONS",
     "FrameError", "HandshakeError", "FrameDecoder", "BufferCollector", "frame", "buffer_frames",
     "new_secret", "new_nonce", "sign", "verify", "local_info", "version_mismatch",
-    "encode_auth", "decode_auth", "encode_welcome", "decode_welcome", "cpu_ticks",
+    "encode_auth", "decode_auth", "encode_welcome", "decode_welcome",
+    "encode_module_reply", "decode_module_reply", "cpu_ticks",
     "Liveness",
 ]
 
@@ -73,11 +78,14 @@ CANCEL = 14      # master -> worker: 8-byte big-endian call ids not to run
 HEARTBEAT = 15   # either way: empty; any frame proves the peer alive
 OUTPUT = 16      # worker -> master: 1 byte stream (1 stdout, 2 stderr) + utf-8 text
 BYE = 17         # master -> worker: the pool is done with you; exit normally
+MODULE_REQUEST = 18  # worker -> master: utf-8 name of a module the worker cannot import
+MODULE_REPLY = 19    # master -> worker: JSON {name, found, is_package, filename, source}
 
 KIND_NAMES = {
     HELLO: "HELLO", AUTH: "AUTH", WELCOME: "WELCOME", REFUSE: "REFUSE", TASKS: "TASKS",
     RESULTS: "RESULTS", BUFFER: "BUFFER", BUFFER_PART: "BUFFER_PART", CANCEL: "CANCEL",
     HEARTBEAT: "HEARTBEAT", OUTPUT: "OUTPUT", BYE: "BYE",
+    MODULE_REQUEST: "MODULE_REQUEST", MODULE_REPLY: "MODULE_REPLY",
 }
 
 # Worker exit codes: the master turns them into words in WorkerLostError messages.
@@ -356,6 +364,28 @@ def _parse_info(raw: bytes) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise HandshakeError("the handshake info is not a JSON object")
     return info
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def encode_module_reply(name: str, found: bool, is_package: bool = False,
+                        filename: str = "", source: str = "") -> bytes:
+    """The MODULE_REPLY payload: the source of a module the master serves to a worker
+    that cannot import it (see :mod:`pydron.backend.modules`), or ``found: false``."""
+    return json.dumps({"name": name, "found": bool(found), "is_package": bool(is_package),
+                       "filename": filename, "source": source}).encode("utf-8")
+
+
+def decode_module_reply(payload: bytes | bytearray) -> dict[str, Any]:
+    """A MODULE_REPLY payload as a dict; FrameError if it is not one."""
+    try:
+        reply = json.loads(bytes(payload).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise FrameError("a MODULE_REPLY frame that is not valid JSON") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("name"), str):
+        raise FrameError("a MODULE_REPLY frame without a module name")
+    return reply
 
 
 # --------------------------------------------------------------------------- liveness

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pydron.backend import wire
+from pydron.backend import modules, wire
 from pydron.backend.shipping import (
     PROTOCOL, callable_name, dumps_exception, dumps_result, type_name,
 )
@@ -167,6 +167,7 @@ class Worker:
         self.functions: collections.OrderedDict[bytes, list[Any]] = collections.OrderedDict()
         self.buffers = wire.BufferCollector()
         self.last_rx = time.monotonic()
+        self.module_replies: queue.SimpleQueue = queue.SimpleQueue()
 
     # -- sending (any thread) ------------------------------------------------------------
     def send(self, pieces: list[bytes | memoryview]) -> None:
@@ -231,6 +232,8 @@ class Worker:
                 self.cancelled.update(ids)
         elif kind == wire.HEARTBEAT:
             pass
+        elif kind == wire.MODULE_REPLY:
+            self.module_replies.put(wire.decode_module_reply(payload))
         elif kind == wire.BYE:
             os._exit(wire.EXIT_OK)
         else:
@@ -252,6 +255,22 @@ class Worker:
         del buffers[:used]
 
     # -- the main thread -----------------------------------------------------------------
+    def ask_module(self, name: str) -> dict[str, Any] | None:
+        """Ask the master for the source of a module this worker cannot import (see
+        :mod:`pydron.backend.modules`); its reply, or None if none came in time."""
+        self.send([wire.frame(wire.MODULE_REQUEST, name.encode("utf-8"))])
+        deadline = time.monotonic() + modules.REQUEST_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                reply = self.module_replies.get(timeout=left)
+            except queue.Empty:
+                return None
+            if reply["name"] == name:  # not a late answer to a request that timed out
+                return reply
+
     def serve(self) -> None:
         """Run calls forever (the process ends from the reader thread)."""
         from pydron.backend.context import worker_context
@@ -462,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                     options.timeout, options.master_pid)
     sys.stdout = _Forward(worker.send_output, 1)
     sys.stderr = _Forward(worker.send_output, 2)
+    sys.meta_path.append(modules.MasterFinder(worker.ask_module))  # last: local ones win
     threading.Thread(target=worker.read_loop, name="pydron-reader", daemon=True).start()
     threading.Thread(target=worker.heartbeat_loop, name="pydron-heartbeat",
                      daemon=True).start()

@@ -1,0 +1,152 @@
+"""The user's own modules, served by the master to workers that cannot import them.
+
+A function travels by reference when the caller can import it (see
+:mod:`pydron.backend.shipping`): the worker imports its module itself. A worker on another
+host (an ssh or cloud pool), or one whose ``sys.path`` lacks a folder of the caller's,
+may not have that module. Rather than failing, the worker then asks the master for it:
+
+* worker side, :class:`MasterFinder` sits *last* on ``sys.meta_path`` (so whatever the
+  worker can import itself wins). For a module no other finder found, it sends a
+  ``MODULE_REQUEST`` frame with the name and waits (at most :data:`REQUEST_TIMEOUT`
+  seconds, then "not found") for the ``MODULE_REPLY``. The source is compiled with the
+  master's file name, so tracebacks name the user's file and show its lines. Answers,
+  "not found" included, are cached for the life of the worker. A package served this
+  way gets a ``__path__`` marker, through which its submodules are asked for too; the
+  submodules of a package the worker has itself are never asked for (no mixing of two
+  versions of one package). Only the main thread asks -- the thread that unpickles and
+  runs calls; imports in other threads never block on the master.
+* master side, :func:`lookup` answers from the master's own import system: a module
+  already imported there, or one ``importlib.util.find_spec`` finds (a submodule only if
+  its parent package is already imported, so that answering never runs the user's
+  code). Only plain source files are served: extension modules, bytecode-only modules,
+  namespace packages, built-in and frozen modules, and ``__main__`` are "not found".
+
+Requests are only read after the handshake, so only a worker that knows the pool's
+secret can ask, and it only ever gets what the caller itself could import.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import linecache
+import sys
+import threading
+import types
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["REQUEST_TIMEOUT", "MARKER", "MasterFinder", "lookup"]
+
+REQUEST_TIMEOUT = 30.0
+"""Seconds a worker waits for the master's answer before taking it as "not found"."""
+
+MARKER = "<pydron: served by the master>"
+"""Prefix of the ``__path__`` entry of a package served by the master."""
+
+
+# --------------------------------------------------------------------------- master side
+
+
+def lookup(name: str) -> dict[str, Any]:
+    """What the master answers to a worker asking for module ``name``: a dict with
+    ``found``, ``is_package``, ``filename`` and ``source`` (see wire.encode_module_reply)."""
+    missing = {"found": False}
+    parts = name.split(".")
+    if name == "__main__" or not all(p.isidentifier() for p in parts):
+        return missing
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None) if module is not None else None
+    if spec is None:
+        parent = name.rpartition(".")[0]
+        if parent and parent not in sys.modules:
+            return missing  # finding it would import (run) the parent package here
+        try:
+            spec = importlib.util.find_spec(name)
+        except Exception:  # noqa: BLE001 -- whatever goes wrong, we have nothing to give
+            return missing
+    if spec is None or not spec.origin or \
+            not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+        return missing
+    try:
+        source = spec.loader.get_source(name)
+    except Exception:  # noqa: BLE001 -- unreadable, undecodable: not found
+        return missing
+    if source is None:
+        return missing
+    return {"found": True, "is_package": spec.submodule_search_locations is not None,
+            "filename": spec.origin, "source": source}
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+class _ServedLoader(importlib.abc.InspectLoader):
+    """Executes the source the master sent, compiled under the master's file name."""
+
+    def __init__(self, name: str, source: str, filename: str, package: bool) -> None:
+        self.name = name
+        self.source = source
+        self.filename = filename
+        self.package = package
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None  # the default module object
+
+    def get_source(self, fullname: str) -> str:
+        return self.source
+
+    def is_package(self, fullname: str) -> bool:
+        return self.package
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        return compile(self.source, self.filename, "exec", dont_inherit=True)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        code = self.get_code(module.__name__)
+        # Tracebacks show the user's lines even where the file does not exist (mtime
+        # None: linecache.checkcache leaves the entry alone).
+        lines = self.source.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        linecache.cache[self.filename] = (len(self.source), None, lines, self.filename)
+        exec(code, module.__dict__)  # noqa: S102 -- the import of the user's module
+
+
+class MasterFinder(importlib.abc.MetaPathFinder):
+    """The last finder on a worker's ``sys.meta_path``: asks the master.
+
+    ``ask(name)`` sends the request and returns the reply dict, or None on a timeout.
+    """
+
+    def __init__(self, ask: Callable[[str], dict[str, Any] | None]) -> None:
+        self.ask = ask
+        self.answers: dict[str, dict[str, Any]] = {}
+
+    def find_spec(self, fullname: str, path: Any = None,
+                  target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        if "." in fullname and not any(isinstance(p, str) and p.startswith(MARKER)
+                                       for p in (path or ())):
+            return None  # a submodule of a package the worker has itself
+        reply = self.answers.get(fullname)
+        if reply is None:
+            reply = self.ask(fullname) or {"found": False}
+            self.answers[fullname] = reply
+        if not reply.get("found"):
+            return None
+        package = bool(reply.get("is_package"))
+        filename = str(reply.get("filename") or f"<{fullname} from the master>")
+        loader = _ServedLoader(fullname, str(reply.get("source", "")), filename, package)
+        spec = importlib.util.spec_from_loader(fullname, loader, origin=filename,
+                                               is_package=package)
+        if spec is None:
+            return None
+        spec.has_location = True  # __file__ is the master's file name
+        if package:
+            spec.submodule_search_locations = [f"{MARKER} {fullname}"]
+        return spec
+
+    def invalidate_caches(self) -> None:
+        self.answers.clear()
