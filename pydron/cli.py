@@ -46,7 +46,7 @@ def _describe(entry: dict[str, Any]) -> str:
 
 
 def _cloud_list(args: argparse.Namespace) -> int:
-    from pydron.backend.cloud import TAG_CREATED, TAG_RUN, list_tagged, node_tags
+    from pydron.backend.cloud import TAG_CREATED, TAG_IDLE, TAG_RUN, list_tagged, node_tags
 
     source, entries = _cloud_entries(args.config)
     if not entries:
@@ -65,7 +65,8 @@ def _cloud_list(args: argparse.Namespace) -> int:
             tags = node_tags(node)
             ips = ",".join(list(node.public_ips or []) + list(node.private_ips or [])) or "-"
             print(f"  {node.id}  {node.name}  {node.state}  run={tags.get(TAG_RUN)}  "
-                  f"created={tags.get(TAG_CREATED, '?')}  ips={ips}")
+                  f"created={tags.get(TAG_CREATED, '?')}  ips={ips}"
+                  + (f"  idle-since={tags[TAG_IDLE]}" if TAG_IDLE in tags else ""))
     return status
 
 

@@ -13,10 +13,17 @@ so the one rule here is that **no instance may outlive its purpose unnoticed**:
 * :func:`provisioned` is a context manager that also destroys them on the way out and at
   interpreter exit.
 
+An entry with ``idle_timeout`` (seconds) keeps its instances for a later run instead:
+:func:`release` tags them ``pydron-idle-since`` (the time they became idle) and starts a
+reaper (:func:`start_reaper`: a detached ``python -m pydron.backend.cloud reap`` process,
+which outlives the program) that destroys them once idle that long; :func:`provision`
+first claims idle instances of an equal entry (:func:`claim_idle`) and creates only the
+missing ones. A claimed instance loses its idle tag, so the reaper spares it.
+
 Slow starts are reported as they happen, through the ``logging`` logger
 ``"pydron.backend"`` and an optional ``progress(event, node, detail)`` callback (events
-``starting``, ``ready``, ``failed``, ``destroyed``), so a person can follow which instances
-are starting, ready or failed.
+``starting``, ``ready``, ``failed``, ``destroyed``, ``idle``), so a person can follow
+which instances are starting, ready or failed.
 
 Credentials never have to be in ``pydron.conf``: an entry names environment variables or
 a file (see :func:`driver_for`).
@@ -44,7 +51,8 @@ __all__ = [
     "CloudError", "TAG_RUN", "TAG_ENTRY", "TAG_CREATED", "EVENTS", "Progress",
     "new_run_id", "entry_of", "driver_for", "reset_drivers", "provision", "provisioned", "destroy",
     "list_tagged", "cleanup", "node_address", "node_ssh_entry", "node_tags",
-    "ssh_answers", "DEFAULT_READY_TIMEOUT",
+    "ssh_answers", "DEFAULT_READY_TIMEOUT", "TAG_IDLE", "idle_timeout_of", "can_keep_idle",
+    "release", "claim_idle", "reap_idle", "start_reaper",
 ]
 
 log = logging.getLogger("pydron.backend")
@@ -56,8 +64,11 @@ TAG_ENTRY = "pydron-entry"
 reuse only instances made from an equal entry."""
 TAG_CREATED = "pydron-created"
 """Creation time, seconds since the epoch (a string, as tags are)."""
+TAG_IDLE = "pydron-idle-since"
+"""Set (seconds since the epoch, a string) while an instance is kept idle for a later run
+(``idle_timeout``); removed when a run claims it."""
 
-EVENTS = ("starting", "ready", "failed", "destroyed")
+EVENTS = ("starting", "ready", "failed", "destroyed", "idle")
 Progress = Callable[[str, str, str], None]
 """``progress(event, node, detail)``: ``event`` is one of :data:`EVENTS`, ``node`` the
 instance's name (with its id), ``detail`` a sentence for a person."""
@@ -266,9 +277,28 @@ def _label(node: Any, name: str | None = None) -> str:
     return shown if shown == node.id else f"{shown} [{node.id}]"
 
 
+def _is_ec2(driver: Any) -> bool:
+    from libcloud.compute.drivers.ec2 import BaseEC2NodeDriver
+    return isinstance(driver, BaseEC2NodeDriver)
+
+
+def _ec2_tags(driver: Any, action: str, node: Any, tags: Mapping[str, str]) -> None:
+    """EC2 ``CreateTags``/``DeleteTags`` with the 1-based indices the API documents
+    (libcloud's ``ex_create_tags`` counts from 0, which AWS tolerates and other
+    EC2-compatible servers, moto among them, refuse)."""
+    params = {"Action": action, "ResourceId.1": node.id}
+    for i, (key, value) in enumerate(tags.items(), 1):
+        params[f"Tag.{i}.Key"] = key
+        if value is not None:
+            params[f"Tag.{i}.Value"] = value
+    driver.connection.request(driver.path, params=params)
+
+
 def _tag(driver: Any, node: Any, tags: Mapping[str, str], entry: Mapping[str, Any]) -> None:
     """Tag a node whose driver could not do it at creation."""
-    if str(entry["provider"]) != "dummy" and hasattr(driver, "ex_create_tags"):
+    if str(entry["provider"]) != "dummy" and _is_ec2(driver):
+        _call(entry, "tagging the instance", _ec2_tags, driver, "CreateTags", node, tags)
+    elif str(entry["provider"]) != "dummy" and hasattr(driver, "ex_create_tags"):
         _call(entry, "tagging the instance", driver.ex_create_tags, node, dict(tags))
     elif str(entry["provider"]) != "dummy":
         log.warning("cloud: provider %s cannot tag instances; `python -m pydron cloud` will "
@@ -376,6 +406,9 @@ def provision(entry: Any, run_id: str | None = None, *, progress: Progress | Non
 
     ``address_of(node)`` overrides where SSH of a node is (default :func:`node_address`),
     e.g. to reach the instances through a tunnel.
+
+    With ``idle_timeout`` in the entry, idle instances of an equal entry are claimed first
+    (:func:`claim_idle`) and only the missing ones are created.
     """
     entry = entry_of(entry)
     run_id = run_id or new_run_id()
@@ -388,7 +421,10 @@ def provision(entry: Any, run_id: str | None = None, *, progress: Progress | Non
     created: list[tuple[str, Any]] = []
     ready: list[Any] = []
     try:
-        for i in range(count):
+        if idle_timeout_of(entry):
+            for node in claim_idle(entry, run_id, count, progress=progress):
+                created.append((node.name, node))
+        for i in range(len(created), count):
             name = f"pydron-{run_id}-{i}"
             node = _create(driver, entry, name, tags)
             created.append((name, node))
@@ -541,6 +577,210 @@ def provisioned(entry: Any, run_id: str | None = None, **kwargs: Any) -> Iterato
         _destroy()
 
 
+# --------------------------------------------------------------------------- idle instances
+
+
+def idle_timeout_of(entry: Any) -> float | None:
+    """The entry's ``idle_timeout`` in seconds, or None when its instances are destroyed at
+    the end of the run (no ``idle_timeout``, or 0)."""
+    value = entry_of(entry).get("idle_timeout")
+    if value is None or float(value) <= 0:
+        return None
+    return float(value)
+
+
+def can_keep_idle(entry: Any) -> bool:
+    """Whether the entry's provider can carry the idle tag (EC2 and EC2-like drivers, whose
+    tags other processes see; Dummy, in-process only)."""
+    entry = entry_of(entry)
+    if str(entry["provider"]) == "dummy":
+        return True
+    driver = driver_for(entry)
+    return hasattr(driver, "ex_create_tags") and hasattr(driver, "ex_delete_tags")
+
+
+def _untag(driver: Any, node: Any, tags: Mapping[str, str], entry: Mapping[str, Any]) -> None:
+    if str(entry["provider"]) != "dummy" and _is_ec2(driver):
+        _call(entry, "untagging the instance", _ec2_tags, driver, "DeleteTags", node, tags)
+    elif str(entry["provider"]) != "dummy":
+        _call(entry, "untagging the instance", driver.ex_delete_tags, node, dict(tags))
+    node.extra = dict(node.extra or {})
+    for key in tags:
+        node.extra.setdefault("tags", {}).pop(key, None)
+
+
+def _idle_since(node: Any) -> float | None:
+    try:
+        return float(node_tags(node)[TAG_IDLE])
+    except (KeyError, ValueError):
+        return None
+
+
+def _idle_nodes(entry: Mapping[str, Any]) -> list[Any]:
+    """Live idle instances Pydron made from an entry equal to this one (by fingerprint)."""
+    print_ = _fingerprint(entry)
+    return [node for node in list_tagged(entry)
+            if node_tags(node).get(TAG_ENTRY) == print_ and _idle_since(node) is not None]
+
+
+def release(nodes: Sequence[Any], entry: Any, *, progress: Progress | None = None) -> str:
+    """Keep nodes idle for a later run: tag them :data:`TAG_IDLE` = now; returns that
+    stamp. A node that cannot be tagged is destroyed (an untagged idle node would never
+    be reaped). Start the reaper with :func:`start_reaper` afterwards."""
+    entry = entry_of(entry)
+    stamp = f"{time.time():.3f}"
+    for node in nodes:
+        try:
+            _tag(node.driver, node, {TAG_IDLE: stamp}, entry)
+        except Exception as exc:
+            log.warning("cloud: cannot mark %s idle (%s); destroying it", _label(node), exc)
+            destroy([node], progress=progress)
+            continue
+        _report(progress, "idle", _label(node, node_tags(node).get("Name")),
+                f"kept for a later run; destroyed if idle for {idle_timeout_of(entry) or 0:g} s")
+    return stamp
+
+
+def claim_idle(entry: Any, run_id: str, count: int, *,
+               progress: Progress | None = None) -> list[Any]:
+    """Claim up to ``count`` idle instances of an equal entry for run ``run_id``: their
+    idle tag is removed and their run tag becomes ``run_id``; returns them (not yet
+    checked for readiness: :func:`provision` waits for them as for new ones).
+
+    Tags are no lock: two runs starting at the same moment could both claim an instance;
+    each re-reads the tags after claiming and keeps only the instances tagged with its own
+    run id, which narrows that window without closing it."""
+    entry = entry_of(entry)
+    if count <= 0:
+        return []
+    try:
+        candidates = _idle_nodes(entry)
+    except CloudError as exc:
+        log.warning("cloud: cannot look for idle instances to reuse (%s)", exc)
+        return []
+    candidates.sort(key=lambda n: -(_idle_since(n) or 0))  # the most recently used first
+    claimed: list[Any] = []
+    for node in candidates[:count]:
+        try:
+            _untag(node.driver, node, {TAG_IDLE: node_tags(node)[TAG_IDLE]}, entry)
+            _tag(node.driver, node, {TAG_RUN: run_id}, entry)
+        except CloudError as exc:
+            log.warning("cloud: cannot claim idle instance %s (%s)", _label(node), exc)
+            continue
+        claimed.append(node)
+    if claimed and str(entry["provider"]) != "dummy":
+        current = _refresh(driver_for(entry), entry, [n.id for n in claimed])
+        mine = []
+        for node in claimed:
+            now = current.get(node.id)
+            if now is not None and (node_tags(now).get(TAG_RUN) != run_id or _idle_since(now)):
+                log.info("cloud: idle instance %s was claimed by another run", _label(node))
+                continue
+            mine.append(node)
+        claimed = mine
+    for node in claimed:
+        _report(progress, "starting", _label(node, node.name),
+                f"reused (it was idle) on {_where(entry)}, checking that SSH answers")
+    return claimed
+
+
+def reap_idle(entry: Any, *, before: float, progress: Progress | None = None) -> int:
+    """Destroy the idle instances of an equal entry that have been idle since ``before``
+    (seconds since the epoch) or earlier; returns how many went. An instance claimed since
+    has no idle tag, and one released again a newer one: both are spared."""
+    entry = entry_of(entry)
+    doomed = [n for n in _idle_nodes(entry) if (_idle_since(n) or 0) <= before]
+    if doomed and str(entry["provider"]) != "dummy":
+        # Look once more, right before destroying: a run may have claimed one meanwhile.
+        current = _refresh(driver_for(entry), entry, [n.id for n in doomed])
+        doomed = [n for n in doomed if n.id in current
+                  and (_idle_since(current[n.id]) or float("inf")) <= before]
+    return destroy(doomed, progress=progress) if doomed else 0
+
+
+def _reap_later(entry: Mapping[str, Any], since: float, after: float) -> None:
+    time.sleep(max(0.0, since + after - time.time()))
+    reap_idle(entry, before=since)
+
+
+def start_reaper(entry: Any, stamp: str, after: float | None = None) -> Any:
+    """Make sure instances released at ``stamp`` are destroyed ``after`` seconds (default:
+    the entry's ``idle_timeout``) later unless a run claimed them: a detached process
+    (its own session, so Ctrl-C or the end of the program does not stop it) that sleeps
+    until then and calls :func:`reap_idle`. For the in-process Dummy driver, a daemon
+    thread instead. Returns the process (or thread)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    entry = entry_of(entry)
+    after = idle_timeout_of(entry) if after is None else after
+    if str(entry["provider"]) == "dummy":
+        thread = threading.Thread(target=_reap_later, args=(entry, float(stamp), after or 0.0),
+                                  daemon=True, name="pydron-cloud-reaper")
+        thread.start()
+        return thread
+    logfile = os.path.join(tempfile.gettempdir(), f"pydron-reaper-{os.getpid()}-{stamp}.log")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pydron.backend.cloud", "reap", "--since", stamp,
+             "--after", repr(float(after or 0)), "--log", logfile],
+            stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
+            start_new_session=True, close_fds=True)
+    # The entry goes through a pipe, not the command line (``ps`` shows that to everyone).
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(dict(entry), default=list).encode())
+    proc.stdin.close()
+    log.info("cloud: reaper process %d destroys the idle instances at %s unless reused "
+             "(log: %s)", proc.pid,
+             time.strftime("%H:%M:%S", time.localtime(float(stamp) + (after or 0))), logfile)
+    return proc
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pydron.backend.cloud reap --since STAMP --after SECONDS`` with the entry
+    (JSON) on stdin: the reaper process of :func:`start_reaper`."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m pydron.backend.cloud")
+    parser.add_argument("action", choices=["reap"])
+    parser.add_argument("--since", type=float, required=True)
+    parser.add_argument("--after", type=float, required=True)
+    parser.add_argument("--log", help="a log file to remove when all went well")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s pydron reaper: %(message)s")
+    entry = json.loads(sys.stdin.read())
+    sys.stdin.close()
+    time.sleep(max(0.0, args.since + args.after - time.time()))
+    for attempt in range(3):
+        try:
+            failed: list[str] = []
+
+            def progress(event: str, node: str, detail: str) -> None:
+                if event == "failed":
+                    failed.append(node)
+
+            done = reap_idle(entry, before=args.since, progress=progress)
+            log.info("destroyed %d idle instance(s)", done)
+            if failed:
+                log.error("could not destroy %s: run `python -m pydron cloud cleanup`",
+                          ", ".join(failed))
+                return 1
+            if args.log and attempt == 0:  # nothing went wrong: no log to keep
+                with contextlib.suppress(OSError):
+                    os.unlink(args.log)
+            return 0
+        except CloudError as exc:
+            log.error("%s (attempt %d of 3)", exc, attempt + 1)
+            time.sleep(30)
+    log.error("gave up: run `python -m pydron cloud cleanup` to destroy what is left")
+    return 1
+
+
 # --------------------------------------------------------------------------- as ssh hosts
 
 
@@ -571,3 +811,7 @@ def node_ssh_entry(node: Any, entry: Any, *, known_hosts: str | None = None,
     if known_hosts or entry.get("known_hosts"):
         ssh_entry["known_hosts"] = known_hosts or entry["known_hosts"]
     return ssh_entry
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -13,8 +13,11 @@ program has none). Besides the instances it knows, the destruction also looks up
 run's tag, so that instances still being created are found too. Only a SIGKILL skips all
 this: ``python -m pydron cloud cleanup`` is for that.
 
-``idle_timeout`` (keeping instances for a later run) is not implemented yet: instances
-are always destroyed at the end of the run, and a warning says so.
+An entry with ``idle_timeout`` keeps its instances instead, on all those paths: the
+instances whose host worked are tagged idle (:func:`cloud.release`) and a detached reaper
+process destroys them once idle that long (:func:`cloud.start_reaper`), unless a later
+run with an equal entry claims them first (its start reuses idle instances and creates
+only the missing ones). Instances whose host failed or was lost are destroyed.
 """
 from __future__ import annotations
 
@@ -60,11 +63,6 @@ class CloudPool(SshPool):
         self._nodes_lock = threading.Lock()
         self._destroyed = False
         self._known_hosts = ""
-        for entry in self._cloud_entries:
-            if entry.get("idle_timeout") is not None:
-                _log.warning("pydron: cloud entry %s: idle_timeout is not supported yet; its "
-                             "instances are destroyed at the end of the run",
-                             entry.get("provider"))
         super().__init__([], progress=progress, **kwargs)
         _install_sigterm_handler()
         ref = weakref.ref(self)
@@ -125,6 +123,7 @@ class CloudPool(SshPool):
                 call_soon(self._host_failed, host, exc)
                 continue
             host.name = f"{node.name} ({host.entry['hostname']})"
+            host.cloud_node = node  # type: ignore[attr-defined]
             self._bring_up_later(host)
         for host in hosts[len(nodes):]:
             call_soon(self._host_failed, host,
@@ -159,6 +158,7 @@ class CloudPool(SshPool):
             nodes, self._nodes = self._nodes, []
         if first:
             atexit.unregister(self._atexit)
+        nodes = self._release_idle(nodes)
         done = cloud.destroy(nodes, progress=self.progress) if nodes else 0
         if (not first and not nodes) or not self._hosts_started:
             return done  # (never started: no instance was created)
@@ -169,6 +169,7 @@ class CloudPool(SshPool):
                 _log.error("pydron: cannot list the instances of run %s to destroy them "
                            "(%s); run `python -m pydron cloud cleanup`", self.run_id, exc)
                 continue
+            left = [n for n in left if cloud.TAG_IDLE not in cloud.node_tags(n)]
             if left:
                 done += cloud.destroy(left, progress=self.progress)
         if self._known_hosts:
@@ -177,6 +178,36 @@ class CloudPool(SshPool):
             except OSError:
                 pass
         return done
+
+
+    def _release_idle(self, nodes: list[Any]) -> list[Any]:
+        """Keep the working nodes of entries with ``idle_timeout`` (tagged idle, with a
+        reaper started); returns the nodes still to destroy."""
+        usable = {id(h.cloud_node) for h in self._hosts
+                  if h.state in ("pending", "ready") and hasattr(h, "cloud_node")}
+        rest = list(nodes)
+        for e, entry in enumerate(self._cloud_entries):
+            if cloud.idle_timeout_of(entry) is None:
+                continue
+            mine = {id(h.cloud_node) for h in self._hosts
+                    if getattr(h, "cloud_entry", None) == e and hasattr(h, "cloud_node")}
+            keep = [n for n in rest if id(n) in mine and id(n) in usable]
+            if not keep:
+                continue
+            try:
+                if not cloud.can_keep_idle(entry):
+                    _log.warning("pydron: cloud entry %s: its provider cannot tag instances "
+                                 "idle, so idle_timeout is ignored", entry.get("provider"))
+                    continue
+                stamp = cloud.release(keep, entry, progress=self.progress)
+                cloud.start_reaper(entry, stamp)
+            except Exception as exc:  # then destroy them: nothing may be left unwatched
+                _log.error("pydron: cannot keep the instances of run %s idle (%s); destroying "
+                           "them", self.run_id, exc)
+                continue
+            kept = {id(n) for n in keep}
+            rest = [n for n in rest if id(n) not in kept]
+        return rest
 
 
 def _sigterm(signum: int, frame: Any) -> None:
