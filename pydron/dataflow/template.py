@@ -48,8 +48,6 @@ class Step:
                 parts.append(type(node).__name__)
         return "\n".join(parts)
 
-    def label(self) -> str:
-        return type(self).__name__
 
 
 @dataclass(eq=False)
@@ -70,11 +68,8 @@ class NativeStep(Step):
     inplace_checks: tuple[int, ...] = ()   # ``x += v`` targets: must be immutable, else sync
     returns: bool = False                  # may execute a ``return``
     signal_vars: tuple[str, ...] = ()      # loop flags it may set (part of writes)
-    index: int = -1                        # position in the template's compiled functions
     checked: Optional[Callable[[], Callable[..., Any]]] = None   # fn that checks for unbound
 
-    def label(self) -> str:
-        return "sync" if self.sync_reasons or self.output_only else "local"
 
 
 @dataclass(eq=False)
@@ -90,10 +85,7 @@ class CallStep(Step):
     callee: Any = None
     callee_name: str = ""
     build_args: Optional[Callable[..., Any]] = None
-    index: int = -1
 
-    def label(self) -> str:
-        return f"call {self.callee_name}"
 
 
 @dataclass(eq=False)
@@ -114,10 +106,7 @@ class IfStep(Step):
     test: Optional[Callable[..., Any]] = None    # None: the truth of the single read
     body: Block = field(default_factory=lambda: Block([]))
     orelse: Block = field(default_factory=lambda: Block([]))
-    index: int = -1
 
-    def label(self) -> str:
-        return "if"
 
 
 @dataclass(eq=False)
@@ -141,10 +130,7 @@ class LoopStep(Step):
     continue_var: Optional[str] = None
     returns: bool = False
     iter_private: bool = False      # the body never names the iterable: fetch ahead freely
-    index: int = -1
 
-    def label(self) -> str:
-        return self.kind
 
 
 @dataclass(eq=False)
@@ -157,8 +143,6 @@ class Template:
     params: tuple[str, ...]
     binder: Callable[..., tuple[Any, ...]]     # same signature as the function
     cells: tuple[str, ...]                     # locals living in cells
-    frees: tuple[str, ...]                     # names of the function's own closure
-    needs_closure: tuple[Callable[..., Any], ...] = ()   # compiled fns that take cells
     guards: tuple[tuple[tuple[str, ...], Any], ...] = ()
     opaque_reason: str = ""        # non-empty: the whole function runs plainly, and why
     has_dispatch: bool = False     # false: nothing to parallelize, run the plain function

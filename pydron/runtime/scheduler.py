@@ -69,7 +69,7 @@ class Node:
     """A step instantiated at one tick."""
 
     __slots__ = ("tick", "step", "ins", "outs", "carry", "npend", "frame", "maysync", "done",
-                 "kind", "callee")
+                 "callee")
 
     def __lt__(self, other: "Node") -> bool:      # never needed: ticks are unique
         return id(self) < id(other)
@@ -126,7 +126,6 @@ class Run:
         node.step = step
         node.frame = frame
         node.done = False
-        node.kind = -1
         frame.count += 1
         get = env.get
         ins = [get(v, _UNBOUND_SLOT) for v in step.reads]
@@ -250,7 +249,6 @@ class Run:
             node.done = True          # after the failure in program order: never runs
             return
         kind = self.classify(node)
-        node.kind = kind
         if kind == FREE:
             if node.maysync:
                 node.maysync = False
@@ -504,18 +502,23 @@ class Run:
         self._continuation(loop, [])
         self.finish(node)
 
-    def _continuation(self, loop: LoopRun, ins: list[Slot]) -> None:
+    def _control(self, tick: tuple[int, ...], step: Any, frame: Frame, ins: list[Slot],
+                 may_sync: bool) -> None:
+        """A node of the loop machinery itself (a continuation, a while test): it reads
+        ``ins`` and writes nothing."""
         node = Node()
-        node.tick = loop.tick + (loop.k,)
-        node.step = loop
-        node.frame = loop.frame
+        node.tick = tick
+        node.step = step
+        node.frame = frame
         node.done = False
-        node.kind = -1
         node.ins = ins
         node.outs = ()
         node.carry = None
-        loop.frame.count += 1
-        self._wire(node, ins, loop.maysync)
+        frame.count += 1
+        self._wire(node, ins, may_sync)
+
+    def _continuation(self, loop: LoopRun, ins: list[Slot]) -> None:
+        self._control(loop.tick + (loop.k,), loop, loop.frame, ins, loop.maysync)
 
     def run_continuation(self, node: Node, loop: LoopRun) -> None:
         for slot in node.ins:
@@ -550,17 +553,8 @@ class Run:
             self._next(loop, env)
         else:
             self.instantiate(step.test_block, node.tick, env, frame)
-            decide = Node()
-            decide.tick = node.tick + (len(step.test_block.steps),)
-            decide.step = _Decide(loop)
-            decide.frame = frame
-            decide.done = False
-            decide.kind = -1
-            decide.ins = [env.get(v, _UNBOUND_SLOT) for v in step.test_reads]
-            decide.outs = ()
-            decide.carry = None
-            frame.count += 1
-            self._wire(decide, decide.ins, False)
+            self._control(node.tick + (len(step.test_block.steps),), _Decide(loop), frame,
+                          [env.get(v, _UNBOUND_SLOT) for v in step.test_reads], False)
         self.finish(node)
 
     def _unframe(self, frame: Frame) -> None:

@@ -55,7 +55,7 @@ def translate(func: Callable[..., Any]) -> Template:
     return Template(
         name=describe(func), filename=src.filename, block=block, params=scopes1.params,
         binder=make_binder(fdef, func, scopes1.params), cells=tuple(sorted(scopes1.cells)),
-        frees=tuple(sorted(frees)), guards=tuple(finder.guards.items()),
+        guards=tuple(finder.guards.items()),
         opaque_reason=reason, has_dispatch=_has_calls(block), normalized=normalized,
         accumulators=tuple(sorted(a for a in accumulators if not a.startswith("_pd_"))))
 
