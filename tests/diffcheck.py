@@ -2,8 +2,12 @@
 
 Both runs must agree on everything an observer can see:
 
-* the outcome: the returned value, or the raised exception (exact type, ``str``, ``args``,
-  and the ``__cause__`` type/message when the plain run raised with ``raise ... from``);
+* the outcome: the returned value, or the raised exception, compared exactly and in both
+  directions: its type, ``args``, ``str``, attributes (``__dict__``, by snapshot),
+  ``__notes__``, ``__suppress_context__`` and, recursively, its ``__cause__`` and
+  ``__context__`` (the whole chain). No cause is excused as "transport": a scheduled run
+  must raise exactly what the plain run raised, on every pool. Exceptions met as values (a
+  caught exception stored in a list, say) are pictured the same way;
 * the text printed to stdout, and the warnings issued (deprecation noise aside);
 * the state of the (deep-copied) arguments after the call, so mutations of a list passed
   in are compared too, including aliasing between arguments and the returned value.
@@ -100,7 +104,7 @@ def snapshot(obj, _memo=None):
             return ("float", "nan")
         return (t.__name__, obj)
     if isinstance(obj, BaseException):
-        return ("exception", _qualname(t), snapshot(obj.args, memo))
+        return exception_picture(obj, memo)
     if isinstance(obj, type):
         return ("type", _qualname(obj))
     if t is tuple or t is frozenset:
@@ -138,6 +142,66 @@ def snapshot(obj, _memo=None):
     return ("opaque", _qualname(t), index)
 
 
+def _safe_str(exc):
+    try:
+        return str(exc)
+    except Exception as e:     # noqa: BLE001 - a broken __str__ is part of the picture
+        return f"<str() raised {type(e).__name__}>"
+
+
+def exception_picture(exc, memo=None):
+    """The whole observable state of an exception: type, ``args``, ``str``, attributes
+    (``__dict__`` by snapshot, ``__notes__`` apart), ``__suppress_context__`` and,
+    recursively, ``__cause__`` and ``__context__``. An exception met a second time (in a
+    chain that loops, or stored twice) is a back-reference, like any mutable object."""
+    memo = {} if memo is None else memo
+    key = id(exc)
+    if key in memo:
+        return ("ref", memo[key][0])
+    memo[key] = (len(memo), exc)
+    index = memo[key][0]
+    state = dict(getattr(exc, "__dict__", None) or {})
+    notes = state.pop("__notes__", None)
+    return ("exception", _qualname(type(exc)), index,
+            snapshot(exc.args, memo),
+            _safe_str(exc),
+            tuple((k, snapshot(v, memo)) for k, v in state.items()),
+            None if notes is None else snapshot(notes, memo),
+            bool(exc.__suppress_context__),
+            None if exc.__cause__ is None else exception_picture(exc.__cause__, memo),
+            None if exc.__context__ is None else exception_picture(exc.__context__, memo))
+
+
+def describe_exception(exc, indent="    "):
+    """Readable lines for an exception and its chain (for failure messages)."""
+    lines = []
+    seen = set()
+
+    def walk(e, how, depth):
+        pad = indent + "  " * depth
+        if id(e) in seen:
+            lines.append(f"{pad}{how}<the same {type(e).__name__} again>")
+            return
+        seen.add(id(e))
+        state = dict(getattr(e, "__dict__", None) or {})
+        notes = state.pop("__notes__", None)
+        text = f"{pad}{how}{_qualname(type(e))}: str={_safe_str(e)!r} args={e.args!r}"
+        if state:
+            text += f" attrs={state!r}"
+        if notes is not None:
+            text += f" notes={notes!r}"
+        if e.__suppress_context__:
+            text += " suppress_context=True"
+        lines.append(text)
+        if e.__cause__ is not None:
+            walk(e.__cause__, "__cause__: ", depth + 1)
+        if e.__context__ is not None:
+            walk(e.__context__, "__context__: ", depth + 1)
+
+    walk(exc, "", 0)
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- outcomes
 
 @dataclass
@@ -152,20 +216,6 @@ class Outcome:
 
     def __repr__(self):
         return f"Outcome({self.picture!r})"
-
-
-def _cause_picture(exc):
-    cause = exc.__cause__
-    if cause is None:
-        return None
-    return (_qualname(type(cause)), str(cause))
-
-
-def _is_transport_cause(cause):
-    """A cause the runtime may attach to carry a remote traceback (the
-    ``concurrent.futures`` convention), as opposed to one the user's code chained."""
-    t = type(cause)
-    return "RemoteTraceback" in t.__name__ or t.__module__.split(".")[0] in ("pydron", "concurrent")
 
 
 #: Warnings the environment may emit at any time (a dependency imported lazily on the first
@@ -217,8 +267,7 @@ def run_once(fn, args, kwargs, leading=()):
     if kind == "return":
         picture["outcome"] = ("return", snapshot(value, memo))
     else:
-        picture["outcome"] = ("raise", _qualname(type(exc)), str(exc), snapshot(exc.args, {}))
-        picture["cause"] = _cause_picture(exc)
+        picture["outcome"] = ("raise", exception_picture(exc, {}))
     picture["stdout"] = buf.getvalue()
     # Warnings reach the user's stderr: a scheduled run must not add any (pydron warns when
     # it gives up translating and runs the function plainly: that is a bug to report).
@@ -234,16 +283,11 @@ def compare_outcomes(plain, sched, label="case"):
         if plain.picture.get(key) != sched.picture.get(key):
             problems.append(f"  {key}:\n    plain:     {plain.picture.get(key)!r}\n"
                             f"    scheduled: {sched.picture.get(key)!r}")
-    if plain.kind == "raise" and sched.kind == "raise":
-        pc, sc = plain.picture["cause"], sched.picture["cause"]
-        if pc is not None:
-            if pc != sc:
-                problems.append(f"  __cause__:\n    plain:     {pc!r}\n    scheduled: {sc!r}")
-        elif sched.exc.__cause__ is not None and not _is_transport_cause(sched.exc.__cause__):
-            problems.append(f"  __cause__:\n    plain:     None\n    scheduled: {sc!r}")
-        if plain.exc.__suppress_context__ and not sched.exc.__suppress_context__:
-            problems.append("  __suppress_context__ (raise ... from None):\n"
-                            "    plain:     True\n    scheduled: False")
+    if plain.picture.get("outcome") != sched.picture.get("outcome"):
+        for name, out in (("plain", plain), ("scheduled", sched)):
+            if out.kind == "raise":
+                problems.append(f"  {name} exception (with its chain):\n"
+                                + describe_exception(out.exc))
     if problems:
         extra = ""
         if sched.exc is not None and plain.picture["outcome"] != sched.picture["outcome"]:
