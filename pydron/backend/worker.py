@@ -257,7 +257,10 @@ class Worker:
     # -- the main thread -----------------------------------------------------------------
     def ask_module(self, name: str) -> dict[str, Any] | None:
         """Ask the master for the source of a module this worker cannot import (see
-        :mod:`pydron.backend.modules`); its reply, or None if none came in time."""
+        :mod:`pydron.backend.modules`); its reply, or None if none came within
+        ``modules.REQUEST_TIMEOUT`` seconds (the finder then fails the import, naming the
+        module). The wait is bounded so that a master that never answers cannot hold up
+        the call, or the worker, for longer than that."""
         self.send([wire.frame(wire.MODULE_REQUEST, name.encode("utf-8"))])
         deadline = time.monotonic() + modules.REQUEST_TIMEOUT
         while True:
@@ -481,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                     options.timeout, options.master_pid)
     sys.stdout = _Forward(worker.send_output, 1)
     sys.stderr = _Forward(worker.send_output, 2)
-    sys.meta_path.append(modules.MasterFinder(worker.ask_module))  # last: local ones win
+    # Last: the worker's own finders always go first; the master is asked only for what
+    # none of them finds and the worker's interpreter is not expected to provide.
+    sys.meta_path.append(modules.MasterFinder(worker.ask_module))
     threading.Thread(target=worker.read_loop, name="pydron-reader", daemon=True).start()
     threading.Thread(target=worker.heartbeat_loop, name="pydron-heartbeat",
                      daemon=True).start()
