@@ -65,6 +65,8 @@ class NativeStep(Step):
                                            # program order, but no barrier for computation
     shared_read: bool = False              # reads globals or cells a sync point could change
     receiver_checks: tuple[int, ...] = ()  # reads that must be builtin values for purity
+    callback_checks: tuple[int, ...] = ()  # reads given to a pure builtin that may call or
+                                           # iterate them: must be inert for purity
     inplace_checks: tuple[int, ...] = ()   # ``x += v`` targets: must be immutable, else sync
     returns: bool = False                  # may execute a ``return``
     signal_vars: tuple[str, ...] = ()      # loop flags it may set (part of writes)

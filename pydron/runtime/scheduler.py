@@ -249,12 +249,17 @@ class Run:
             node.done = True          # after the failure in program order: never runs
             return
         kind = self.classify(node)
+        # A node classified FREE or ORDERED is no sync point itself, so later work need not
+        # wait for it; a loop continuation or a while test stands for the iterations it
+        # will create (which may hold sync points) and stays a possible sync point until
+        # it has finished, parked or not.
+        control = type(node.step) is LoopRun or type(node.step) is _Decide
         if kind == FREE:
-            if node.maysync:
+            if node.maysync and not control:
                 node.maysync = False
             self.run(node)
         elif kind == ORDERED:
-            if node.maysync:
+            if node.maysync and not control:
                 node.maysync = False
             if self._no_earlier_sync(node.tick):
                 self.run(node)
@@ -349,6 +354,9 @@ class Run:
             for i in step.receiver_checks:
                 if type(ins[i].value) not in _BUILTIN_VALUES:
                     return SYNC
+            for i in step.callback_checks:
+                if not purity.is_inert(ins[i].value):
+                    return SYNC
             for i in step.inplace_checks:
                 if not purity.is_immutable(ins[i].value):
                     return SYNC
@@ -371,18 +379,23 @@ class Run:
                 return SYNC
             return FREE if purity.all_immutable(values) else ORDERED
         if t is LoopRun:
-            if step.step.kind == "while" or step.fetch == 2:
+            if step.step.kind == "while" or step.fetch == purity.FETCH_FREE:
                 return FREE
-            if step.fetch == 0:
+            if step.fetch == purity.FETCH_EFFECTS:
                 return SYNC
+            if step.fetch == purity.FETCH_HIDDEN:
+                return ORDERED
             return FREE if step.step.iter_private else ORDERED
         if t is LoopStep:
             if step.kind == "while":
                 return FREE
             value = node.ins[0].value
-            # iter() of a builtin container reads nothing yet: the fetches, ordered on
-            # their own, read the items.
-            return FREE if type(value) in _PLAIN_ITERABLES else SYNC
+            # iter() of a builtin container runs no user code, but the container may still
+            # be changed by an earlier sync point (and a dict or set iterator remembers
+            # its size): start the loop after them, unless nothing can change it.
+            if type(value) in _PLAIN_ITERABLES:
+                return FREE if purity.is_immutable(value) else ORDERED
+            return SYNC
         # IfStep and while tests: evaluating truth may call __bool__ on a user object.
         return FREE if purity.all_immutable([s.value for s in node.ins]) else ORDERED
 
@@ -480,7 +493,7 @@ class Run:
         loop = LoopRun()
         loop.step = step
         loop.it = None
-        loop.fetch = 2
+        loop.fetch = purity.FETCH_FREE
         if step.kind == "for":
             try:
                 _check_bound(node)
@@ -498,7 +511,7 @@ class Run:
         loop.parked = None
         loop.tick = node.tick
         loop.frame = node.frame
-        loop.maysync = step.may_sync or loop.fetch == 0
+        loop.maysync = step.may_sync or loop.fetch == purity.FETCH_EFFECTS
         self._continuation(loop, [])
         self.finish(node)
 
@@ -554,7 +567,8 @@ class Run:
         else:
             self.instantiate(step.test_block, node.tick, env, frame)
             self._control(node.tick + (len(step.test_block.steps),), _Decide(loop), frame,
-                          [env.get(v, _UNBOUND_SLOT) for v in step.test_reads], False)
+                          [env.get(v, _UNBOUND_SLOT) for v in step.test_reads],
+                          loop.maysync)
         self.finish(node)
 
     def _unframe(self, frame: Frame) -> None:

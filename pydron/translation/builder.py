@@ -24,6 +24,7 @@ from pydron.translation.scopes import Scopes
 from pydron.translation.sites import (DYNAMIC, KNOWN_METHODS, MUTATING_METHODS, PURE_METHODS,
                                      SiteFinder, dotted)
 from pydron.translation.accumulators import CHAIN_METHODS
+from pydron.translation.sites import _MISSING as _MISSING_OBJ
 
 _SCOPES = (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _LOOPS = (ast.For, ast.While, ast.AsyncFor)
@@ -46,6 +47,7 @@ class _Native:
     output_only: list[str] = field(default_factory=list)   # sync points that change nothing
     shared_read: bool = False
     receivers: list[str] = field(default_factory=list)
+    callbacks: list[str] = field(default_factory=list)     # must be inert (see purity)
     inplace: list[str] = field(default_factory=list)
     globals_written: set[str] = field(default_factory=set)
     cells_written: set[str] = field(default_factory=set)
@@ -162,8 +164,12 @@ class Builder:
     def is_graph(self, s: ast.stmt) -> bool:
         hit = self._graph_memo.get(id(s))
         if hit is None:
-            hit = self._graph_memo[id(s)] = any(id(n) in self.norm.tags
-                                                for n in _walk_no_scopes(s))
+            # A while loop whose test was lowered keeps the test's statements beside the
+            # loop (they run before every test): only the graph form runs them.
+            tags, pre = self.norm.tags, self.norm.while_pre
+            hit = self._graph_memo[id(s)] = any(
+                id(n) in tags or (type(n) is ast.While and pre.get(id(n)))
+                for n in _walk_no_scopes(s))
             self._keep.append(s)
         return hit
 
@@ -332,6 +338,8 @@ class Builder:
                 if var not in writes:
                     writes.append(var)
         receiver_checks = tuple(reads.index(r) for r in info.receivers if r in reads)
+        callback_checks = tuple(dict.fromkeys(reads.index(r) for r in info.callbacks
+                                              if r in reads))
         inplace_checks = tuple(reads.index(r) for r in info.inplace if r in reads)
         if returns:
             writes = [w for w in writes if w not in (RETURN_FLAG, RETURN_VALUE)] \
@@ -346,11 +354,12 @@ class Builder:
                 + [RETURN_FLAG, RETURN_VALUE]
         step = NativeStep(reads=tuple(reads), writes=tuple(writes), lineno=stmts[0].lineno,
                           may_sync=bool(info.sync_reasons or receiver_checks
-                                        or inplace_checks),
+                                        or inplace_checks or callback_checks),
                           output_only=tuple(dict.fromkeys(info.output_only)),
                           nodes=tuple(stmts),
                           sync_reasons=tuple(dict.fromkeys(info.sync_reasons)),
                           shared_read=info.shared_read, receiver_checks=receiver_checks,
+                          callback_checks=callback_checks,
                           inplace_checks=inplace_checks,
                           returns=returns, signal_vars=tuple(signal_vars))
         self.pending.append((step, "fn", index))
@@ -367,7 +376,8 @@ class Builder:
         reads: dict[str, None] = {}
         writes: dict[str, None] = {}
         for s in stmts:
-            loads, stores, callee_roots, effects, mutated, assigned, signals = self._facts(s)
+            loads, stores, callee_roots, effects, mutated, assigned, signals, unbinds = \
+                self._facts(s)
             for name in loads:
                 if self._slot_name(name):
                     if name not in info.assigned:
@@ -394,7 +404,11 @@ class Builder:
             info.sync_reasons += effects.sync_reasons
             info.output_only += effects.output_only
             info.receivers += effects.receivers
+            info.callbacks += effects.callbacks
             info.inplace += effects.inplace
+            # A name unbound here may have no value at the end: it is returned only if
+            # it still exists (the same check as for names bound on some paths only).
+            info.assigned -= unbinds
             info.assigned |= assigned
             info.signals |= signals
         info.reads = list(reads)
@@ -410,7 +424,7 @@ class Builder:
             mutated: dict[str, None] = {}
             self._effects(found.effect_nodes, effects, mutated)
             facts = (found.loads, found.stores, found.callee_roots, effects, mutated,
-                     found.assigned, found.signals)
+                     found.assigned, found.signals, found.unbinds)
             self._facts_memo[id(s)] = facts
             self._keep.append(s)
         return facts
@@ -443,6 +457,31 @@ class Builder:
             else:
                 info.sync_reasons.append("yield/await")
 
+    def _callback_args(self, call: ast.Call, info: _Native) -> None:
+        """A pure builtin that calls or iterates its arguments is only as pure as they are:
+        ``sorted(xs, key=log)``, ``list(map(print, xs))``, ``",".join(gen)``. Arguments
+        known now are judged now; local variables once their values are known (the step
+        becomes a sync point if one is not inert); anything else makes it a sync point.
+        Lambdas, comprehensions and nested calls are judged by their own calls."""
+        callee = ast.unparse(call.func)
+        for arg in _callback_arg_parts(call):
+            if isinstance(arg, _INERT_EXPRS):
+                continue
+            if isinstance(arg, ast.Name) and self._slot_name(arg.id):
+                info.callbacks.append(arg.id)
+                continue
+            chain = dotted(arg)
+            if chain is not None and not self.finder.is_local(chain[0]):
+                obj = self.finder.resolve(arg)
+                if obj is not _MISSING_OBJ and purity.is_inert(obj):
+                    continue
+            elif isinstance(arg, ast.Attribute) and arg.attr in PURE_METHODS and \
+                    isinstance(arg.value, ast.Name) and self._slot_name(arg.value.id):
+                info.receivers.append(arg.value.id)      # ``max(d, key=d.get)``
+                continue
+            info.sync_reasons.append(f"{callee}() is given {ast.unparse(arg)}, which may "
+                                     f"run code with side effects")
+
     def _call_effect(self, call: ast.Call, info: _Native, writes: dict[str, None]) -> None:
         func = call.func
         if isinstance(func, ast.Attribute) and func.attr in KNOWN_METHODS and \
@@ -454,9 +493,11 @@ class Builder:
                 return
             if func.attr in PURE_METHODS:
                 if isinstance(recv, ast.Constant):
+                    self._callback_args(call, info)
                     return
                 if isinstance(recv, ast.Name) and self._slot_name(recv.id):
                     info.receivers.append(recv.id)
+                    self._callback_args(call, info)
                     return
                 info.sync_reasons.append(f"calls {ast.unparse(func)}() on an object of "
                                          f"unknown type")
@@ -465,6 +506,10 @@ class Builder:
                 info.sync_reasons.append(f"{ast.unparse(func)}() changes a shared object")
                 return
         kind, reason = self.finder.plain_call_kind(call)
+        if kind == purity.PURE:
+            callee = self.finder.resolve(func) if dotted(func) is not None else None
+            if callee is not None and purity.calls_back(callee):
+                self._callback_args(call, info)
         if kind == purity.SYNC:
             if isinstance(func, ast.Name) and self.finder.resolve(func) is print:
                 # print changes no object anybody reads: it must keep its place among the
@@ -472,6 +517,16 @@ class Builder:
                 info.output_only.append("print() writes output, kept in program order")
             else:
                 info.sync_reasons.append(reason)
+
+
+def _callback_arg_parts(call: ast.Call) -> list[ast.expr]:
+    return [a.value if isinstance(a, ast.Starred) else a for a in call.args] \
+        + [k.value for k in call.keywords]
+
+
+_INERT_EXPRS = (ast.Constant, ast.Lambda, ast.Call, ast.GeneratorExp, ast.ListComp,
+                ast.SetComp, ast.DictComp, ast.List, ast.Tuple, ast.Set, ast.Dict,
+                ast.JoinedStr, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp)
 
 
 def _is_global_chain(func: ast.Attribute, finder: SiteFinder) -> bool:

@@ -165,7 +165,11 @@ class Compiler:
         return self._add([ast.Return(value=_copy(expr))], list(params), where)
 
     def _add(self, body: list[ast.stmt], params: list[str], where: ast.AST) -> int:
-        fdef = ast.FunctionDef(name=self.name, args=_args(params, {"_pd_U": "_pd_U", "_pd_R": "_pd_R"}),
+        # Each step is defined under a private name inside the factory and renamed after
+        # compiling: a def named like the user's function would bind that name in the
+        # factory, and a step that reads it (recursion, a method calling the global of the
+        # same name) would see the step instead of the global.
+        fdef = ast.FunctionDef(name=_STEP_NAME, args=_args(params, {"_pd_U": "_pd_U", "_pd_R": "_pd_R"}),
                                body=body, decorator_list=[], returns=None, type_comment=None)
         ast.copy_location(fdef, where)
         locate(fdef, where)
@@ -185,7 +189,7 @@ class Compiler:
             body.append(fdef)
             body.append(ast.Expr(ast.Call(
                 func=ast.Attribute(value=_name("_pd_fns"), attr="append", ctx=ast.Load()),
-                args=[_name(fdef.name)], keywords=[])))
+                args=[_name(_STEP_NAME)], keywords=[])))
         body.append(ast.Return(value=_name("_pd_fns")))
         factory = ast.FunctionDef(name="_pd_factory", args=_args(["_pd_U", "_pd_R"], {}),
                                   body=body, decorator_list=[], returns=None,
@@ -195,23 +199,33 @@ class Compiler:
         module = ast.Module(body=[factory], type_ignores=[])
         locate(factory, factory)
         code = compile(module, self.filename, "exec", dont_inherit=True)
-        code = _requalify(code, "_pd_factory.<locals>." + self.name, self.qualname)
+        code = _requalify(code, "_pd_factory.<locals>." + _STEP_NAME, self.qualname,
+                          self.name)
         namespace: dict[str, Any] = {}
         exec(code, self.globals, namespace)
-        return namespace["_pd_factory"](UNBOUND, ReturnSignal)
+        fns = namespace["_pd_factory"](UNBOUND, ReturnSignal)
+        for fn in fns:
+            fn.__name__ = self.name
+        return fns
 
 
-def _requalify(code: types.CodeType, old: str, new: str) -> types.CodeType:
+_STEP_NAME = "_pd_step"
+
+
+def _requalify(code: types.CodeType, old: str, new: str, name: str) -> types.CodeType:
     """Rename qualified names under the factory to what they are in the user's function,
-    so classes and functions defined in a step print and pickle as they would plainly."""
+    so classes and functions defined in a step print and pickle as they would plainly, and
+    give the steps themselves the user's function name (what tracebacks show)."""
     consts = []
     for c in code.co_consts:
         if isinstance(c, types.CodeType):
-            c = _requalify(c, old, new)
+            c = _requalify(c, old, new, name)
         elif isinstance(c, str) and c.startswith(old):
             c = new + c[len(old):]
         consts.append(c)
     changes: dict[str, Any] = {"co_consts": tuple(consts)}
+    if code.co_name == _STEP_NAME:
+        changes["co_name"] = name
     qual = getattr(code, "co_qualname", None)
     if qual is not None and qual.startswith(old):
         changes["co_qualname"] = new + qual[len(old):]

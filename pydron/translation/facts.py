@@ -28,6 +28,7 @@ class StatementFacts:
     effect_nodes: list[ast.AST]      # in no particular order
     signals: set[str]                # "return", "break", "continue"
     assigned: set[str]               # bound on every path through the statement
+    unbinds: set[str]                # may be unbound by it (``del x``, ``except E as x``)
 
 
 def scan(s: ast.stmt) -> StatementFacts:
@@ -38,6 +39,7 @@ def scan(s: ast.stmt) -> StatementFacts:
     callee_ids: set[int] = set()
     roots: set[str] = set()
     other: set[str] = set()
+    unbinds: set[str] = set()
     # (node, nested scope depth, comprehension depth, loop depth, runs now)
     stack: list[tuple[ast.AST, int, int, int, bool]] = [(s, 0, 0, 0, True)]
     push = stack.append
@@ -49,6 +51,8 @@ def scan(s: ast.stmt) -> StatementFacts:
                 loads[node.id] = None
             elif fdepth == 0 and cdepth == 0:
                 stores[node.id] = None
+                if type(node.ctx) is ast.Del:
+                    unbinds.add(node.id)
             if id(node) not in callee_ids:
                 other.add(node.id)
             continue
@@ -120,6 +124,7 @@ def scan(s: ast.stmt) -> StatementFacts:
         elif t is ast.ExceptHandler:
             if node.name and fdepth == 0 and cdepth == 0:
                 stores[node.name] = None
+                unbinds.add(node.name)      # Python deletes it at the handler's end
         elif t is ast.MatchAs or t is ast.MatchStar:
             if node.name and fdepth == 0:
                 stores[node.name] = None
@@ -130,7 +135,7 @@ def scan(s: ast.stmt) -> StatementFacts:
             push((child, fdepth, cdepth, ldepth, live))
     return StatementFacts(loads=loads, stores=stores, callee_roots=roots - other,
                           effect_nodes=effects, signals=signals,
-                          assigned=definitely_assigned(s))
+                          assigned=definitely_assigned(s), unbinds=unbinds)
 
 
 def definitely_assigned(s: ast.stmt) -> set[str]:

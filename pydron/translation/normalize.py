@@ -36,10 +36,15 @@ class Normalizer:
 
     def __init__(self, finder: SiteFinder) -> None:
         self.finder = finder
+        # Keyed by id(): every node whose id is a key is kept alive (in ``_keep`` or in the
+        # memo's value), because a node freed by a fallback would hand its id, and so its
+        # tag, to whatever node is allocated at that address next.
         self.tags: dict[int, tuple[str, object]] = {}
         self.while_pre: dict[int, list[ast.stmt]] = {}
         self._counter = 0
-        self._memo: dict[int, bool] = {}
+        self._memo: dict[int, tuple[ast.AST, bool]] = {}
+        self._keep: list[ast.AST] = []
+        self._maps: dict[int, tuple[ast.Call, ast.GeneratorExp]] = {}
         self._unstable: Optional[frozenset[str]] = frozenset()
         self._statement: Optional[ast.stmt] = None
 
@@ -50,11 +55,12 @@ class Normalizer:
     # -- finding sites -----------------------------------------------------------------
     def has_site(self, node: ast.AST) -> bool:
         """Does evaluating ``node`` (not the bodies of nested scopes) call a dispatch site?"""
-        key = id(node)
-        hit = self._memo.get(key)
-        if hit is None:
-            hit = self._memo[key] = self._scan(node)
-        return hit
+        entry = self._memo.get(id(node))
+        if entry is None:
+            hit = self._scan(node)
+            self._memo[id(node)] = (node, hit)
+            return hit
+        return entry[1]
 
     def _scan(self, node: ast.AST) -> bool:
         if isinstance(node, _SCOPE_NODES) or isinstance(node, _OPAQUE_STMTS):
@@ -72,11 +78,55 @@ class Normalizer:
         if isinstance(node, ast.Call):
             if id(node) in self.tags or self.finder.site(node) is not None:
                 return True
-            if self.finder.eager_consumer(node):
-                gen = node.args[0]
-                if any(self.has_site(p) for p in _comp_parts(gen)):
-                    return True
+            gen = self._eager_generator(node)
+            if gen is not None and any(self.has_site(p) for p in _comp_parts(gen)):
+                return True
         return any(self.has_site(child) for child in ast.iter_child_nodes(node))
+
+    def _eager_generator(self, call: ast.Call) -> Optional[ast.GeneratorExp]:
+        """The generator an eager consumer exhausts at once: ``sum(f(x) for x in xs)``'s
+        own, or ``list(map(f, xs))`` read as ``list(f(x) for x in xs)`` (``map`` over
+        several iterables as a generator over ``zip`` of them, which stops where ``map``
+        stops). None when ``call`` is not such a consumer."""
+        if self.finder.eager_consumer(call):
+            return call.args[0]
+        if len(call.args) != 1 or call.keywords or not isinstance(call.func, ast.Name):
+            return None
+        inner = call.args[0]
+        if not (isinstance(inner, ast.Call) and len(inner.args) >= 2 and not inner.keywords
+                and not any(isinstance(a, ast.Starred) for a in inner.args)
+                and isinstance(inner.func, ast.Name)):
+            return None
+        cached = self._maps.get(id(inner))
+        if cached is not None:
+            return cached[1]
+        if not self.finder.consumes_eagerly(call.func):
+            return None
+        import builtins
+        if self.finder.resolve(inner.func) is not builtins.map:
+            return None
+        fn, iterables = inner.args[0], inner.args[1:]
+        if not isinstance(fn, ast.Name):
+            return None
+        if len(iterables) > 1 and self.finder.resolve(ast.Name(id="zip", ctx=ast.Load())) \
+                is not builtins.zip:
+            return None
+        names = [self.tmp("m") for _ in iterables]
+        probe = ast.Call(func=fn, args=[_name(n) for n in names], keywords=[])
+        if self.finder.site(probe) is None:
+            return None          # not a function that may be @functional: leave map alone
+        if len(iterables) == 1:
+            target: ast.expr = ast.Name(id=names[0], ctx=ast.Store())
+            source = iterables[0]
+        else:
+            target = ast.Tuple(elts=[ast.Name(id=n, ctx=ast.Store()) for n in names],
+                               ctx=ast.Store())
+            source = ast.Call(func=_name("zip"), args=list(iterables), keywords=[])
+        gen = ast.GeneratorExp(elt=probe, generators=[ast.comprehension(
+            target=target, iter=source, ifs=[], is_async=0)])
+        _locate(gen, inner)
+        self._maps[id(inner)] = (inner, gen)
+        return gen
 
     def _captures_locals(self, comp: ast.expr) -> bool:
         """Does the comprehension read a local of the function (other than through its
@@ -109,6 +159,9 @@ class Normalizer:
         if not self.has_site(s):
             return [s]
         saved = self._counter
+        # A comprehension lowered into a loop normalizes its own statements: the walrus
+        # targets of the statement around it must still count afterwards.
+        outer = (self._statement, self._unstable)
         self._statement = s
         self._unstable = None
         try:
@@ -116,6 +169,8 @@ class Normalizer:
         except _Fallback:
             self._counter = saved
             return [s]
+        finally:
+            self._statement, self._unstable = outer
         for new in result:
             _locate(new, s)
         return result
@@ -273,15 +328,29 @@ class Normalizer:
             pre, (value,) = self.children([e.value])
             return pre, ast.Starred(value=value, ctx=ast.Load())
         if isinstance(e, ast.JoinedStr):
+            # Python evaluates each value, then its format spec, left to right: the specs
+            # are operands too, so a call in a spec keeps its place among the others.
             formatted = [v for v in e.values if isinstance(v, ast.FormattedValue)]
-            if any(v.format_spec is not None and self.has_site(v.format_spec)
-                   for v in formatted):
-                raise _Fallback
-            pre, done = self.children([v.value for v in formatted])
+            parts: list[ast.expr] = []
+            for v in formatted:
+                parts.append(v.value)
+                if v.format_spec is not None:
+                    parts.append(v.format_spec)
+            pre, done = self.children(parts)
             it = iter(done)
-            values = [ast.FormattedValue(value=next(it), conversion=v.conversion,
-                                         format_spec=v.format_spec)
-                      if isinstance(v, ast.FormattedValue) else v for v in e.values]
+            values = []
+            for v in e.values:
+                if not isinstance(v, ast.FormattedValue):
+                    values.append(v)
+                    continue
+                value = next(it)
+                spec = next(it) if v.format_spec is not None else None
+                if spec is not None and not isinstance(spec, ast.JoinedStr):
+                    # a spec computed into a temporary: a spec holding just that string
+                    spec = ast.JoinedStr(values=[ast.FormattedValue(
+                        value=spec, conversion=-1, format_spec=None)])
+                values.append(ast.FormattedValue(value=value, conversion=v.conversion,
+                                                 format_spec=spec))
             return pre, ast.JoinedStr(values=values)
         if isinstance(e, ast.NamedExpr):
             pre, value = self.expr(e.value)
@@ -319,8 +388,8 @@ class Normalizer:
     def _call(self, e: ast.Call, top: bool) -> tuple[list[ast.stmt], ast.expr]:
         site = self.finder.site(e)
         if site is None:
-            if self.finder.eager_consumer(e):
-                gen = e.args[0]
+            gen = self._eager_generator(e)
+            if gen is not None:
                 comp = ast.ListComp(elt=gen.elt, generators=gen.generators)
                 ast.copy_location(comp, gen)
                 e = ast.Call(func=e.func, args=[comp], keywords=e.keywords)
@@ -353,7 +422,8 @@ class Normalizer:
             done.insert(0, e.func)
         call = self._rebuild_call(e, done)
         self.tags[id(call)] = site
-        self._memo[id(call)] = True
+        self._keep.append(call)
+        self._memo[id(call)] = (call, True)
         if top:
             return pre, call
         t = self.tmp()

@@ -19,17 +19,7 @@ DYNAMIC = "dynamic"
 
 # Methods of the builtin types: a call to one of these is never a functional call, so it
 # stays in plain code. Those that only read are pure when the receiver is a builtin value.
-PURE_METHODS = frozenset({
-    "get", "keys", "values", "items", "copy", "index", "count", "join", "split", "rsplit",
-    "splitlines", "strip", "lstrip", "rstrip", "replace", "format", "format_map",
-    "startswith", "endswith", "lower", "upper", "title", "capitalize", "casefold", "swapcase",
-    "find", "rfind", "rindex", "encode", "decode", "isdigit", "isalpha", "isalnum",
-    "isspace", "isupper", "islower", "isdecimal", "isnumeric", "isidentifier", "zfill",
-    "center", "ljust", "rjust", "partition", "rpartition", "expandtabs", "translate",
-    "removeprefix", "removesuffix", "hex", "bit_length", "bit_count", "conjugate",
-    "is_integer", "as_integer_ratio", "union", "intersection", "difference",
-    "symmetric_difference", "issubset", "issuperset", "isdisjoint", "fromkeys",
-})
+PURE_METHODS = purity.PURE_METHOD_NAMES
 MUTATING_METHODS = frozenset({
     "append", "extend", "insert", "pop", "remove", "clear", "add", "update", "discard",
     "setdefault", "sort", "reverse", "popitem", "difference_update",
@@ -137,9 +127,13 @@ class SiteFinder:
         """``sum(f(x) for x in xs)`` and friends: the generator may become a list."""
         if len(call.args) != 1 or not isinstance(call.args[0], ast.GeneratorExp):
             return False
-        if not isinstance(call.func, ast.Name):
+        return self.consumes_eagerly(call.func)
+
+    def consumes_eagerly(self, func: ast.expr) -> bool:
+        """Is ``func`` a builtin that exhausts the iterable it is given (``list``, ``sum``)?"""
+        if not isinstance(func, ast.Name):
             return False
-        obj = self.resolve(call.func)
+        obj = self.resolve(func)
         return any(obj is c for c in EAGER_CONSUMERS)
 
 
