@@ -37,6 +37,9 @@ def explain(func: Callable[..., Any]) -> str:
         lines.append(f"  {lineno:4d} | {text}")
         for note in dict.fromkeys(notes[lineno]):
             lines.append(f"       -> {note}")
+    lines.append("  note: on worker processes (multicore, ssh, cloud) arguments and results "
+                 "are copies: a functional that returns its argument returns an equal object, "
+                 "not the same one")
     return "\n".join(lines) + "\n"
 
 
@@ -59,6 +62,11 @@ def _walk(block: Block, notes: dict[int, list[str]]) -> None:
                 names = ", ".join(step.reads[i] for i in step.inplace_checks)
                 add(f"'+=' and friends on {names}: a plain update for numbers, strings and "
                     f"tuples; a sync point if it holds a mutable object (changed in place)")
+            if step.callback_checks:
+                names = ", ".join(step.reads[i] for i in step.callback_checks)
+                add(f"{names} given to a builtin that calls or iterates it: plain code if it "
+                    f"is a value, a pure or @functional callable or a read-only iterator, "
+                    f"else a sync point")
             if step.receiver_checks:
                 names = ", ".join(step.reads[i] for i in step.receiver_checks)
                 add(f"method calls on {names}: plain code if it is a builtin str, list, dict "
@@ -84,7 +92,11 @@ def _loop_note(step: LoopStep) -> str:
         base = (f"for loop: iterations start one after another, because the body may {what} "
                 f"(the next item waits for that decision); calls inside still overlap")
     else:
-        base = "for loop: iterations run concurrently (a bounded window of them at a time)"
+        base = ("for loop: iterations run concurrently (a bounded window of them at a time) "
+                "over a builtin container, a range, a file or a generator that only reads; "
+                "over an iterator whose next() may have side effects (a generator that "
+                "prints or changes state, a user-defined iterator) each item is fetched as a "
+                "sync point, after the earlier iterations' work")
     carried = [v for v in step.body.reads if v in step.body.writes and not v.startswith("_pd_")
                and v != step.item]
     if carried:
