@@ -17,24 +17,37 @@ Without a file, Pydron uses every local core (see :func:`default_config`).
 
 Worker types are described by the table :data:`WORKER_TYPES`: a new kind of worker is one
 entry there (its allowed keys with their checks, and how many calls it runs at once).
+
+Files written for the original Pydron keep working: its key names are accepted as
+aliases of today's keys (``imageid`` for ``image``, ``"provider": "ec2_us_east"`` for
+``"ec2"`` in ``us-east-1`` ...), and the secrets it let users write into the file (an SSH
+``password``, a cloud ``accesskey``) are accepted with a warning, once per file and key,
+on the ``pydron.config`` logger.
 """
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 import pathlib
 import re
+import stat
+import threading
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pydron.errors import ConfigError
 
 __all__ = [
     "Config", "WorkerSpec", "WorkerType", "WORKER_TYPES", "ENV_VAR", "SYSTEM_CONF",
+    "ConfigProblem", "LEGACY_EC2_PROVIDERS", "SECRET_OPTIONS",
     "candidate_paths", "find_config_path", "load_config", "parse_config", "default_config",
     "local_cores",
 ]
+
+_log = logging.getLogger("pydron.config")
 
 ENV_VAR = "PYDRON_CONF"
 FILE_NAME = "pydron.conf"
@@ -59,6 +72,22 @@ class WorkerSpec:
     def __post_init__(self) -> None:
         # Frozen means frozen: a caller must not be able to change options behind our back.
         object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
+
+    def __repr__(self) -> str:
+        # A spec ends up in logs and tracebacks: never with a password or access key in it.
+        shown = {k: ("***" if k in SECRET_OPTIONS and "env" not in _keys_of(v)
+                     and "file" not in _keys_of(v) else v)
+                 for k, v in self.options.items()}
+        return f"WorkerSpec(type={self.type!r}, count={self.count!r}, options={shown!r})"
+
+
+SECRET_OPTIONS = frozenset({"password", "credentials"})
+"""Option keys whose value may be a secret (``credentials`` only in its inline form, which
+the original Pydron's ``accesskeyid``/``accesskey`` become): masked in ``repr``."""
+
+
+def _keys_of(value: object) -> set[str]:
+    return set(value) if isinstance(value, Mapping) else set()
 
 
 @dataclass(frozen=True)
@@ -106,16 +135,36 @@ def default_config() -> Config:
 
 
 class _Invalid(Exception):
-    """Raised by a check; turned into a ConfigError once file and key path are known."""
+    """Raised by a check; turned into a problem once file and key path are known.
 
-    def __init__(self, expected: str, found: str | None = None) -> None:
+    ``hint`` is appended to what was found, e.g. ``(did you mean "multicore"?)``."""
+
+    def __init__(self, expected: str, found: str | None = None, hint: str = "") -> None:
         super().__init__(expected)
         self.expected = expected
         self.found = found
+        self.hint = hint
 
 
 Check = Callable[[object], object]
 """A value check: returns the (possibly normalised) value or raises ``_Invalid``."""
+
+
+def _did_you_mean(word: object, choices: Iterable[str],
+                  rename: Mapping[str, str] | None = None) -> str:
+    """`` (did you mean "x"?)`` for the choice closest to a mistyped word, else ``""``.
+
+    A typo should cost the user one glance, not a trip to the documentation; difflib's
+    ratio (cutoff 0.6) finds "max_retry" -> "max_retries" but suggests nothing for words
+    that merely share a letter or two. ``rename`` maps an old name to the one to suggest
+    instead (so a typo of "imageid" suggests today's "image")."""
+    if not isinstance(word, str):
+        return ""
+    found = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    if not found:
+        return ""
+    best = (rename or {}).get(found[0], found[0])
+    return f' (did you mean "{best}"?)'
 
 
 def _int_at_least(minimum: int) -> Check:
@@ -146,7 +195,7 @@ def _bool(value: object) -> bool:
 def _one_of(*choices: str) -> Check:
     def check(value: object) -> str:
         if value not in choices:
-            raise _Invalid(f"one of {_quoted(choices)}")
+            raise _Invalid(f"one of {_quoted(choices)}", hint=_did_you_mean(value, choices))
         return value  # type: ignore[return-value]
     return check
 
@@ -173,12 +222,34 @@ def _strings(value: object) -> object:
     raise _Invalid("a non-empty string or an array of them")
 
 
+def _port_range(value: object) -> object:
+    """The original Pydron's ``data_ports``: ``"10000-10010"``, a port, or an array of
+    ports. Checked (a typo there is still a typo) although nothing uses it any more."""
+    expected = 'a port range such as "10000-10010", a port number, or an array of them'
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value)
+        if match and 1 <= int(match.group(1)) <= int(match.group(2)) <= 65535:
+            return value
+        if value.strip().isdigit() and 0 <= int(value) <= 65535:
+            return value
+        raise _Invalid(expected)
+    if isinstance(value, list) and value and all(
+            not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= 65535 for v in value):
+        return tuple(value)
+    if not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= 65535:
+        return value
+    raise _Invalid(expected)
+
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _credentials(value: object) -> object:
     """Where cloud credentials come from -- never the secrets themselves: pydron.conf is
-    often shared or committed, so it may only name environment variables or a file."""
+    often shared or committed, so it may only name environment variables or a file.
+    (The original Pydron's ``accesskeyid``/``accesskey`` do hold secrets; they are
+    accepted for compatibility, with a warning, and become ``{"inline": ...}`` here, a
+    form that cannot be written as ``credentials`` directly.)"""
     expected = ('{"env": {"key": "ENV_VAR", ...}} or {"file": "/path"} '
                 '(optionally with "profile")')
     if not isinstance(value, Mapping) or not value:
@@ -207,6 +278,58 @@ def _scalars(value: object) -> object:
     return types.MappingProxyType(dict(value))
 
 
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a configuration: where (``source``, ``path``), what was
+    ``expected`` and what was ``found``. A :class:`ConfigError` raised by
+    :func:`parse_config` carries all of them in its ``problems`` attribute."""
+
+    source: str
+    path: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.path}: expected {self.expected}, found {self.found}"
+
+
+class _Problems:
+    """Every problem of one configuration, collected so that one ConfigError lists them
+    all: fixing a file one error per run is tedious, and the second mistake is often
+    the first one's twin."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[ConfigProblem] = []
+        # Inline secrets and ignored old keys seen; reported once the file is accepted.
+        self.secrets: list[tuple[str, str, str]] = []
+        self.ignored: list[tuple[str, str]] = []
+
+    def add(self, path: str, expected: str, found: str) -> None:
+        self.items.append(ConfigProblem(self.source, path, expected, found))
+
+    def check(self, path: str, check: Check, value: object) -> tuple[bool, object]:
+        """``(True, checked value)``, or ``(False, None)`` with the problem recorded."""
+        try:
+            return True, check(value)
+        except _Invalid as bad:
+            found = bad.found if bad.found is not None else _describe(value)
+            self.add(path, bad.expected, found + bad.hint)
+            return False, None
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            error = ConfigError("\n".join(str(p) for p in self.items))
+            error.problems = tuple(self.items)  # type: ignore[attr-defined]
+            raise error
+
+
+# --------------------------------------------------------------------------- worker types
+
+
 @dataclass(frozen=True)
 class WorkerType:
     """How to validate one kind of worker entry.
@@ -215,12 +338,87 @@ class WorkerType:
     number of calls the worker runs at once from the validated keys. ``count`` is not put
     into ``WorkerSpec.options``; every other key is. ``required`` names the keys an entry
     of this type must have.
+
+    The original Pydron documentation's files must keep working, so a type may also
+    accept ``aliases`` (an old key name -> today's key, which gets the value),
+    ``obsolete`` keys (checked, then ignored, with the reason logged) and ``secrets``
+    (keys whose value is a secret written into the file: accepted, with a warning that
+    says who can read it and what to use instead). ``normalise(options, path,
+    problems)`` turns what remains of the old form into today's (e.g. the old
+    ``"provider": "ec2_us_east"`` into ``"ec2"`` plus a region).
     """
 
     keys: Mapping[str, Check]
     count: Callable[[Mapping[str, object]], int]
     required: frozenset[str] = frozenset()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    obsolete: Mapping[str, tuple[Check, str]] = field(default_factory=dict)
+    secrets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    normalise: Callable[[dict[str, object], str, _Problems], dict[str, object]] | None = None
 
+
+LEGACY_EC2_PROVIDERS: dict[str, str] = {
+    "ec2_us_east": "us-east-1",
+    "ec2_us_west": "us-west-1",
+    "ec2_us_west_oregon": "us-west-2",
+    "ec2_eu": "eu-west-1",
+    "ec2_eu_west": "eu-west-1",
+    "ec2_ap_southeast": "ap-southeast-1",
+    "ec2_ap_southeast_2": "ap-southeast-2",
+    "ec2_ap_northeast": "ap-northeast-1",
+    "ec2_sa_east": "sa-east-1",
+}
+"""Provider names of old libcloud releases (one EC2 provider per region), as the original
+Pydron documentation used them (``"provider": "ec2_us_east"``): each means today's
+``"ec2"`` provider in that region. Today's libcloud knows only ``"ec2"``."""
+
+_DATA_PORTS = ("data_ports", (_port_range, "workers now reach the caller through the SSH "
+                              "connection, so no data ports are needed"))
+
+_PASSWORD_ADVICE = ('log in with a key instead: "key_filename" (or ssh-agent), with the '
+                    "public key in the host's ~/.ssh/authorized_keys")
+_ACCESS_KEY_ADVICE = ('name the credentials instead of writing them: "credentials": '
+                      '{"env": {"key": "AWS_ACCESS_KEY_ID", "secret": '
+                      '"AWS_SECRET_ACCESS_KEY"}} or {"file": "~/.aws/credentials"}')
+
+
+def _normalise_cloud(options: dict[str, object], path: str,
+                     problems: _Problems) -> dict[str, object]:
+    """The original Pydron's cloud keys in today's form: a per-region EC2 provider name
+    becomes ``"ec2"`` plus ``region``; ``accesskeyid``/``accesskey`` become inline
+    credentials (their warning is issued by the caller)."""
+    provider = options.get("provider")
+    if isinstance(provider, str) and provider in LEGACY_EC2_PROVIDERS:
+        region = LEGACY_EC2_PROVIDERS[provider]
+        if options.get("region", region) != region:
+            problems.add(f"{path}.region",
+                         f'"{region}" or no region (provider "{provider}" means EC2 in '
+                         f"{region})", _describe(options["region"]))
+        options["provider"] = "ec2"
+        options["region"] = region
+    key_id, secret = options.pop("accesskeyid", None), options.pop("accesskey", None)
+    if key_id is not None or secret is not None:
+        if "credentials" in options:
+            problems.add(f"{path}.credentials",
+                         'either "credentials" or the old "accesskeyid" and "accesskey"',
+                         "both")
+        elif key_id is None or secret is None:
+            missing = "accesskeyid" if key_id is None else "accesskey"
+            problems.add(f"{path}.{missing}",
+                         'a value ("accesskeyid" and "accesskey" go together)',
+                         "nothing (the key is missing)")
+        else:
+            options["credentials"] = types.MappingProxyType({
+                "inline": types.MappingProxyType({"key": key_id, "secret": secret})})
+    return options
+
+
+_SSH_KEYS: dict[str, Check] = {
+    "hostname": _string, "port": _port, "username": _string, "password": _string,
+    "key_filename": _string, "python": _string, "tmp_dir": _string,
+    "cores": _positive_int, "host_key": _one_of("known_hosts", "accept-new"),
+    "known_hosts": _string, "required": _bool,
+}
 
 WORKER_TYPES: dict[str, WorkerType] = {
     # In-process threads: good for functional calls that release the GIL (numpy, I/O).
@@ -232,27 +430,33 @@ WORKER_TYPES: dict[str, WorkerType] = {
     "inline": WorkerType(keys={}, count=lambda entry: 1),
     # Worker processes on another host over SSH (pydron.backend.ssh): `cores` of them.
     "ssh": WorkerType(
-        keys={"hostname": _string, "port": _port, "username": _string,
-              "key_filename": _string, "python": _string, "tmp_dir": _string,
-              "cores": _positive_int, "host_key": _one_of("known_hosts", "accept-new"),
-              "known_hosts": _string, "required": _bool},
+        keys=_SSH_KEYS,
         count=lambda entry: int(entry.get("cores", 1)),  # type: ignore[call-overload]
         required=frozenset({"hostname"}),
+        obsolete=dict([_DATA_PORTS]),
+        secrets={"password": ("a password", _PASSWORD_ADVICE)},
     ),
     # Instances Pydron creates with libcloud (pydron.backend.cloud), then used as ssh hosts.
     # `count` is the number of instances here; the capacity is count * cores (use
     # pydron.backend.cloud.entry_of(spec) to get the entry back with its count).
     "cloud": WorkerType(
         keys={"provider": _string, "region": _string, "image": _string, "size": _string,
-              "key_name": _string, "key_filename": _string, "security_group": _strings,
+              "key_name": _string, "key_filename": _string, "public_key": _string,
+              "security_group": _strings,
               "count": _positive_int, "cores": _positive_int, "idle_timeout": _seconds,
               "ready_timeout": _seconds, "credentials": _credentials,
+              "accesskeyid": _string, "accesskey": _string,
               "driver_options": _scalars, "port": _port, "username": _string,
               "python": _string, "tmp_dir": _string,
               "host_key": _one_of("known_hosts", "accept-new"), "known_hosts": _string},
         count=lambda entry: (int(entry.get("count", 1))  # type: ignore[call-overload]
                              * int(entry.get("cores", 1))),  # type: ignore[call-overload]
         required=frozenset({"provider", "image", "size"}),
+        aliases={"imageid": "image", "sizeid": "size", "privatekey": "key_filename",
+                 "publickey": "public_key"},
+        obsolete=dict([_DATA_PORTS]),
+        secrets={"accesskey": ("a secret access key", _ACCESS_KEY_ADVICE)},
+        normalise=_normalise_cloud,
     ),
     # Worker processes on this machine, one call at a time each: CPU-bound Python code.
     "multicore": WorkerType(
@@ -286,20 +490,47 @@ def _describe(value: object) -> str:
     return text
 
 
-def _error(source: str, path: str, expected: str, found: str) -> ConfigError:
-    return ConfigError(f"{source}: {path}: expected {expected}, found {found}")
-
-
 def _quoted(names: object) -> str:
     return ", ".join(f'"{n}"' for n in sorted(names))  # type: ignore[call-overload]
 
 
-def _check(source: str, path: str, check: Check, value: object) -> object:
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _once(source: str, path: str) -> bool:
+    """True the first time (source, key path) is seen in this process."""
+    with _warned_lock:
+        if (source, path) in _warned:
+            return False
+        _warned.add((source, path))
+        return True
+
+
+def _report_secrets(problems: _Problems) -> None:
+    """Warn, once per file and key, about secrets written into the configuration.
+
+    They are accepted because the original Pydron documented them, but a pydron.conf is
+    often shared, committed or backed up: whoever can read the file has the password,
+    so the warning says so, and says what to use instead."""
+    source = problems.source
+    readable = ""
     try:
-        return check(value)
-    except _Invalid as bad:
-        raise _error(source, path, bad.expected,
-                     bad.found if bad.found is not None else _describe(value)) from None
+        mode = os.stat(source).st_mode
+    except (OSError, ValueError):
+        where = "the code or file it comes from"
+    else:
+        where = f"the file {source}"
+        if mode & 0o044:
+            readable = f" (and its mode {stat.S_IMODE(mode):o} lets other users read it)"
+    for path, what, advice in problems.secrets:
+        if _once(source, path):
+            _log.warning("%s: %s: %s is written in the configuration, so anyone who can "
+                         "read %s can read it%s; %s", source, path, what, where, readable,
+                         advice)
+    for path, reason in problems.ignored:
+        if _once(source, path):
+            _log.info("%s: %s is ignored: %s", source, path, reason)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -312,60 +543,109 @@ def parse_config(data: object, source: str = "<dict>") -> Config:
     a dict written in code exactly as strictly as a file. ``source`` prefixes every error.
     A missing ``workers`` key means the default workers, so that a file may set only
     ``max_retries`` or ``window``.
+
+    Every problem is collected before anything is raised: the :class:`ConfigError` lists
+    them all, one per line (``source: key path: expected ..., found ...``), and carries
+    them as ``ConfigProblem`` objects in its ``problems`` attribute. A mistyped key is
+    answered with the closest valid one ("did you mean ...?").
     """
+    problems = _Problems(source)
     if not isinstance(data, Mapping):
-        raise _error(source, "top level", "a JSON object", _describe(data))
+        problems.add("top level", "a JSON object", _describe(data))
+        problems.raise_if_any()
+        raise AssertionError("unreachable")  # for type checkers
     for key in data:
         if key not in _TOP_LEVEL:
-            raise _error(source, "top level", f"only the keys {_quoted(_TOP_LEVEL)}",
-                         f'unknown key "{key}"')
+            problems.add("top level", f"only the keys {_quoted(_TOP_LEVEL)}",
+                         f'unknown key "{key}"' + _did_you_mean(key, _TOP_LEVEL))
 
-    if "workers" in data:
-        workers = _parse_workers(data["workers"], source)
-    else:
-        workers = default_config().workers
-    max_retries = 3
+    workers = (_parse_workers(data["workers"], problems) if "workers" in data
+               else default_config().workers)
+    max_retries: object = 3
     if "max_retries" in data:
-        max_retries = _check(source, "max_retries", _TOP_LEVEL["max_retries"],
-                             data["max_retries"])  # type: ignore[assignment]
+        max_retries = problems.check("max_retries", _TOP_LEVEL["max_retries"],
+                                     data["max_retries"])[1]
     window = None
     if "window" in data:
-        window = _check(source, "window", _TOP_LEVEL["window"], data["window"])
-    return Config(workers=workers, source=source, max_retries=max_retries,
+        window = problems.check("window", _TOP_LEVEL["window"], data["window"])[1]
+    problems.raise_if_any()
+    _report_secrets(problems)
+    return Config(workers=workers, source=source, max_retries=max_retries,  # type: ignore[arg-type]
                   window=window)  # type: ignore[arg-type]
 
 
-def _parse_workers(value: object, source: str) -> tuple[WorkerSpec, ...]:
+def _parse_workers(value: object, problems: _Problems) -> tuple[WorkerSpec, ...]:
     if not isinstance(value, list) or not value:
-        raise _error(source, "workers", "a non-empty array of worker entries",
-                     _describe(value))
-    return tuple(_parse_worker(entry, source, f"workers[{i}]")
-                 for i, entry in enumerate(value))
+        problems.add("workers", "a non-empty array of worker entries", _describe(value))
+        return ()
+    specs = (_parse_worker(entry, f"workers[{i}]", problems) for i, entry in enumerate(value))
+    return tuple(spec for spec in specs if spec is not None)
 
 
-def _parse_worker(entry: object, source: str, path: str) -> WorkerSpec:
+def _parse_worker(entry: object, path: str, problems: _Problems) -> WorkerSpec | None:
+    """One worker entry, or None if it is too broken to say more about (its problems
+    are recorded either way)."""
     if not isinstance(entry, Mapping):
-        raise _error(source, path, 'an object such as {"type": "threads"}', _describe(entry))
+        problems.add(path, 'an object such as {"type": "threads"}', _describe(entry))
+        return None
     if "type" not in entry:
-        raise _error(source, f"{path}.type", f"a worker type ({_quoted(WORKER_TYPES)})",
-                     "nothing (the key is missing)")
+        found = "nothing (the key is missing)"
+        for key in entry:  # {"typ": "ssh"}: say which key was surely meant as the type
+            if isinstance(key, str) and _did_you_mean(key, ["type"]):
+                found += f', but the unknown key "{key}" (did you mean "type"?)'
+                break
+        problems.add(f"{path}.type", f"a worker type ({_quoted(WORKER_TYPES)})", found)
+        return None
     kind = entry["type"]
     if not isinstance(kind, str) or kind not in WORKER_TYPES:
-        raise _error(source, f"{path}.type", f"one of {_quoted(WORKER_TYPES)}", _describe(kind))
+        problems.add(f"{path}.type", f"one of {_quoted(WORKER_TYPES)}",
+                     _describe(kind) + _did_you_mean(kind, WORKER_TYPES))
+        return None
     spec = WORKER_TYPES[kind]
 
     checked: dict[str, object] = {}
+    written: dict[str, str] = {}  # today's key -> the key as written in the entry
+    broken = False
     for key, value in entry.items():
         if key == "type":
             continue
-        if key not in spec.keys:
+        new = spec.aliases.get(key, key)
+        if new in spec.keys:
+            if new in written:
+                old, current = (key, new) if key != new else (written[new], new)
+                problems.add(f"{path}.{key}",
+                             f'either "{current}" or its old name "{old}", not both',
+                             "both")
+                broken = True
+                continue
+            written[new] = key
+            ok, checked_value = problems.check(f"{path}.{key}", spec.keys[new], value)
+            if ok:
+                checked[new] = checked_value
+            else:
+                broken = True
+            if key in spec.secrets:
+                what, advice = spec.secrets[key]
+                problems.secrets.append((f"{path}.{key}", what, advice))
+        elif key in spec.obsolete:
+            check, reason = spec.obsolete[key]
+            if not problems.check(f"{path}.{key}", check, value)[0]:
+                broken = True
+            problems.ignored.append((f"{path}.{key}", reason))
+        else:
             allowed = f"only the keys {_quoted(['type', *spec.keys])}"
-            raise _error(source, path, f'{allowed} for type "{kind}"', f'unknown key "{key}"')
-        checked[key] = _check(source, f"{path}.{key}", spec.keys[key], value)
-    for key in sorted(spec.required - set(checked)):
-        raise _error(source, f"{path}.{key}", f'a value (required for type "{kind}")',
+            hint = _did_you_mean(key, ["type", *spec.keys, *spec.aliases, *spec.obsolete],
+                                 spec.aliases)
+            problems.add(path, f'{allowed} for type "{kind}"', f'unknown key "{key}"' + hint)
+            broken = True
+    for key in sorted(spec.required - set(written)):
+        problems.add(f"{path}.{key}", f'a value (required for type "{kind}")',
                      "nothing (the key is missing)")
-
+        broken = True
+    if broken:
+        return None
+    if spec.normalise is not None:
+        checked = spec.normalise(checked, path, problems)
     count = spec.count(checked)
     options = {k: v for k, v in checked.items() if k != "count"}
     return WorkerSpec(kind, count, options)

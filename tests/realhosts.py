@@ -212,6 +212,7 @@ class SSHServer:
     tag: str = "sshd"
     prefix: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    extra_config: str = ""  # appended to the sshd_config (e.g. a Match block)
 
     def config_path(self) -> Path:
         return self.workdir / f"{self.tag}_config"
@@ -228,7 +229,8 @@ class SSHServer:
         listen = "\n".join(f"ListenAddress {a}" for a in self.addresses)
         self.config_path().write_text(_SSHD_CONFIG.format(
             port=self.port, listen=listen, host_key=self.keys["host"],
-            pidfile=self.workdir / f"{self.tag}.pid", authorized=self.keys["authorized_keys"]))
+            pidfile=self.workdir / f"{self.tag}.pid", authorized=self.keys["authorized_keys"])
+            + self.extra_config)
         check = subprocess.run([SSHD, "-t", "-f", str(self.config_path())],
                                capture_output=True, text=True)
         if check.returncode != 0:

@@ -166,9 +166,11 @@ def test_every_accepted_key_is_documented():
     keys = set(config._TOP_LEVEL)
     for kind, spec in config.WORKER_TYPES.items():
         assert f'"type": "{kind}"' in docs
-        keys |= set(spec.keys)
+        keys |= set(spec.keys) | set(spec.aliases) | set(spec.obsolete)
     for key in keys:
         assert f"| `{key}` |" in docs, key
+    for old in config.LEGACY_EC2_PROVIDERS:
+        assert f"`{old}`" in docs, old
 
 
 # --------------------------------------------------------------------------- invalid content
@@ -250,8 +252,48 @@ def test_top_level_not_an_object(tmp_path, content, found):
 
 
 def test_unknown_top_level_key(tmp_path):
-    check_error(tmp_path, {"worker": []}, "top level", 'unknown key "worker"',
-                'only the keys "max_retries", "window", "workers"')
+    message = check_error(tmp_path, {"worker": []}, "top level", 'unknown key "worker"',
+                          'only the keys "max_retries", "window", "workers"')
+    assert message.endswith('found unknown key "worker" (did you mean "workers"?)')
+
+
+@pytest.mark.parametrize("content, path, suggestion", [
+    ({"max_retry": 2}, "top level", "max_retries"),
+    ({"windows": 8}, "top level", "window"),
+    ({"workers": [{"type": "threads", "cout": 2}]}, "workers[0]", "count"),
+    ({"workers": [{"type": "multicore", "core": 2}]}, "workers[0]", "cores"),
+    ({"workers": [{"typ": "threads"}, {"type": "threads"}]}, "workers[0].type", "type"),
+    ({"workers": [{"type": "thread"}]}, "workers[0].type", "threads"),
+])
+def test_a_mistyped_key_or_type_gets_the_closest_valid_one(tmp_path, content, path, suggestion):
+    path_ = write(tmp_path / "pydron.conf", content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path_)
+    message = str(info.value)
+    assert f"{path_}: {path}: expected " in message, message
+    assert message.endswith(f'(did you mean "{suggestion}"?)'), message
+
+
+def test_no_suggestion_when_nothing_is_close(tmp_path):
+    message = check_error(tmp_path, {"workers": [{"type": "threads", "zzz": 1}]},
+                          "workers[0]", 'unknown key "zzz"', "only the keys")
+    assert "did you mean" not in message
+
+
+def test_every_problem_is_listed_in_one_error(tmp_path):
+    path = write(tmp_path / "pydron.conf", {
+        "workers": [{"type": "threads", "count": "four"}, {"type": "inline", "count": 2}],
+        "max_retries": -1, "windw": 3})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).splitlines() == [
+        f'{path}: top level: expected only the keys "max_retries", "window", "workers", '
+        'found unknown key "windw" (did you mean "window"?)',
+        f'{path}: workers[0].count: expected an integer >= 1, found "four"',
+        f'{path}: workers[1]: expected only the keys "type" for type "inline", found '
+        'unknown key "count"',
+        f"{path}: max_retries: expected an integer >= 0, found -1",
+    ]
 
 
 @pytest.mark.parametrize("key, value, found, expected", [

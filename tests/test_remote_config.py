@@ -3,9 +3,12 @@ with which message (the parser is shared; see test_config.py for the rest)."""
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 
 import pytest
+
+import pydron.config as config
 
 from pydron.backend import pool_from_config
 from pydron.config import WorkerSpec, load_config, parse_config
@@ -41,7 +44,10 @@ def test_ssh_entry():
     ({**SSH, "required": "no"}, 'workers[0].required: expected true or false, found "no"'),
     ({**SSH, "cores": 0}, "workers[0].cores: expected an integer >= 1"),
     ({**SSH, "hostname": ""}, 'workers[0].hostname: expected a non-empty string, found ""'),
-    ({**SSH, "password": "x"}, 'found unknown key "password"'),
+    ({**SSH, "pasword": "x"}, 'found unknown key "pasword" (did you mean "password"?)'),
+    ({**SSH, "host_key": "accept_new"}, 'found "accept_new" (did you mean "accept-new"?)'),
+    ({**SSH, "data_ports": "10010-10000"}, 'workers[0].data_ports: expected a port range'),
+    ({**SSH, "password": ""}, 'workers[0].password: expected a non-empty string, found ""'),
 ])
 def test_bad_ssh_entries(entry, message):
     assert message in error(entry)
@@ -116,3 +122,160 @@ def test_ssh_and_cloud_entries_build_their_pools():
     assert [type(m).__name__ for m in mixed.members] == ["MulticorePool", "SshPool", "ThreadPool"]
     assert mixed.parallelism == 4
     mixed.shutdown()
+
+
+# --------------------------------------------------------------------------- the original Pydron's files
+
+# The examples of the original Pydron documentation (doc/index.rst of pydron/pydron),
+# key for key; only the secrets are made up.
+ORIGINAL_SSH = {"type": "ssh", "hostname": "node1.mydomain.tld", "username": "myusername",
+                "password": "mypassword", "tmp_dir": "/tmp", "data_ports": "10000-10010",
+                "cores": 4}
+ORIGINAL_CLOUD = {"type": "cloud", "username": "root", "provider": "ec2_us_east",
+                  "accesskeyid": "ABCDEF12345", "accesskey": "AbDef012+Zsecret",
+                  "imageid": "ami-abcdef", "sizeid": "t1.micro",
+                  "publickey": "~/.ssh/id_rsa.pub", "privatekey": "~/.ssh/id_rsa",
+                  "tmp_dir": "/tmp", "data_ports": "10000-10010", "count": 10}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch):
+    """Each test sees the once-per-file warnings afresh."""
+    monkeypatch.setattr(config, "_warned", set())
+
+
+def test_the_original_ssh_example_is_accepted_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "pydron.conf"
+    path.write_text(json.dumps({"workers": [ORIGINAL_SSH]}))
+    path.chmod(0o600)
+    caplog.set_level(logging.INFO, logger="pydron.config")
+    (spec,) = load_config(path).workers
+    assert spec == WorkerSpec("ssh", 4, {"hostname": "node1.mydomain.tld",
+                                         "username": "myusername", "password": "mypassword",
+                                         "tmp_dir": "/tmp", "cores": 4})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"{path}: workers[0].password: a password is written in the configuration, so "
+        f"anyone who can read the file {path} can read it; log in with a key instead: "
+        '"key_filename" (or ssh-agent), with the public key in the host\'s '
+        "~/.ssh/authorized_keys"]
+    assert "mypassword" not in caplog.text and "mypassword" not in repr(spec)
+    assert f"{path}: workers[0].data_ports is ignored: workers now reach the caller " \
+           "through the SSH connection" in caplog.text
+    caplog.clear()
+    load_config(path)  # once per file and key, however often it is read
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_the_original_cloud_example_is_accepted_as_todays_keys(caplog):
+    caplog.set_level(logging.WARNING, logger="pydron.config")
+    (spec,) = parse_config({"workers": [ORIGINAL_CLOUD]}, "orig.conf").workers
+    assert spec.type == "cloud" and spec.count == 10
+    options = dict(spec.options)
+    credentials = options.pop("credentials")
+    assert options == {"provider": "ec2", "region": "us-east-1", "username": "root",
+                       "image": "ami-abcdef", "size": "t1.micro",
+                       "public_key": "~/.ssh/id_rsa.pub", "key_filename": "~/.ssh/id_rsa",
+                       "tmp_dir": "/tmp"}
+    assert dict(credentials["inline"]) == {"key": "ABCDEF12345", "secret": "AbDef012+Zsecret"}
+    with pytest.raises(TypeError):
+        credentials["inline"]["secret"] = "x"  # type: ignore[index]
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(
+        "orig.conf: workers[0].accesskey: a secret access key is written in the "
+        "configuration, so anyone who can read the code or file it comes from can read it; "
+        'name the credentials instead of writing them: "credentials": {"env": ')
+    assert "AbDef012+Zsecret" not in caplog.text and "AbDef012+Zsecret" not in repr(spec)
+    from pydron.backend import cloud
+    assert cloud.entry_of(spec)["count"] == 10
+    assert cloud._credentials(cloud.entry_of(spec)) == {"key": "ABCDEF12345",
+                                                         "secret": "AbDef012+Zsecret"}
+
+
+@pytest.mark.parametrize("provider, region", sorted(config.LEGACY_EC2_PROVIDERS.items()))
+def test_old_per_region_ec2_provider_names(provider, region):
+    entry = {**CLOUD, "provider": provider}
+    (spec,) = parse_config({"workers": [entry]}).workers
+    assert spec.options["provider"] == "ec2" and spec.options["region"] == region
+    same = parse_config({"workers": [{**entry, "region": region}]}).workers[0]
+    assert same.options == spec.options
+
+
+def test_written_credentials_cannot_take_the_inline_form_directly():
+    assert "workers[0].credentials: expected {" in error(
+        {**CLOUD, "credentials": {"inline": {"key": "A", "secret": "B"}}})
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({**CLOUD, "imageid": "ami-2"},
+     'workers[0].imageid: expected either "image" or its old name "imageid", not both, '
+     "found both"),
+    ({**CLOUD, "provider": "ec2_us_east", "region": "eu-west-1"},
+     'workers[0].region: expected "us-east-1" or no region (provider "ec2_us_east" means '
+     'EC2 in us-east-1), found "eu-west-1"'),
+    ({**CLOUD, "accesskeyid": "AKIA"},
+     'workers[0].accesskey: expected a value ("accesskeyid" and "accesskey" go together), '
+     "found nothing (the key is missing)"),
+    ({**CLOUD, "accesskeyid": "AKIA", "accesskey": "s",
+      "credentials": {"env": {"key": "K"}}},
+     'workers[0].credentials: expected either "credentials" or the old "accesskeyid" and '
+     '"accesskey", found both'),
+    ({"type": "cloud", "provider": "ec2", "sizeid": "t3.micro"},
+     'workers[0].image: expected a value (required for type "cloud")'),
+    ({**CLOUD, "imagid": "ami-2"}, 'found unknown key "imagid" (did you mean "image"?)'),
+    ({**CLOUD, "publickey": 7}, "workers[0].publickey: expected a non-empty string, found 7"),
+])
+def test_bad_entries_with_old_keys(entry, message):
+    assert message in error(entry)
+
+
+def test_old_names_satisfy_required_keys():
+    entry = {"type": "cloud", "provider": "dummy", "imageid": "1", "sizeid": "1"}
+    (spec,) = parse_config({"workers": [entry]}).workers
+    assert spec.options["image"] == "1" and spec.options["size"] == "1"
+
+
+def test_one_error_lists_every_problem_of_every_entry(tmp_path):
+    path = tmp_path / "pydron.conf"
+    path.write_text(json.dumps({
+        "workers": [
+            {"type": "threads", "count": 0},
+            {"type": "ssh", "hostnme": "gpu1", "cores": "8"},
+            {"type": "cloud", "provider": "ec2", "imageid": "ami-1", "sise": "t3.micro",
+             "idle_timeout": -1},
+            {"type": "multicores"},
+        ],
+        "max_retry": 2, "window": 0}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    lines = str(info.value).splitlines()
+    assert lines == [f"{path}: {line}" for line in [
+        'top level: expected only the keys "max_retries", "window", "workers", found unknown '
+        'key "max_retry" (did you mean "max_retries"?)',
+        "workers[0].count: expected an integer >= 1, found 0",
+        'workers[1]: expected only the keys "cores", "host_key", "hostname", "key_filename", '
+        '"known_hosts", "password", "port", "python", "required", "tmp_dir", "type", '
+        '"username" for type "ssh", found unknown key "hostnme" (did you mean "hostname"?)',
+        'workers[1].cores: expected an integer >= 1, found "8"',
+        'workers[1].hostname: expected a value (required for type "ssh"), found nothing '
+        "(the key is missing)",
+        f'workers[2]: expected only the keys {config._quoted(["type", *config.WORKER_TYPES["cloud"].keys])} '
+        'for type "cloud", found unknown key "sise" (did you mean "size"?)',
+        "workers[2].idle_timeout: expected a number of seconds >= 0, found -1",
+        'workers[2].size: expected a value (required for type "cloud"), found nothing '
+        "(the key is missing)",
+        'workers[3].type: expected one of "cloud", "inline", "multicore", "ssh", "threads", '
+        'found "multicores" (did you mean "multicore"?)',
+        "window: expected an integer >= 1, found 0",
+    ]]
+    problems = info.value.problems
+    assert len(problems) == len(lines)
+    assert problems[1] == config.ConfigProblem(str(path), "workers[0].count",
+                                               "an integer >= 1", "0")
+
+
+def test_no_warning_for_a_file_that_is_refused(caplog):
+    caplog.set_level(logging.INFO, logger="pydron.config")
+    with pytest.raises(ConfigError):
+        parse_config({"workers": [{**ORIGINAL_SSH, "cores": 0}]})
+    assert caplog.records == []

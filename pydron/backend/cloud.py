@@ -26,7 +26,14 @@ Slow starts are reported as they happen, through the ``logging`` logger
 which instances are starting, ready or failed.
 
 Credentials never have to be in ``pydron.conf``: an entry names environment variables or
-a file (see :func:`driver_for`).
+a file (see :func:`driver_for`). (Files written for the original Pydron may still hold
+them, as ``accesskeyid``/``accesskey``; the configuration parser turns those into the
+inline form ``{"inline": {"key": ..., "secret": ...}}`` and warns.)
+
+``public_key`` names a local public key file to install on the instances: it is imported
+into the provider as a key pair (named ``key_name``, else ``pydron-<hash of the key>``)
+unless a key pair of that name exists there already, for EC2 and for every other
+provider whose libcloud driver can import key pairs (see :func:`key_pair_for`).
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ import atexit
 import configparser
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -52,7 +60,7 @@ __all__ = [
     "new_run_id", "entry_of", "driver_for", "reset_drivers", "provision", "provisioned", "destroy",
     "list_tagged", "cleanup", "node_address", "node_ssh_entry", "node_tags",
     "ssh_answers", "DEFAULT_READY_TIMEOUT", "TAG_IDLE", "idle_timeout_of", "can_keep_idle",
-    "release", "claim_idle", "reap_idle", "start_reaper",
+    "release", "claim_idle", "reap_idle", "start_reaper", "key_pair_for",
 ]
 
 log = logging.getLogger("pydron.backend")
@@ -106,7 +114,10 @@ def entry_of(spec: Any) -> dict[str, Any]:
 
 def _fingerprint(entry: Mapping[str, Any]) -> str:
     keys = ("provider", "region", "image", "size", "key_name", "security_group")
-    text = json.dumps({k: entry.get(k) for k in keys}, sort_keys=True, default=list)
+    fields = {k: entry.get(k) for k in keys}
+    if entry.get("public_key"):  # only then: entries without one keep their old fingerprint
+        fields["public_key"] = entry["public_key"]
+    text = json.dumps(fields, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -135,6 +146,8 @@ def _credentials(entry: Mapping[str, Any]) -> dict[str, Any]:
             return {"creds": 0}
         else:
             return {}
+    if "inline" in creds:  # the original Pydron's accesskeyid/accesskey, written in the file
+        return dict(creds["inline"])
     if "env" in creds:
         missing = [var for var in creds["env"].values() if not os.environ.get(var)]
         if missing:
@@ -330,13 +343,108 @@ def _size(driver: Any, entry: Mapping[str, Any]) -> Any:
                     driver=driver)
 
 
-def _create(driver: Any, entry: Mapping[str, Any], name: str, tags: Mapping[str, str]) -> Any:
+def _public_key(entry: Mapping[str, Any]) -> str:
+    """The text (``"ssh-ed25519 AAAA... comment"``) of the entry's ``public_key`` file."""
+    path = os.path.expanduser(str(entry["public_key"]))
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CloudError(f"cloud entry {_where(entry)}: cannot read the public key file "
+                         f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    parts = text.split()
+    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        raise CloudError(f"cloud entry {_where(entry)}: {path} is not an OpenSSH public key "
+                         '(a line such as "ssh-ed25519 AAAA... me@host"); give the .pub file')
+    return text
+
+
+def _can_import_keys(driver: Any) -> bool:
+    from libcloud.compute.base import NodeDriver
+    return type(driver).import_key_pair_from_string is not NodeDriver.import_key_pair_from_string
+
+
+def _create_accepts(driver: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(driver.create_node).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _has_key_pair(driver: Any, name: str) -> bool:
+    """Whether the provider has a key pair of that name (listing, not ``get_key_pair``:
+    libcloud's EC2 version of the latter sends a parameter AWS ignores, and then answers
+    with whichever key pair comes first)."""
+    try:
+        return any(pair.name == name for pair in driver.list_key_pairs())
+    except NotImplementedError:
+        pass
+    try:
+        return driver.get_key_pair(name) is not None
+    except Exception:  # KeyPairDoesNotExistError, or a driver that cannot look it up
+        return False
+
+
+def key_pair_for(driver: Any, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``create_node`` that put the entry's SSH key on an instance.
+
+    With only ``key_name``, that existing key pair (``ex_keyname``, which EC2 and the
+    OpenStack-like drivers take). With ``public_key`` (a local ``.pub`` file), the key is
+    first imported into the provider as a key pair named ``key_name``, else
+    ``pydron-<sha256 of the key>`` -- so the same key is imported once, and found again
+    by later runs -- unless one of that name exists already (then it is used as it is).
+    A driver that cannot import key pairs but takes ``auth`` gets the key as
+    ``NodeAuthSSHKey``. libcloud's in-process ``dummy`` driver imports the key but its
+    nodes take none (its test nodes accept whatever the test set up). Any other driver
+    cannot install the key: that is a :class:`CloudError`, not an instance nobody can
+    log into.
+    """
+    provider = str(entry["provider"])
+    name = entry.get("key_name")
+    if not entry.get("public_key"):
+        if not name:
+            return {}
+        if provider == "ec2" or _create_accepts(driver, "ex_keyname"):
+            return {"ex_keyname": str(name)}
+        log.warning("cloud entry %s: its libcloud driver takes no key pair name; "
+                    "key_name %r is not used", _where(entry), name)
+        return {}
+    material = _public_key(entry)
+    if not name:
+        name = "pydron-" + hashlib.sha256(material.split()[1].encode()).hexdigest()[:12]
+    name = str(name)
+    takes_name = provider == "ec2" or _create_accepts(driver, "ex_keyname")
+    if _can_import_keys(driver) and (takes_name or provider == "dummy"):
+        if _has_key_pair(driver, name):
+            log.info("cloud entry %s: using the existing key pair %r", _where(entry), name)
+        else:
+            try:
+                driver.import_key_pair_from_string(name, material)
+            except Exception as exc:
+                if not _has_key_pair(driver, name):  # (not imported meanwhile by another run)
+                    raise CloudError(f"cloud entry {_where(entry)}: importing the public key "
+                                     f"{entry['public_key']} as key pair {name!r} failed: "
+                                     f"{exc or type(exc).__name__}") from exc
+            log.info("cloud entry %s: imported the public key %s as key pair %r",
+                     _where(entry), entry["public_key"], name)
+        return {"ex_keyname": name} if takes_name else {}
+    if _create_accepts(driver, "auth"):
+        from libcloud.compute.base import NodeAuthSSHKey
+        return {"auth": NodeAuthSSHKey(material)}
+    raise CloudError(f"cloud entry {_where(entry)}: libcloud cannot install a public key on "
+                     f"{provider} instances (its driver neither imports key pairs nor takes "
+                     "a key when creating one); put the key into the image, or create a key "
+                     'pair there and name it with "key_name"')
+
+
+def _create(driver: Any, entry: Mapping[str, Any], name: str, tags: Mapping[str, str],
+            key: Mapping[str, Any] | None = None) -> Any:
     provider = str(entry["provider"])
     image, size = _image(driver, entry), _size(driver, entry)
+    key = dict(key if key is not None else key_pair_for(driver, entry))
     if provider == "ec2":
         kwargs: dict[str, Any] = {"ex_metadata": dict(tags)}  # tagged in the same request
-        if entry.get("key_name"):
-            kwargs["ex_keyname"] = entry["key_name"]
+        kwargs.update(key)
         groups = entry.get("security_group")
         if groups:
             groups = [groups] if isinstance(groups, str) else list(groups)
@@ -352,7 +460,7 @@ def _create(driver: Any, entry: Mapping[str, Any], name: str, tags: Mapping[str,
         node.extra.setdefault("tags", {}).update(tags)
         return node
     node = _call(entry, "creating an instance", driver.create_node, name=name, size=size,
-                 image=image)
+                 image=image, **key)
     _tag(driver, node, {**tags, "Name": name}, entry)
     return node
 
@@ -420,13 +528,16 @@ def provision(entry: Any, run_id: str | None = None, *, progress: Progress | Non
     tags = {TAG_RUN: run_id, TAG_ENTRY: _fingerprint(entry), TAG_CREATED: str(int(time.time()))}
     created: list[tuple[str, Any]] = []
     ready: list[Any] = []
+    key: dict[str, Any] | None = None
     try:
         if idle_timeout_of(entry):
             for node in claim_idle(entry, run_id, count, progress=progress):
                 created.append((node.name, node))
         for i in range(len(created), count):
             name = f"pydron-{run_id}-{i}"
-            node = _create(driver, entry, name, tags)
+            if key is None:  # once per start, and only if an instance is to be created
+                key = key_pair_for(driver, entry)
+            node = _create(driver, entry, name, tags, key)
             created.append((name, node))
             _report(progress, "starting", _label(node, name),
                     f"created on {_where(entry)}, waiting until it runs"
@@ -732,12 +843,22 @@ def start_reaper(entry: Any, stamp: str, after: float | None = None) -> Any:
             start_new_session=True, close_fds=True)
     # The entry goes through a pipe, not the command line (``ps`` shows that to everyone).
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(dict(entry), default=list).encode())
+    proc.stdin.write(json.dumps(_plain(entry)).encode())
     proc.stdin.close()
     log.info("cloud: reaper process %d destroys the idle instances at %s unless reused "
              "(log: %s)", proc.pid,
              time.strftime("%H:%M:%S", time.localtime(float(stamp) + (after or 0))), logfile)
     return proc
+
+
+def _plain(value: Any) -> Any:
+    """An entry as plain JSON data: the configuration hands out read-only mappings (and
+    tuples), which ``json`` cannot write (``default=list`` would keep only their keys)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

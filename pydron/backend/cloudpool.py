@@ -49,16 +49,21 @@ class CloudPool(SshPool):
     """Workers on instances created from ``"cloud"`` entries (WorkerSpecs or mappings,
     see :func:`cloud.entry_of`). ``run_id`` tags the instances (default: a new one);
     ``progress(event, name, detail)`` hears of instances and hosts; ``poll`` is the
-    seconds between state checks while instances start."""
+    seconds between state checks while instances start. ``address_of(node)`` overrides
+    where SSH of an instance is (default: its first public, else private, IP and the
+    entry's ``port``), for instances reached through a tunnel or a bastion's forward."""
 
     def __init__(self, entries: Sequence[Any], *, run_id: str | None = None,
                  progress: Callable[[str, str, str], None] | None = None,
-                 poll: float = 2.0, **kwargs: Any) -> None:
+                 poll: float = 2.0,
+                 address_of: Callable[[Any], tuple[str, int] | None] | None = None,
+                 **kwargs: Any) -> None:
         self._cloud_entries = [cloud.entry_of(e) for e in entries]
         if not self._cloud_entries:
             raise ValueError("CloudPool needs at least one cloud entry")
         self.run_id = run_id or cloud.new_run_id()
         self.poll = poll
+        self.address_of = address_of
         self._nodes: list[Any] = []
         self._nodes_lock = threading.Lock()
         self._destroyed = False
@@ -103,7 +108,7 @@ class CloudPool(SshPool):
         hosts = [h for h in self._hosts if getattr(h, "cloud_entry", None) == e]
         try:
             nodes = cloud.provision(entry, self.run_id, progress=self._progress,
-                                    poll=self.poll)
+                                    poll=self.poll, address_of=self.address_of)
         except BaseException as exc:  # _Abandoned included: nothing of it is left
             for host in hosts:
                 call_soon(self._host_failed, host, exc)
@@ -118,7 +123,9 @@ class CloudPool(SshPool):
         known = entry.get("known_hosts") or self._run_known_hosts()
         for host, node in zip(hosts, nodes):
             try:
-                host.entry = cloud.node_ssh_entry(node, entry, known_hosts=known)
+                address = self.address_of(node) if self.address_of is not None else None
+                host.entry = cloud.node_ssh_entry(node, entry, known_hosts=known,
+                                                  address=address)
             except Exception as exc:
                 call_soon(self._host_failed, host, exc)
                 continue

@@ -74,6 +74,7 @@ class HostError(PydronError):
     UNREACHABLE = "unreachable"
     KEY_FILE = "key file problem"
     REFUSED_KEY = "refused key"
+    REFUSED_PASSWORD = "refused password"
     UNKNOWN_HOST_KEY = "unknown host key"
     HOST_KEY_MISMATCH = "host key mismatch"
     MISSING_INTERPRETER = "missing interpreter"
@@ -125,6 +126,7 @@ class _Target:
     proxyjump: str | None = None
     proxycommand: str | None = None
     known_hosts: list[str] = field(default_factory=list)
+    password: str | None = field(default=None, repr=False)
 
     @property
     def display(self) -> str:
@@ -146,8 +148,9 @@ def _ssh_config() -> paramiko.SSHConfig | None:
 
 def _resolve(alias: str, username: str | None = None, port: int | None = None,
              key_filename: str | Sequence[str] | None = None,
-             known_hosts: str | None = None) -> _Target:
-    """Apply ``~/.ssh/config`` to ``alias``; explicit values win, as on ssh's command line."""
+             known_hosts: str | None = None, password: str | None = None) -> _Target:
+    """Apply ``~/.ssh/config`` to ``alias``; explicit values win, as on ssh's command line.
+    ``password`` is for this host only, never for the jump hosts on the way to it."""
     conf = _ssh_config()
     found = conf.lookup(alias) if conf is not None else {}
     hostname = found.get("hostname", alias)
@@ -177,7 +180,7 @@ def _resolve(alias: str, username: str | None = None, port: int | None = None,
     else:
         files = [os.path.expanduser("~/.ssh/known_hosts")]
     return _Target(alias, hostname, port, username, identities, explicit, proxyjump,
-                   proxycommand, files)
+                   proxycommand, files, password)
 
 
 def _parse_jump(spec: str) -> tuple[str, str | None, int | None]:
@@ -255,14 +258,16 @@ def _open(target: _Target, sock: object | None, host_key: str, timeout: float,
         if not os.path.isfile(path):
             raise HostError(target.display, HostError.KEY_FILE, f"{path} does not exist")
     keys_text = (", ".join(target.identities) if target.identities
+                 else "the SSH agent's keys" if target.password
                  else "the SSH agent's keys and ~/.ssh/id_*")
     try:
         client.connect(
             target.hostname, port=target.port, username=target.username,
-            key_filename=target.identities or None,
-            # Named keys are what the user chose: do not also offer every key in ~/.ssh
-            # (a server may count each offer as a failed attempt). The agent stays allowed.
-            look_for_keys=not target.identities, allow_agent=True,
+            key_filename=target.identities or None, password=target.password,
+            # Named keys (or a password) are what the user chose: do not also offer every
+            # key in ~/.ssh (a server may count each offer as a failed attempt, and lock
+            # the account out before the password is tried). The agent stays allowed.
+            look_for_keys=not target.identities and not target.password, allow_agent=True,
             timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
             sock=sock)  # type: ignore[arg-type]
     except HostError:
@@ -283,6 +288,10 @@ def _open(target: _Target, sock: object | None, host_key: str, timeout: float,
                         "ssh-agent (ssh-add) so that pydron can use it") from None
     except paramiko.AuthenticationException as exc:
         client.close()
+        if target.password:
+            raise HostError(target.display, HostError.REFUSED_PASSWORD,
+                            f"the server refused the password (and the key(s) "
+                            f"{keys_text}) for user {target.username!r}: {exc}") from None
         raise HostError(target.display, HostError.REFUSED_KEY,
                         f"the server refused the key(s) offered for user "
                         f"{target.username!r} ({keys_text}): {exc}") from None
@@ -322,6 +331,8 @@ def connect(entry: Mapping[str, object], *, timeout: float = 10.0,
 
     Keys used: ``hostname`` (required; may be a ``Host`` alias of ``~/.ssh/config``),
     ``port``, ``username``, ``key_filename`` (else the SSH agent and ``~/.ssh/id_*``),
+    ``password`` (password login, as the original Pydron offered it: tried after the named
+    key and the agent's keys; ``~/.ssh/id_*`` are then not offered),
     ``host_key`` (``"known_hosts"`` or ``"accept-new"``, see :data:`HOST_KEY_POLICIES`) and
     ``known_hosts`` (a file used instead of ``~/.ssh/known_hosts``). From ``~/.ssh/config``
     the entry's hostname picks up HostName, User, Port, IdentityFile, UserKnownHostsFile,
@@ -341,7 +352,8 @@ def connect(entry: Mapping[str, object], *, timeout: float = 10.0,
                       username=entry.get("username"),  # type: ignore[arg-type]
                       port=int(port) if port is not None else None,  # type: ignore[call-overload]
                       key_filename=entry.get("key_filename"),  # type: ignore[arg-type]
-                      known_hosts=entry.get("known_hosts"))  # type: ignore[arg-type]
+                      known_hosts=entry.get("known_hosts"),  # type: ignore[arg-type]
+                      password=entry.get("password"))  # type: ignore[arg-type]
     jumps: list[SSHClient] = []
     sock: object | None = None
     try:
