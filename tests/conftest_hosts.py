@@ -3,17 +3,46 @@
 Loaded as a plugin by tests/conftest.py. Each fixture sets its component up on first use
 (installing openssh-server with apt if it is missing) and stops it at the end of the
 session; a component that cannot be had on this machine (not root, no apt, no network
-namespaces) skips the tests that need it, with the reason.
+namespaces) skips the tests that need it, with the reason -- except under ``CI=true``,
+where it fails them (see :func:`unavailable`): a green CI means the real components ran.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
 import realhosts
 from realhosts import MotoServer, NetnsHost, SSHHost, Unavailable
+
+
+def in_ci() -> bool:
+    """True when the tests run as CI (``CI=true``, as CI services and ``.ci/run`` set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Give up on a test whose real component (an sshd, a second host, a moto server, a
+    test dependency ...) cannot be had here: a skip on a developer's machine, a failure
+    with the same reason under ``CI=true``, where a skip would let a green run hide that
+    the component never ran."""
+    if in_ci():
+        pytest.fail(f"CI=true and a real component is unavailable: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)  # also from a module's top level
+
+
+def require_module(name: str) -> ModuleType:
+    """``import name``, or :func:`unavailable` naming the missing test dependency (the
+    ``pytest.importorskip`` of the tests, which must not turn into a skip on CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        unavailable(f"{name} cannot be imported ({exc}); it is in the test extra: "
+                    f"python -m pip install -e '.[test]'")
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +51,7 @@ def ssh_keys(tmp_path_factory) -> dict[str, Path]:
     try:
         realhosts.ensure_openssh()
     except Unavailable as exc:
-        pytest.skip(f"no OpenSSH server: {exc}")
+        unavailable(f"no OpenSSH server: {exc}")
     return realhosts.make_keys(tmp_path_factory.mktemp("sshkeys"))
 
 
@@ -33,7 +62,7 @@ def sshd(ssh_keys, tmp_path_factory) -> SSHHost:
     try:
         server, host = realhosts.start_local_sshd(tmp_path_factory.mktemp("sshd"), ssh_keys)
     except Unavailable as exc:
-        pytest.skip(str(exc))
+        unavailable(f"no local sshd: {exc}")
     yield host
     server.stop()
 
@@ -47,7 +76,7 @@ def netns_host(ssh_keys, tmp_path_factory) -> NetnsHost:
     try:
         h2.start()
     except Unavailable as exc:
-        pytest.skip(f"no second host in a network namespace: {exc}")
+        unavailable(f"no second host in a network namespace: {exc}")
     yield h2
     h2.stop()
 
@@ -58,7 +87,7 @@ def moto_server() -> MotoServer:
     try:
         server = MotoServer().start()
     except Unavailable as exc:
-        pytest.skip(str(exc))
+        unavailable(f"no moto server: {exc}")
     yield server
     server.stop()
 

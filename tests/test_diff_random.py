@@ -8,15 +8,19 @@ fail for one argument value. The source is written to a temporary module file (s
 
 PYTEST_DONT_REWRITE
 """
+import atexit
 import importlib.util
 import itertools
 import os
+import shutil
 import sys
 import tempfile
 
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
+from conftest_hosts import require_module
+
+hypothesis = require_module("hypothesis")
 from hypothesis import HealthCheck, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -31,6 +35,9 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=N
 VARS = ["v0", "v1", "v2", "v3"]
 HEADER = "from funcs import add, fail_if, inc, is_even, neg, slow_square, square\n\n\n"
 _TMPDIR = tempfile.mkdtemp(prefix="pydron_diff_random_")
+# The generated modules (hundreds a run) are needed only while their test runs (for
+# inspect.getsource); the folder goes when the test process ends, whatever ran.
+atexit.register(shutil.rmtree, _TMPDIR, ignore_errors=True)
 _COUNTER = itertools.count()
 
 

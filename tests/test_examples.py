@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-pytest.importorskip("numpy")
+from conftest_hosts import require_module
+
+require_module("numpy")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

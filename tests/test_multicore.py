@@ -462,7 +462,8 @@ def test_a_function_crosses_the_wire_once_per_worker(make_pool):
 
 
 def test_large_numpy_arrays_travel_out_of_band(make_pool):
-    np = pytest.importorskip("numpy")
+    from conftest_hosts import require_module
+    np = require_module("numpy")
     pool = make_pool(1, max_frame=1 << 20)  # small frames: the arrays are split in parts
     seen = Outcomes()
     a = np.arange(3 * (1 << 20) // 8 + 5, dtype=np.float64)  # 3 MB: 4 frames each way

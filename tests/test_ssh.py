@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest_hosts import pin_host
+from conftest_hosts import pin_host, unavailable
 from pydron.backend import ssh
 from pydron.backend.ssh import HostError
 from realhosts import free_port
@@ -207,7 +207,7 @@ def test_proxyjump_reaches_a_host_only_the_jump_host_can_reach(netns_host, ssh_h
 
     # The same through ProxyCommand (OpenSSH's client, installed with the server).
     if not os.path.exists("/usr/bin/ssh"):
-        pytest.skip("no OpenSSH client for ProxyCommand")
+        unavailable("no OpenSSH client (/usr/bin/ssh) for ProxyCommand")
     kh = ssh_home / ".ssh" / "known_hosts"
     (ssh_home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
         Host inner2
@@ -386,7 +386,9 @@ def test_ensure_pydron_needs_nothing_when_the_remote_has_this_pydron(sshd, ssh_h
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not plain.stdout.startswith(os.path.join(here, "pydron")):
-        pytest.skip("this checkout is not installed in this interpreter (pip install -e .)")
+        unavailable(f"this checkout is not the pydron that {sys.executable} imports "
+                    f"(it imports {plain.stdout.strip() or plain.stderr.strip()!r}): "
+                    f"python -m pip install -e .")
     client = _connect(sshd, ssh_home)
     remote_tmp = tmp_path / "remote"
     try:

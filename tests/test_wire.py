@@ -141,7 +141,8 @@ def test_values_naming_main_are_pickled_by_value(monkeypatch):
 
 
 def test_out_of_band_buffers_keep_array_data_out_of_the_pickle():
-    np = pytest.importorskip("numpy")
+    from conftest_hosts import require_module
+    np = require_module("numpy")
     a = np.arange(100_000, dtype=np.int64)
     blob, buffers = shipping.dumps_value(a)
     assert len(blob) < 1000 and len(buffers) == 1
