@@ -113,8 +113,16 @@ _IMMUTABLE_TYPES = frozenset({
 
 
 def is_immutable(value: Any) -> bool:
-    """True if no sync point can change ``value`` (so work reading it may run early)."""
+    """True if no sync point can change ``value`` (so work reading it may run early).
+
+    A bound method is as immutable as the object it is bound to: ``box.get`` reads
+    ``box``."""
     t = type(value)
+    if t is types.MethodType:
+        return is_immutable(value.__self__)
+    if t is types.BuiltinMethodType:
+        owner = value.__self__
+        return owner is None or type(owner) is types.ModuleType or is_immutable(owner)
     if t in _IMMUTABLE_TYPES:
         return True
     if t is tuple or t is frozenset:
@@ -129,9 +137,10 @@ def all_immutable(values: Any) -> bool:
     immutable = _IMMUTABLE_TYPES
     for v in values:
         t = type(v)
-        if t in immutable:
+        if t in immutable and t is not types.MethodType and t is not types.BuiltinMethodType:
             continue
-        if (t is tuple or t is frozenset or t is type) and is_immutable(v):
+        if (t is tuple or t is frozenset or t is type or t is types.MethodType
+                or t is types.BuiltinMethodType) and is_immutable(v):
             continue
         return False
     return True

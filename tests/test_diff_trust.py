@@ -449,3 +449,85 @@ def loop_over_user_generator(n):
 ])
 def test_loops_over_generators_and_files(fn, args):
     assert_same(fn, *args)
+
+
+# ------------------------------------------------ the scheduler's own exceptions stay its own
+# User code must never run inside one of the scheduler's ``except`` blocks (a loop's
+# StopIteration, an earlier failure being recorded): it would see that exception as the
+# __context__ of what it raises, and in sys.exc_info().
+
+def context_after_loop_ends(xs):
+    out = [ident(x) for x in xs]
+    try:
+        raise ValueError("v")
+    except ValueError as e:
+        return out, repr(e.__context__), __import__("sys").exc_info()[0] is ValueError
+
+
+def context_after_generator_loop(n):
+    out = []
+    for x in (v for v in range(n)):
+        out.append(ident(x))
+    info = repr(__import__("sys").exc_info()[1])
+    try:
+        {}["missing"]
+    except KeyError as e:
+        return out, info, repr(e.__context__)
+
+
+def context_after_while_loop(n):
+    i = 0
+    while ident(i) < n:
+        i += 1
+    try:
+        1 / 0
+    except ZeroDivisionError as e:
+        return i, repr(e.__context__)
+
+
+CTX = Cases()
+CTX.add(context_after_loop_ends, ([1, 2],))
+CTX.add(context_after_generator_loop, (3,))
+CTX.add(context_after_while_loop, (2,))
+
+
+@pytest.mark.parametrize("fn, inst", CTX.params())
+def test_no_scheduler_exception_as_context(fn, inst):
+    run_case(fn, inst)
+
+
+# ------------------------------------------------ functional methods bound to mutable objects
+
+class Counter:
+    def __init__(self):
+        self.v = 0
+
+    @__import__("pydron").functional
+    def get(self):
+        return self.v
+
+    @__import__("pydron").functional
+    def scaled(self, k):
+        return self.v * k
+
+
+SHARED = Counter()
+
+
+def bound_method_of_global_after_sync():
+    SHARED.v = 0
+    for i in range(20):
+        SHARED.v += ident(1)
+    return SHARED.get(), SHARED.scaled(2)
+
+
+def bound_method_of_local_after_sync(c):
+    a = ident(3)
+    c.v = a
+    m = c.scaled
+    return c.get(), m(2)
+
+
+def test_functional_methods_read_their_object_in_order():
+    assert_same(bound_method_of_global_after_sync)
+    assert_same(bound_method_of_local_after_sync, Counter())

@@ -102,6 +102,10 @@ class Run:
         self.cells = cells
         self.bound: dict[tuple[int, Any], Callable[..., Any]] = {}
         self.ready: deque[Node] = deque()
+        # Nodes cleared to run by recheck(). They run from the loop in execute(), never from
+        # inside the scheduler's own ``except`` blocks (a failure being recorded, a loop's
+        # StopIteration): user code run there would get that exception as its __context__.
+        self.runnable: deque[Node] = deque()
         self.unfinished: list[tuple[tuple[int, ...], Node]] = []
         self.maysync: list[tuple[tuple[int, ...], Node]] = []
         self.wait_sync: list[tuple[tuple[int, ...], Node]] = []
@@ -184,11 +188,15 @@ class Run:
     def execute(self) -> None:
         """Run until every node before the earliest failure is done."""
         ready = self.ready
+        runnable = self.runnable
         completions = self.completions
         try:
             while True:
-                while ready:
-                    self.consider(ready.popleft())
+                while ready or runnable:
+                    while runnable:
+                        self.run(runnable.popleft())
+                    if ready:
+                        self.consider(ready.popleft())
                 if not self.inflight:
                     break
                 try:
@@ -292,7 +300,8 @@ class Run:
                 heappop(waiting)
             elif self._is_first(node):
                 heappop(waiting)
-                self.run(node)
+                self.runnable.append(node)
+                break           # the next one can only be first once this one has run
             else:
                 break
         waiting = self.wait_ordered
@@ -302,7 +311,7 @@ class Run:
                 heappop(waiting)
             elif self._no_earlier_sync(tick):
                 heappop(waiting)
-                self.run(node)
+                self.runnable.append(node)
             else:
                 break
 
@@ -377,7 +386,9 @@ class Run:
                     return FREE           # run_call raises the UnboundLocalError
             if kind == purity.SYNC:
                 return SYNC
-            return FREE if purity.all_immutable(values) else ORDERED
+            # The callee is read too: a method bound to a mutable object reads that object.
+            return FREE if purity.all_immutable(values) and purity.is_immutable(callee) \
+                else ORDERED
         if t is LoopRun:
             if step.step.kind == "while" or step.fetch == purity.FETCH_FREE:
                 return FREE
