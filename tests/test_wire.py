@@ -8,12 +8,13 @@ import socket
 import subprocess
 import sys
 import threading
+import traceback
 
 import pytest
 
 from pydron.backend import shipping, wire
-from pydron.backend.shipping import FunctionShipper, RemoteTraceback
-from pydron.errors import SerializationError
+from pydron.backend.shipping import FunctionShipper
+from pydron.errors import RemoteError, SerializationError
 
 from test_multicore import ROOT, square
 
@@ -166,18 +167,24 @@ def test_argument_errors_name_the_culprit():
     assert info.value.item == "keyword argument 'key'"
 
 
-def test_exceptions_round_trip_or_degrade_to_runtime_error():
+def test_exceptions_round_trip_with_their_frames_or_degrade_to_remote_error():
+    """The exception itself comes back, its frames as real traceback entries (no cause
+    is invented); a report whose blob is lost becomes a RemoteError naming the original."""
     try:
         raise KeyError("k")
     except KeyError as exc:
         packed = shipping.dumps_exception(exc, exc.__traceback__)
     exc = shipping.loads_exception(*packed)
     assert type(exc) is KeyError and exc.args == ("k",)
-    assert isinstance(exc.__cause__, RemoteTraceback)
-    assert 'raise KeyError("k")' in str(exc.__cause__)
+    assert exc.__cause__ is None and exc.__context__ is None
+    assert not exc.__suppress_context__
+    (frame, line), = traceback.walk_tb(exc.__traceback__)
+    assert frame.f_code.co_filename == __file__
+    assert frame.f_code.co_name == "test_exceptions_round_trip_with_their_frames_or_degrade_to_remote_error"
+    assert 'raise KeyError("k")' in "".join(traceback.format_tb(exc.__traceback__))
     exc = shipping.loads_exception(None, "mod.Weird", "it broke", "tb text")
-    assert type(exc) is RuntimeError and str(exc) == "mod.Weird: it broke"
-    assert "tb text" in str(exc.__cause__)
+    assert type(exc) is RemoteError and str(exc).startswith("mod.Weird: it broke")
+    assert exc.type_name == "mod.Weird" and exc.remote_traceback == "tb text"
 
 
 # --------------------------------------------------------------------------- a real worker

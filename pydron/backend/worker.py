@@ -316,10 +316,12 @@ class Worker:
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: B902 -- every failure goes to the caller
+            # KeyboardInterrupt and SystemExit too: raised by the user's code, they are its
+            # outcome (SIGINT itself is ignored here), and this loop must go on serving.
             elapsed = time.perf_counter() - start
             tb = exc.__traceback__
             tb = tb.tb_next if tb is not None else None  # drop this frame: not user code
-            blob, name, message, text = dumps_exception(exc, tb)
+            blob, name, message, text = dumps_exception(exc, tb, self._exception_limit())
             del exc, tb
             return [_results([(call_id, False, blob, 0, elapsed, name, message, text)])]
         elapsed = time.perf_counter() - start
@@ -332,7 +334,7 @@ class Worker:
                     f"more than the frame limit of {self.max_frame} bytes",
                     item="the result", value_type=type_name(value))
         except SerializationError as exc:
-            blob, name, message, _ = dumps_exception(exc, None)
+            blob, name, message, _ = dumps_exception(exc, None, self._exception_limit())
             return [_results([(call_id, False, blob, 0, elapsed, name, message, None)])]
         pieces: list[bytes | memoryview] = []
         for buf in raw:
@@ -347,8 +349,14 @@ class Worker:
             f"worker {self.index} cannot load {what}{where}: {type(exc).__name__}: {exc} "
             f"(a module the caller imported may not be importable in the worker, whose "
             f"sys.path is the caller's)", item=what, value_type=type_name(exc))
-        blob, name, message, _ = dumps_exception(error, None)
+        blob, name, message, _ = dumps_exception(error, None, self._exception_limit())
         return [_results([(call_id, False, blob, 0, 0.0, name, message, None)])]
+
+    def _exception_limit(self) -> int:
+        """Bytes a failure's report may take: it must fit one RESULTS frame, with room to
+        spare for the frame's other fields (a frame over the limit would cost the
+        connection, and with it the worker)."""
+        return self.max_frame - 1024
 
     # -- the heartbeat thread --------------------------------------------------------------
     def heartbeat_loop(self) -> None:

@@ -624,12 +624,24 @@ class Run:
         self.finish(node)
 
 
-def _raiser(filename: str, lineno: int, func: Callable[..., Any]) -> Callable[..., Any]:
-    """A function named like ``func`` whose ``raise`` statement is at ``filename:lineno``."""
+def _raiser(filename: str, lineno: int, func: Callable[..., Any],
+            cols: Optional[tuple[int, int]] = None) -> Callable[..., Any]:
+    """A function named like ``func`` whose ``raise`` statement is at ``filename:lineno``.
+
+    Its columns are ``cols`` (the call's, where the step knows them) or else span the
+    whole source line: a traceback then marks the call as plain Python does, or marks
+    nothing, never an empty or wrong range.
+    """
     import ast
-    key = (filename, lineno, func.__name__)
+    import linecache
+    key = (filename, lineno, func.__name__, cols)
     fn = _RAISERS.get(key)
     if fn is None:
+        if cols is None:
+            line = linecache.getline(filename, lineno)
+            text = line.strip().encode("utf-8")
+            start = len(line.encode("utf-8")) - len(line.lstrip().encode("utf-8")) if text else 0
+            cols = (start, start + len(text))
         raise_stmt = ast.Raise(exc=ast.Name(id="_pd_e", ctx=ast.Load()), cause=None)
         fdef = ast.FunctionDef(
             name=func.__name__, args=ast.arguments(
@@ -640,14 +652,14 @@ def _raiser(filename: str, lineno: int, func: Callable[..., Any]) -> Callable[..
         for node in ast.walk(module):
             if "lineno" in node._attributes:
                 node.lineno = node.end_lineno = lineno
-                node.col_offset = node.end_col_offset = 0
+                node.col_offset, node.end_col_offset = cols
         namespace: dict[str, Any] = {}
         exec(compile(module, filename, "exec"), {}, namespace)
         fn = _RAISERS[key] = namespace[func.__name__]
     return fn
 
 
-_RAISERS: dict[tuple[str, int, str], Callable[..., Any]] = {}
+_RAISERS: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
 
 def _bind_cells(fn: Callable[..., Any], cells: dict[str, types.CellType]) -> Callable[..., Any]:
@@ -716,12 +728,29 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
             # The pool knows the function; only the runtime knows the line that called it.
             where = f"{step.callee_name}() called at {template.filename}:{step.lineno}"
             exc.args = (f"{exc.args[0]} [{where}]",) + exc.args[1:]
-        if type(step) is not NativeStep:
-            # A plain run would show the line of the call (or loop, or if) that failed:
-            # raise through a frame that sits on that line of the user's file.
-            line = getattr(step, "lineno", None) or getattr(step, "loop", step).step.lineno
-            _raiser(template.filename, line, func)(exc)
-        raise exc.with_traceback(exc.__traceback__)
+        # The exception as a plain call would raise it: no frames of Pydron's own in front
+        # of the user's (a pool thread, the scheduler loop, pickling an argument), and the
+        # context it was raised with, since raising it again here would replace that with
+        # whatever the caller is handling (see adopt_context for the rest of its chain).
+        from pydron.errors import adopt_context, user_traceback
+        handled = sys.exc_info()[1]
+        handled = None if handled is exc else handled
+        context = exc.__context__ if exc.__context__ is not None else handled
+        adopt_context(exc, handled)
+        exc.__traceback__ = user_traceback(exc.__traceback__)
+        try:
+            if type(step) is not NativeStep:
+                # A plain run would show the line of the call (or loop, or if) that
+                # failed: raise through a frame that sits on that line of the user's file.
+                line = getattr(step, "lineno", None) or getattr(step, "loop", step).step.lineno
+                cols = getattr(step, "col_offset", None), getattr(step, "end_col_offset", None)
+                in_user_code = _raiser(template.filename, line, func,
+                                       None if None in cols else cols)
+                in_user_code(exc)
+            raise exc
+        finally:
+            exc.__context__ = context
+            del exc, context, handled
     if env[RETURN_FLAG].value is True:
         return env[RETURN_VALUE].value
     return None
