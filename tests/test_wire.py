@@ -180,7 +180,7 @@ def test_exceptions_round_trip_with_their_frames_or_degrade_to_remote_error():
     assert not exc.__suppress_context__
     (frame, line), = traceback.walk_tb(exc.__traceback__)
     assert frame.f_code.co_filename == __file__
-    assert frame.f_code.co_name == "test_exceptions_round_trip_with_their_frames_or_degrade_to_remote_error"
+    assert frame.f_code.co_name.startswith("test_exceptions_round_trip_with_their_frames")
     assert 'raise KeyError("k")' in "".join(traceback.format_tb(exc.__traceback__))
     exc = shipping.loads_exception(None, "mod.Weird", "it broke", "tb text")
     assert type(exc) is RemoteError and str(exc).startswith("mod.Weird: it broke")
