@@ -64,9 +64,9 @@ def _walk(block: Block, notes: dict[int, list[str]]) -> None:
                     f"tuples; a sync point if it holds a mutable object (changed in place)")
             if step.callback_checks:
                 names = ", ".join(step.reads[i] for i in step.callback_checks)
-                add(f"{names} given to a builtin that calls or iterates it: plain code if it "
-                    f"is a value, a pure or @functional callable or a read-only iterator, "
-                    f"else a sync point")
+                add(f"{names} handed to a builtin that may call or iterate it: a sync "
+                    f"point only if it turns out to be a callable or generator with side "
+                    f"effects")
             if step.receiver_checks:
                 names = ", ".join(step.reads[i] for i in step.receiver_checks)
                 add(f"method calls on {names}: plain code if it is a builtin str, list, dict "
@@ -93,10 +93,8 @@ def _loop_note(step: LoopStep) -> str:
                 f"(the next item waits for that decision); calls inside still overlap")
     else:
         base = ("for loop: iterations run concurrently (a bounded window of them at a time) "
-                "over a builtin container, a range, a file or a generator that only reads; "
-                "over an iterator whose next() may have side effects (a generator that "
-                "prints or changes state, a user-defined iterator) each item is fetched as a "
-                "sync point, after the earlier iterations' work")
+                "over a container, a range, a file or a generator that only reads; over an "
+                "iterator with side effects each item is fetched as a sync point")
     carried = [v for v in step.body.reads if v in step.body.writes and not v.startswith("_pd_")
                and v != step.item]
     if carried:
