@@ -10,6 +10,17 @@ import diffcheck  # noqa: E402
 pytest_plugins = ["conftest_hosts"]  # real sshd, network namespace, moto (tests/realhosts.py)
 
 
+def pytest_addoption(parser):
+    """``--gen-count N`` / ``--gen-seed S``: how many generated programs
+    tests/test_diff_generated.py runs and from which seed (see tests/progen.py)."""
+    group = parser.getgroup("pydron", "pydron's generated differential programs")
+    group.addoption("--gen-count", type=int, default=None, metavar="N",
+                    help="generated programs to run on threads and worker processes (2:1), "
+                         "plus N/10 inline; default $PYDRON_GEN_COUNT or 3000")
+    group.addoption("--gen-seed", type=int, default=None, metavar="S",
+                    help="first seed of the generated programs; default $PYDRON_GEN_SEED or 0")
+
+
 @pytest.fixture(scope="module", params=["threads", "multicore"])
 def threads_pool(request):
     """The pool for a whole differential test module (used through ``pytestmark``): every

@@ -77,6 +77,7 @@ PRELUDE = '''\
 import contextlib
 import io
 import queue
+import sys
 import tempfile
 
 from diffcheck import functional
@@ -298,6 +299,10 @@ def step(x):
     return x * 2 + 1
 
 
+def pwidth(x):
+    return 3 + len(str(x)) % 3
+
+
 # ---- scheduled functions besides main (recursion, self-reference)
 
 class Walker:
@@ -451,6 +456,8 @@ class Snippet:
         ret = self.pick([f"return ('early', {iv}, out)", f"return ident({iv})",
                          f"return out + [inc({iv})]"])
         body = [f"{iv} += 1", f"if {cond}:", f"    {ret}", f"out.append({self.fcall(iv)})"]
+        if self.chance(0.5):        # decide before the increment
+            body = [f"if {cond}:", f"    {ret}", f"out.append({self.fcall(iv)})", f"{iv} += 1"]
         if self.chance(0.3):
             body.insert(0, f"print('at', {iv})")
         return [f"{iv} = {self.pick(['0', 'ident(0)'])}", f"while {test}:"] + indent(body) + \
@@ -610,9 +617,15 @@ class Snippet:
         body = exc[0]
         lines += ["try:", f"    {body}", f"except {exc[1]} as {e}:",
                   f"    out.append(repr({e}))"]
+        if self.chance(0.3):
+            lines.append(f"    out.append(repr({e}.__context__))")
         lines.append(f"{x} = {self.fcall(v)}")
-        if self.chance(0.5):
+        after = self.r.randint(0, 2)
+        if after == 0:
             lines += [f"{e} = {v}", f"out.append({e})"]
+        elif after == 1:
+            lines += ["try:", f"    out.append({e})", "except NameError:",
+                      "    out.append('unbound')"]
         lines.append(f"out.append({x})")
         return lines
 
@@ -657,9 +670,11 @@ class Snippet:
             return [f"{s} = {self.lit()} < ident({a}) <= {self.iexpr()} != inc(n)",
                     f"out.append({s})"]
         if kind == 3:
-            return [f"{s} = f\"{{{a}:{{width({a})}}}}|{{n!r:>{{inc(3)}}}}\"", f"out.append({s})"]
+            w = self.pick(["width", "pwidth"])
+            return [f"{s} = f\"{{{a}:{{{w}({a})}}}}|{{n!r:>{{inc(3)}}}}\"", f"out.append({s})"]
         if kind == 4:
-            return [f"{s} = f\"{{ident(n):0{{width(n)}}d}} {{len(xs):{{{self.lit(1, 5)}}}}}\"",
+            w = self.pick(["width", "pwidth"])
+            return [f"{s} = f\"{{ident(n):0{{{w}(n)}}d}} {{len(xs):{{{self.lit(1, 5)}}}}}\"",
                     f"print({s})"]
         if kind == 5:
             z = self.v("z")
@@ -850,6 +865,9 @@ class Snippet:
 
     # wrappers -----------------------------------------------------------------------------
     def wrap(self, lines, shape):
+        if shape != "while_return" and self.chance(0.12):
+            # a step run inside one of the scheduler's except blocks would see its exception
+            lines = lines + ["out.append(repr(sys.exc_info()[1]))"]
         if shape == "while_return" or not self.chance(0.35):
             return lines
         kind = self.r.randint(0, 4)
@@ -942,7 +960,8 @@ def check_source(source, args, label="program"):
 
     def make(deco):
         module = _load(path, modname, deco)
-        return module.main, lambda: {g: getattr(module, g) for g in module.GLOBALS}
+        return module.main, lambda: {g: getattr(module, g)
+                                     for g in getattr(module, "GLOBALS", ())}
 
     make.__qualname__ = label
     try:
@@ -968,14 +987,14 @@ def check_seed(seed, keep=None):
     return check_source(source, args, f"generated program seed={seed}")
 
 
-def failure_report(seed, text, source=None):
+def failure_report(seed, text, source=None, pool="POOL"):
     """The message for one failing seed: how to reproduce, the difference, the source."""
     if source is None:
         source = generate(seed)[0]
     if len(text) > 6000:
         text = text[:6000] + "\n... (difference truncated)"
-    return (f"=== seed {seed} failed (reproduce: python tests/progen.py --seed {seed} --run "
-            f"--pool POOL)\n{text}\n--- source of seed {seed}:\n{source}")
+    return (f"=== seed {seed} failed on {pool} (reproduce: python tests/progen.py --seed "
+            f"{seed} --run --pool {pool})\n{text}\n--- source of seed {seed}:\n{source}")
 
 
 def signature(text):
@@ -1038,7 +1057,7 @@ def run_many(seeds, pool, *, verbose=False, out=sys.stdout):
         if text is not None:
             failures.append((seed, text))
             if verbose:
-                print(failure_report(seed, text), file=out)
+                print(failure_report(seed, text, pool=pool), file=out)
     elapsed = time.perf_counter() - t0
     return failures, elapsed
 
@@ -1053,6 +1072,7 @@ def main(argv=None):
     ap.add_argument("--reduce", action="store_true", help="with --seed: drop snippets")
     ap.add_argument("--classify", action="store_true", help="group failures by signature")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each failure in full")
+    ap.add_argument("--save", metavar="DIR", help="write each failure report to DIR/SEED.txt")
     opts = ap.parse_args(argv)
     if opts.seed is not None and not (opts.run or opts.reduce):
         print(generate(opts.seed)[0], end="")
@@ -1072,12 +1092,18 @@ def main(argv=None):
         text = check_seed(opts.seed)
         print(f"seed {opts.seed} on {opts.pool}: {'passes' if text is None else 'FAILS'}")
         if text is not None:
-            print(failure_report(opts.seed, text))
+            print(failure_report(opts.seed, text, pool=opts.pool))
         return 0 if text is None else 1
     if opts.count is None:
         ap.error("give --seed or --count")
     seeds = range(opts.start, opts.start + opts.count)
     failures, elapsed = run_many(seeds, opts.pool, verbose=opts.verbose)
+    if opts.save:
+        os.makedirs(opts.save, exist_ok=True)
+        for seed, text in failures:
+            with open(os.path.join(opts.save, f"{seed}.txt"), "w") as fh:
+                fh.write(f"signature: {signature(text)}\n"
+                         + failure_report(seed, text, pool=opts.pool))
     per = elapsed / max(1, opts.count) * 1000
     print(f"{opts.count} programs (seeds {opts.start}..{opts.start + opts.count - 1}) on "
           f"{opts.pool}: {len(failures)} failed, {elapsed:.1f} s, {per:.1f} ms per program")
