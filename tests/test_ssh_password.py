@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pytest
 
 import pydron.backend as backend
-from conftest_hosts import pin_host
+from conftest_hosts import pin_host, unavailable
 from pydron.backend import ssh
 from pydron.backend.sshpool import SshPool
 from pydron.config import load_config
@@ -41,35 +41,27 @@ class PasswordHost(SSHHost):
     password: str = ""
 
 
-def _unavailable(reason: str) -> None:
-    """Skip, except on CI, where a component that cannot be had is a failure: a green CI
-    must mean that the password login really ran."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"password login cannot be tested here: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def password_host(ssh_keys, tmp_path_factory) -> PasswordHost:
     """An sshd on 127.0.0.1 that lets one throwaway account log in with its password."""
     if os.geteuid() != 0:
-        _unavailable("creating a throwaway account needs root")
+        unavailable("creating a throwaway account needs root")
     for tool in ("useradd", "chpasswd", "userdel"):
         if shutil.which(tool) is None:
-            _unavailable(f"the {tool} command is missing")
+            unavailable(f"the {tool} command is missing")
     user = f"pydron-pw-{os.getpid() % 100000}"
     password = secrets.token_urlsafe(18)
     home = tmp_path_factory.mktemp("pwhome")
     made = subprocess.run(["useradd", "-o", "-u", "0", "-g", "0", "-M", "-N", "-d", str(home),
                            "-s", "/bin/sh", user], capture_output=True, text=True)
     if made.returncode != 0:
-        _unavailable(f"useradd failed: {made.stderr.strip()}")
+        unavailable(f"useradd failed: {made.stderr.strip()}")
     server = None
     try:
         chpasswd = subprocess.run(["chpasswd"], input=f"{user}:{password}\n",
                                   capture_output=True, text=True)
         if chpasswd.returncode != 0:
-            _unavailable(f"chpasswd failed: {chpasswd.stderr.strip()}")
+            unavailable(f"chpasswd failed: {chpasswd.stderr.strip()}")
         server = SSHServer(tmp_path_factory.mktemp("pwsshd"), ssh_keys, ["127.0.0.1"],
                            free_port(), tag="sshd_password",
                            extra_config=f"Match User {user}\n"
@@ -78,7 +70,7 @@ def password_host(ssh_keys, tmp_path_factory) -> PasswordHost:
         try:
             server.start()
         except Unavailable as exc:
-            _unavailable(str(exc))
+            unavailable(str(exc))
         host_key = " ".join((ssh_keys["host"].with_suffix(".pub")).read_text().split()[:2])
         yield PasswordHost("127.0.0.1", server.port, user, "", host_key, password=password)
     finally:
