@@ -313,7 +313,8 @@ def test_long_values_are_shortened(tmp_path):
 
 
 def test_json_syntax_error_has_line_and_column(tmp_path):
-    path = write(tmp_path / "pydron.conf", '{\n  "workers": [\n    {"type": "threads" "count": 2}\n  ]\n}\n')
+    path = write(tmp_path / "pydron.conf",
+                 '{\n  "workers": [\n    {"type": "threads" "count": 2}\n  ]\n}\n')
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)

@@ -124,7 +124,7 @@ def test_ssh_and_cloud_entries_build_their_pools():
     mixed.shutdown()
 
 
-# --------------------------------------------------------------------------- the original Pydron's files
+# --------------------------------------------------------------------------- original Pydron
 
 # The examples of the original Pydron documentation (doc/index.rst of pydron/pydron),
 # key for key; only the secrets are made up.
@@ -249,6 +249,7 @@ def test_one_error_lists_every_problem_of_every_entry(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     lines = str(info.value).splitlines()
+    cloud_keys = config._quoted(["type", *config.WORKER_TYPES["cloud"].keys])
     assert lines == [f"{path}: {line}" for line in [
         'top level: expected only the keys "max_retries", "window", "workers", found unknown '
         'key "max_retry" (did you mean "max_retries"?)',
@@ -259,7 +260,7 @@ def test_one_error_lists_every_problem_of_every_entry(tmp_path):
         'workers[1].cores: expected an integer >= 1, found "8"',
         'workers[1].hostname: expected a value (required for type "ssh"), found nothing '
         "(the key is missing)",
-        f'workers[2]: expected only the keys {config._quoted(["type", *config.WORKER_TYPES["cloud"].keys])} '
+        f"workers[2]: expected only the keys {cloud_keys} "
         'for type "cloud", found unknown key "sise" (did you mean "size"?)',
         "workers[2].idle_timeout: expected a number of seconds >= 0, found -1",
         'workers[2].size: expected a value (required for type "cloud"), found nothing '

@@ -468,7 +468,8 @@ def _create(driver: Any, entry: Mapping[str, Any], name: str, tags: Mapping[str,
 def node_address(node: Any, entry: Mapping[str, Any]) -> tuple[str, int] | None:
     """Where SSH of a node is: its first public IP (else private IP) and the entry's
     ``port`` (22); None while it has no address yet."""
-    ips = list(getattr(node, "public_ips", None) or []) + list(getattr(node, "private_ips", None) or [])
+    ips = (list(getattr(node, "public_ips", None) or [])
+           + list(getattr(node, "private_ips", None) or []))
     if not ips:
         return None
     return str(ips[0]), int(entry.get("port", 22))
@@ -579,7 +580,8 @@ def _wait_ready(driver: Any, entry: Mapping[str, Any], created: list[tuple[str, 
             node.extra = {**(pending[node_id].extra or {}), **(node.extra or {})}
             pending[node_id] = node
             label = _label(node, names[node_id])
-            if node.state in (NodeState.TERMINATED, NodeState.ERROR, NodeState.STOPPED) or _gone(node):
+            stopped = (NodeState.TERMINATED, NodeState.ERROR, NodeState.STOPPED)
+            if node.state in stopped or _gone(node):
                 _report(progress, "failed", label, f"it is {node.state} instead of running")
                 failed.append(pending.pop(node_id))
                 continue
