@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     for name in ("pydron.runtime.scheduler", "pydron.dataflow.template"):
-        importlib.import_module(name)  # the packages a wheel once lacked
+        try:
+            importlib.import_module(name)  # the packages a wheel once lacked
+        except ImportError as exc:
+            fail(f"cannot import {name} from the installed pydron: {exc}")
 
     report = str(pydron.explain(chains))
     print(report)
