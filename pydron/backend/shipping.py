@@ -19,6 +19,10 @@ Rules, and why:
   result is again an instance of the caller's own class.
 * Whatever cannot be pickled is reported as a :class:`~pydron.errors.SerializationError`
   naming the function, the argument (or "the result") and its type.
+* A failed call's exception comes back as raised: every exception of its chain with its
+  own type, args, attributes, notes and frames, the frames rebuilt as real traceback
+  entries (see the section on exceptions below). cloudpickle is told to keep code
+  objects' real file names, so that those frames show the user's source.
 """
 from __future__ import annotations
 
@@ -295,10 +299,6 @@ def loads_exception(blob: bytes | None, name: str, message: str, text: str | Non
     return RemoteError(name, message, text or "", "its details did not arrive")
 
 
-def _full_name(cls: type) -> str:
-    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls.__name__)}"
-
-
 def _owner(cls: type, attr: str) -> type:
     """The class of ``cls``'s MRO that defines ``attr``."""
     for base in cls.__mro__:
@@ -331,7 +331,7 @@ def _members(exc: BaseException) -> dict[str, object]:
                 continue
             try:
                 found[key] = getattr(exc, key)
-            except AttributeError:  # an unset slot, OSError.characters_written
+            except Exception:  # an unset slot, OSError.characters_written
                 pass
     return found
 
@@ -422,18 +422,17 @@ class _Encoder:
     def _pickle(self, value: object, root: object) -> bytes:
         """Pickle ``value``; other exceptions inside it become references to their own
         records. Plain pickle first, cloudpickle for what only exists by value."""
-        for pickler in (_ExceptionPickler, _cloud_exception_pickler()):
-            buffer = io.BytesIO()
-            try:
-                pickler(buffer, self, root).dump(value)
-            except Exception:
-                if pickler is _ExceptionPickler:
-                    continue
-                raise
+        buffer = io.BytesIO()
+        try:
+            _ExceptionPickler(buffer, self, root).dump(value)
             blob = buffer.getvalue()
-            if pickler is not _ExceptionPickler or _MAIN not in blob:
+            if _MAIN not in blob:
                 return blob
-        raise AssertionError("unreachable")  # pragma: no cover
+        except Exception:
+            pass
+        buffer = io.BytesIO()
+        _cloud_exception_pickler()(buffer, self, root).dump(value)
+        return buffer.getvalue()
 
 
 class _LinksExceptions:
