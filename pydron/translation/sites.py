@@ -88,7 +88,9 @@ class SiteFinder:
         """``(STATIC, obj)``, ``(DYNAMIC, None)`` or None for a call that stays plain code."""
         func = call.func
         if isinstance(func, ast.Name):
-            if self.is_local(func.id):
+            if self.is_local(func.id) or func.id in self.scopes.declared_globals:
+                # A global this function assigns may name another callee by the time the
+                # call runs: read it then, in program order, like a local.
                 return (DYNAMIC, None)
             obj = self.resolve(func)
             if obj is _MISSING:
