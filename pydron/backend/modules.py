@@ -53,12 +53,12 @@ answers from its reactor thread by reading one file, so a few seconds is plenty;
 that the import fails (:class:`MasterSilent`) instead of stalling the call."""
 
 ELSEWHERE = frozenset({
-    # Python 2 names that libraries still probe for with try/except ImportError.
-    "__builtin__", "cPickle", "cStringIO", "StringIO", "ConfigParser", "Queue", "_winreg",
-    "urllib2", "httplib", "thread", "dummy_thread", "copy_reg", "HTMLParser", "cookielib",
+    # Python 2 names that libraries still probe for with try/except ImportError (only
+    # names no user module of today would have: "Queue" or "thread" might be one).
+    "__builtin__", "cPickle", "cStringIO", "_winreg", "copy_reg", "urllib2", "httplib",
+    "cookielib", "dummy_thread", "_dummy_thread",
     # Modules of other Python implementations and of vendor platforms.
-    "__pypy__", "_pypy_openssl", "java", "jarray", "org", "clr", "System", "vms_lib",
-    "_dummy_thread",
+    "__pypy__", "_pypy_openssl", "java", "jarray", "vms_lib",
 })
 """Top-level names, beyond ``sys.stdlib_module_names``, that code imports optionally to
 learn which interpreter or platform it runs on: no master has them for a worker."""
