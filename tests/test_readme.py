@@ -45,7 +45,8 @@ def test_python_block_runs(code, tmp_path, monkeypatch):
     # A block that defines a pipeline also gets called, plainly and scheduled, on a
     # small input, and both runs must agree.
     if hasattr(module, "pipeline") and hasattr(module, "calibrate"):
-        np = pytest.importorskip("numpy")
+        from conftest_hosts import require_module
+        np = require_module("numpy")
         frames = [np.full((4, 4), float(i)) for i in range(3)]
         dark, flat = np.ones((4, 4)), np.full((4, 4), 2.0)
         got = module.pipeline(frames, dark, flat)
