@@ -90,7 +90,8 @@ _ATOMS = (int, float, complex, str, bytes, bool, type(None), type(Ellipsis), typ
 
 
 def _qualname(t):
-    return f"{getattr(t, '__module__', '?')}.{getattr(t, '__qualname__', getattr(t, '__name__', '?'))}"
+    name = getattr(t, "__qualname__", getattr(t, "__name__", "?"))
+    return f"{getattr(t, '__module__', '?')}.{name}"
 
 
 def snapshot(obj, _memo=None):

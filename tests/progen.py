@@ -26,7 +26,23 @@ n)`` built from *snippets*, each a shape that has broken the compiler before (se
 ``effect_builtin``  effectful callables given to ``sorted``/``min``/``max``/``map``/``filter``
 ``iter_loop``       loops over generators, iterators, ``enumerate``/``zip``, file objects
 ``control``         if/for/while/break/continue/else with calls and prints
-``closure``         closures, ``nonlocal`` counters, lambdas
+``closure``         closures, ``nonlocal`` counters, lambdas, late binding
+``alias_escape``    aliases of arguments and locals; local lists handed to other code
+``loop_after``      loop variables and carried names after loops (break, else, long loops
+                    that fail part-way)
+``aug_sub``         augmented stores into items and attributes; calls in slices
+``global_rebind``   globals (a callee among them) rebound by sync points, then used; a
+                    callee taken from a dict or a cell; a method replaced on its class
+``short_circuit``   ``and``/``or``/conditional expressions/chained comparisons around
+                    effectful calls
+``misc_expr``       assert, star-args, unpacking, ``%``/``format``, walrus in a ``while``
+                    test, a local import, shadowed builtins (``abs``, ``sorted``)
+``nested_loops``    nested loops with break/continue; nested comprehensions
+``consumer``        generator expressions given to consumers that stop early or fail
+``try_with``        calls in try/except/else/finally and ``with`` (printing context
+                    managers that may swallow), break/continue through ``finally``
+``speculation``     a sync point that raises or returns before calls on constants that
+                    would fail
 =================  ====================================================================
 
 Snippets may be nested in plain statements (``if``, ``for``, ``while``, ``try``, ``with``).
@@ -129,7 +145,7 @@ class Box:
 
 
 BOX = Box(0)
-GLOBALS = ("COUNTER", "TOTAL", "LOG", "TABLE", "ROWS", "SEEN", "BOX", "FN")
+GLOBALS = ("COUNTER", "TOTAL", "LOG", "TABLE", "ROWS", "SEEN", "BOX", "FN", "OPS")
 
 
 # ---- functional helpers (fast; some raise for some inputs)
@@ -347,6 +363,42 @@ def retarget():
 
 
 FN = inc
+OPS = {"f": inc, "g": ident}
+
+
+def plain_get(self):
+    print("plain get", self.v)
+    return -self.v
+
+
+def boom(x, limit):
+    """A plain helper that raises for some inputs."""
+    print("boom?", x)
+    if x > limit:
+        raise AppError("boom", x)
+    return x
+
+
+class Loud:
+    """A context manager that prints, and swallows AppError when asked to."""
+
+    def __init__(self, tag, swallow=False):
+        self.tag = tag
+        self.swallow = swallow
+
+    def __enter__(self):
+        print("enter", self.tag)
+        return self
+
+    def __exit__(self, kind, value, tb):
+        print("exit", self.tag, None if kind is None else kind.__name__)
+        return self.swallow and kind is AppError
+
+
+def warn_me(x):
+    import warnings
+    warnings.warn(f"careful with {x}", UserWarning)
+    return x
 @SHADOW@
 
 # ---- scheduled functions besides main (recursion, self-reference)
@@ -408,14 +460,16 @@ CATCH_ALL = "(AppError, ValueError, LookupError, ArithmeticError)"
 SHAPES = ["while_test", "while_return", "recursion", "mutate_for", "dict_arg_store",
           "del_name", "except_as", "loop_sync_read", "mix", "exc_caught", "exc_uncaught",
           "effect_builtin", "iter_loop", "control", "closure", "alias_escape", "loop_after",
-          "aug_sub", "global_rebind", "short_circuit", "misc_expr", "nested_loops"]
+          "aug_sub", "global_rebind", "short_circuit", "misc_expr", "nested_loops", "consumer",
+          "try_with", "speculation"]
 
 # How often each shape is drawn (while_return is only ever the last snippet).
 WEIGHTS = {"while_test": 10, "recursion": 5, "mutate_for": 14, "dict_arg_store": 4,
            "del_name": 5, "except_as": 5, "loop_sync_read": 8, "mix": 10, "exc_caught": 7,
-           "exc_uncaught": 5, "effect_builtin": 7, "iter_loop": 8, "control": 6,
+           "exc_uncaught": 8, "effect_builtin": 7, "iter_loop": 8, "control": 6,
            "closure": 6, "alias_escape": 8, "loop_after": 8, "aug_sub": 6, "global_rebind": 5,
-           "short_circuit": 5, "misc_expr": 7, "nested_loops": 5}
+           "short_circuit": 5, "misc_expr": 7, "nested_loops": 5, "consumer": 6, "try_with": 6,
+           "speculation": 3}
 
 
 def indent(lines, n=1):
@@ -529,7 +583,7 @@ class Snippet:
     def recursion(self):
         kind = self.r.randint(0, 5)
         if kind == 0:
-            return [f"out.append(fact(ident(n % 5 + 1)))"]
+            return ["out.append(fact(ident(n % 5 + 1)))"]
         if kind == 1:
             return [f"{self.v('f')} = fact(n % 4)", f"out.append(({self.v('f')}, "
                     f"{self.fcall(self.v('f'))}))"]
@@ -539,7 +593,7 @@ class Snippet:
             return [f"{self.v('w')} = Walker(ident({self.lit()}))",
                     f"out.append({self.v('w')}.step(n))"]
         if kind == 4:
-            return [f"out.append(countdown(n % 4))"]
+            return ["out.append(countdown(n % 4))"]
         return [f"out.append((main.__name__, {self.fcall('n')}))"]
 
     def _container(self):
@@ -572,8 +626,8 @@ class Snippet:
         setup, c, kind = self._container()
         a, acc, x = self.v("a"), self.v("acc"), self.v("x")
         lines = list(setup)
-        lines.append(f"{a} = {self.pick(['ident', 'inc', 'fail_plain' if self.chance(0.1) else 'ident'])}"
-                     f"({self.iexpr()})")
+        callee = self.pick(['ident', 'inc', 'fail_plain' if self.chance(0.1) else 'ident'])
+        lines.append(f"{a} = {callee}({self.iexpr()})")
         if kind == "list":
             muts = [f"{c}[0] = {a}", f"{c}[1:3] = [{a}, {a} + 1]", f"{c}[:] = {c}[::-1]",
                     f"{c}.append({a})", f"{c}.insert(0, {a})", f"{c}.pop()", f"{c}.sort()",
@@ -647,8 +701,8 @@ class Snippet:
                 f"d.update({{'u{self.k}': ident(n)}})",
             ]))
         if self.chance(0.5):
-            lines.append(f"out.append(total(d.values()) if all(isinstance(v, int) "
-                         f"for v in d.values()) else len(d))")
+            lines.append("out.append(total(d.values()) if all(isinstance(v, int) "
+                         "for v in d.values()) else len(d))")
         return lines
 
     def del_name(self):
@@ -675,7 +729,8 @@ class Snippet:
         if self.chance(0.5):
             lines.append(f"{e} = ident({self.lit()})")     # bound before, unbound by except
         exc = self.pick([(f"{{}}[{v}]", "KeyError"), (f"[][{v}]", "IndexError"),
-                         (f"raise AppError({v})", "AppError"), (f"1 // ({v} * 0)", "ZeroDivisionError"),
+                         (f"raise AppError({v})", "AppError"),
+                         (f"1 // ({v} * 0)", "ZeroDivisionError"),
                          (f"int('x{v}')", "ValueError")])
         body = exc[0]
         lines += ["try:", f"    {body}", f"except {exc[1]} as {e}:",
@@ -695,10 +750,10 @@ class Snippet:
     def loop_sync_read(self):
         kind = self.pick(["while", "for_long", "for_long", "for_short"])
         iv = self.v("i")
-        sync = self.pick([f"COUNTER += ident(1)", f"TOTAL += inc({iv})",
-                          f"LOG.append(ident({iv}))", f"BOX.v += ident(1)",
+        sync = self.pick(["COUNTER += ident(1)", f"TOTAL += inc({iv})",
+                          f"LOG.append(ident({iv}))", "BOX.v += ident(1)",
                           f"xs.append(ident({iv}))", f"TABLE['t' + str({iv})] = ident({iv})",
-                          f"COUNTER += 1", f"SEEN.add(ident({iv}))"])
+                          "COUNTER += 1", f"SEEN.add(ident({iv}))"])
         read = self.pick(["out.append(COUNTER)", "out.append(TOTAL)", "out.append(len(LOG))",
                           "out.append(BOX.v)", "out.append(sum(xs))", "out.append(len(TABLE))",
                           "out.append(total(LOG[-3:]) if all(isinstance(v, int) for v in "
@@ -796,7 +851,7 @@ class Snippet:
         if kind == 0:
             body = [f"{r} = {f}({arg})", f"out.append({r})"]
         elif kind == 1:
-            body = [f"for v in xs:", f"    out.append({f}(v))"]
+            body = ["for v in xs:", f"    out.append({f}(v))"]
         elif kind == 2:
             body = [f"{r} = [{f}(v) for v in xs]", f"out.append({r})"]
         else:
@@ -814,11 +869,11 @@ class Snippet:
         if kind == 0:
             return [f"out.append({f}({arg.replace('v', 'n') if arg == 'v' else arg}))"]
         if kind == 1:
-            return [f"for v in xs:", f"    out.append({f}(v))"]
+            return ["for v in xs:", f"    out.append({f}(v))"]
         if kind == 2:
             return [f"out.append([{f}(v) for v in xs])"]
         if kind == 3:
-            exc = self.pick([f"AppError('direct', n) from KeyError(n)", "CodeError(n, 'direct')",
+            exc = self.pick(["AppError('direct', n) from KeyError(n)", "CodeError(n, 'direct')",
                              "ValueError(n) from None", "AppError('direct', len(xs))"])
             return [f"if n % {self.r.randint(2, 5)} == {self.lit(0, 1)}:", f"    raise {exc}"]
         return ["try:", "    {}[n]", "except KeyError:",
@@ -858,7 +913,8 @@ class Snippet:
             head, pre = [f"for i_{self.k}, {x} in enumerate(xs):"], []
             body_call = f"add(i_{self.k}, {x})"
         elif kind == 4:
-            head, pre = [f"for {x}, y_{self.k} in zip(xs, {self.pick(['xs[1:]', 'range(3)', 'd'])}):"], []
+            other = self.pick(['xs[1:]', 'range(3)', 'd'])
+            head, pre = [f"for {x}, y_{self.k} in zip(xs, {other}):"], []
             body_call = f"ident(({x}, y_{self.k}))"
         elif kind == 5:
             text = "\\n".join(self.lit(0, 99) for _ in range(self.r.randint(0, 4)))
@@ -917,14 +973,14 @@ class Snippet:
         body.append(self.pick([f"out.append({self.fcall(x)})", f"print('ctl', {self.fcall(x)})",
                                f"out.append({x} if {x} < 3 else inc({x}))"]))
         if self.chance(0.3):
-            body += [f"if {x} == {self.lit(0, 5)}:", f"    out.append('eq')",
+            body += [f"if {x} == {self.lit(0, 5)}:", "    out.append('eq')",
                      "else:", f"    out.append(ident({x}) * 2)"]
         lines = [f"for {x} in {self.pick(['xs', 'range(n)', 'list(d.values())', 'xs[:3]'])}:"]
         lines += indent(body)
         if self.chance(0.4):
             lines += ["else:", f"    out.append('no break {self.k}')"]
         if self.chance(0.3):
-            lines += [f"if len(out) > {self.lit(2, 9)}:", f"    print('long', len(out))"]
+            lines += [f"if len(out) > {self.lit(2, 9)}:", "    print('long', len(out))"]
         return lines
 
     def closure(self):
@@ -935,7 +991,7 @@ class Snippet:
                     f"out.append(ident({fv}({self.lit()})))"]
         if kind == 1:
             return [f"{cv} = 0", f"def {fv}():", f"    nonlocal {cv}", f"    {cv} += 1",
-                    f"    return {cv}", f"for v in xs[:3]:",
+                    f"    return {cv}", "for v in xs[:3]:",
                     f"    out.append(add({fv}(), ident(v)))", f"out.append({cv})"]
         if kind == 2:
             return [f"{fv} = lambda v: v * {self.lit()}",
@@ -975,7 +1031,7 @@ class Snippet:
                      f"out.append(sorted(({x}, ident(v)) for {x}, v in {acc}.items()))"]
         elif kind == 4:      # two names for one row, one of them changed
             lines = [f"{al} = ROWS[0]", f"{a} = ident({self.lit()})", f"{al}.append({a})",
-                     f"out.append([total(r) for r in ROWS])"]
+                     "out.append([total(r) for r in ROWS])"]
         elif kind == 5:      # the same list twice in the result
             lines = [f"{acc} = [ident(n)]", f"{al} = {acc}", f"{al}.append(inc(n))",
                      f"out.append(({acc}, {al}))"]
@@ -1024,7 +1080,7 @@ class Snippet:
                     "out.append(list(xs))"]
         if kind == 1:
             return ["for k in list(d):", f"    d[k] = add(d[k], {self.lit()})",
-                    f"d[next(iter(d))] -= inc(0)", "out.append(dict(d))"]
+                    "d[next(iter(d))] -= inc(0)", "out.append(dict(d))"]
         if kind == 2:
             return [f"BOX.v += ident({self.lit()})", "BOX.v *= inc(1)",
                     "out.append((BOX.v, BOX.get()))"]
@@ -1038,7 +1094,19 @@ class Snippet:
 
     def global_rebind(self):
         """Globals rebound by sync points and read by later calls; a global callee rebound."""
-        kind = self.r.randint(0, 4)
+        kind = self.r.randint(0, 8)
+        if kind == 5:        # a callee taken from a dict that a sync point changes
+            return ["out.append(OPS['f'](n))", "OPS['f'] = shout", "out.append(OPS['f'](n))"]
+        if kind == 6:        # a local callee rebound by a closure (a cell variable)
+            fv, sw = self.v("f"), self.v("sw")
+            return [f"{fv} = inc", f"def {sw}():", f"    nonlocal {fv}", f"    {fv} = shout",
+                    f"out.append({fv}(n))", f"{sw}()", f"out.append({fv}(n))"]
+        if kind == 7:        # a functional method replaced on the class by a sync point
+            return [f"{self.v('b')} = Box(ident({self.lit()}))",
+                    f"out.append({self.v('b')}.get())", "Box.get = plain_get",
+                    f"out.append({self.v('b')}.get())"]
+        if kind == 8:        # a warning from a plain helper between calls
+            return ["out.append(inc(warn_me(ident(n))))", "out.append(warn_me(inc(n)))"]
         if kind == 0:
             return ["COUNTER = ident(5)", "out.append(inc(COUNTER))"]
         if kind == 1:
@@ -1061,8 +1129,8 @@ class Snippet:
             f"out.append(0 < shout({a}) < 5)",
             f"out.append(-10 < ident({a}) < shout({self.lit()}) < 10)",
             f"out.append(is_odd({a}) or keep_odd({self.lit()}) or shout(1))",
-            f"out.append([v for v in xs if keep_odd(v) and is_odd(inc(v))])",
-        ]), f"print('sc', len(out))"]
+            "out.append([v for v in xs if keep_odd(v) and is_odd(inc(v))])",
+        ]), "print('sc', len(out))"]
 
     def misc_expr(self):
         """assert, star-args, unpacking, % and .format, walrus in while, methods on results,
@@ -1070,27 +1138,27 @@ class Snippet:
         v = self.v("v")
         return [self.pick([
             f"assert ident({self.iexpr()}) > -1000, f'never {{inc(1)}}'",
-            f"out.append(tup(*xs, *[inc(v) for v in xs[:2]]))",
-            f"out.append(tup(*(ident(v) for v in xs)))",
+            "out.append(tup(*xs, *[inc(v) for v in xs[:2]]))",
+            "out.append(tup(*(ident(v) for v in xs)))",
             f"{v}, *rest_{self.k} = ident((n, 1, 2))\nout.append(({v}, rest_{self.k}))",
             f"{v}, w_{self.k} = inc(n), ident(len(xs))\n{v}, w_{self.k} = w_{self.k}, {v}\n"
             f"out.append(({v}, w_{self.k}))",
-            f"out.append('%d-%s' % (ident(n), inc(n)))",
-            f"out.append('{{}}:{{:>4}}'.format(ident(n), inc(len(xs))))",
+            "out.append('%d-%s' % (ident(n), inc(n)))",
+            "out.append('{}:{:>4}'.format(ident(n), inc(len(xs))))",
             f"{v} = 0\nwhile ({v} := inc({v})) < {self.r.randint(0, 5)}:\n    out.append({v})",
-            f"out.append(str(ident(n)).zfill(inc(3)))",
-            f"out.append(tup(n, b=1) if False else add(a=ident(1), b=n))",
-            f"import math\nout.append(math.gcd(ident(12), inc(n)))",
-            f"out.append(abs(ident(-n)) + abs(n - 5))",
-            f"out.append(sorted([ident(v) for v in xs]))",
+            "out.append(str(ident(n)).zfill(inc(3)))",
+            "out.append(tup(n, b=1) if False else add(a=ident(1), b=n))",
+            "import math\nout.append(math.gcd(ident(12), inc(n)))",
+            "out.append(abs(ident(-n)) + abs(n - 5))",
+            "out.append(sorted([ident(v) for v in xs]))",
         ])]
 
     def nested_loops(self):
         x, y, acc = self.v("x"), self.v("y"), self.v("acc")
         lines = [f"{acc} = []", f"for {x} in xs[:4]:"]
         inner = [f"for {y} in range({x} % 4):"]
-        inner += indent([f"if is_odd({x} + {y}):", "    continue" if self.chance(0.5) else "    break",
-                         f"{acc}.append(add({x}, {y}))"])
+        jump = "    continue" if self.chance(0.5) else "    break"
+        inner += indent([f"if is_odd({x} + {y}):", jump, f"{acc}.append(add({x}, {y}))"])
         if self.chance(0.4):
             inner += [f"if {x} > {self.lit(0, 9)}:", "    break"]
         else:
@@ -1100,6 +1168,78 @@ class Snippet:
                   f"out.append([add({x}, {y}) for {x} in xs[:3] for {y} in range({x} % 3) "
                   f"if is_odd({x} + {y})])"]
         return lines
+
+    def consumer(self):
+        """Generator expressions with calls given to consumers that stop early or fail."""
+        src = self.pick(["gen_noisy(xs)", "xs", "gen_noisy(xs + [n])", "Ticker(4)"])
+        f = self.pick(["is_odd(v)", "inc(v)", f"fail_if_eq(v, {self.lit(0, 9)})",
+                       f"{self.pick(FAILERS)}(v)"])
+        cons = self.pick(["any", "all", "sum", "min", "max", "sorted", "list", "tuple", "set",
+                          "next", "'-'.join", "in", "unpack", "zip"])
+        g = f"({f} for v in {src})"
+        if cons == "next":
+            line = f"out.append(next({g}, None))"
+        elif cons == "'-'.join":
+            line = f"out.append('-'.join(str({f}) for v in {src}))"
+        elif cons == "in":
+            line = f"out.append({self.lit(0, 5)} in {g})"
+        elif cons == "unpack":
+            line = f"out.append([*{g}])"
+        elif cons == "zip":
+            line = f"out.append(list(zip(range({self.r.randint(0, 3)}), {g})))"
+        elif cons == "set":
+            line = f"out.append(sorted(set({g}), key=repr))"
+        elif cons in ("min", "max"):
+            line = f"out.append({cons}({g}, default=None))"
+        else:
+            line = f"out.append({cons}({g}))"
+        lines = [line, "print('consumed', len(out))"]
+        if "fail" in f:
+            lines = ["try:"] + indent(lines) + [f"except {CATCH_ALL} as e:",
+                                                "    out.append(describe(e))"]
+        return lines
+
+    def try_with(self):
+        """Calls inside try/except/else/finally and inside with blocks (which run as one
+        step), with break/continue/return crossing them."""
+        x, y = self.v("x"), self.v("y")
+        kind = self.r.randint(0, 4)
+        if kind == 0:
+            return [f"with Loud('{self.k}', swallow={self.pick(['True', 'False'])}):",
+                    f"    out.append({self.fcall('n')})",
+                    f"    out.append(fail_plain({self.pick(['n', 'len(xs)', self.lit()])}))",
+                    "    print('inside')"]
+        if kind == 1:
+            return [f"for {x} in xs:", f"    {y} = {self.fcall(x)}", "    try:",
+                    f"        if {y} > {self.lit(0, 9)}:", "            break",
+                    f"        if is_odd({y}):", "            continue",
+                    f"        out.append({y})", "    finally:", f"        print('fin', {x})"]
+        if kind == 2:
+            return ["try:", f"    {y} = fail_from({self.pick(['n', 'len(xs)'])})",
+                    "except ValueError as e:", "    out.append(describe(e))",
+                    f"    {y} = inc(-1)", "else:", f"    {y} = ident({y})", "finally:",
+                    "    print('finally')", f"out.append({y})"]
+        if kind == 3:
+            return ["try:", f"    for {x} in xs:", f"        out.append(fail_plain({x}))",
+                    "except AppError as e:", "    out.append(('stopped', e.args))",
+                    "    try:", "        {}[e.args[1]]", "    except KeyError as e2:",
+                    "        out.append(describe(e2))"]
+        return [f"{x} = {y} = ident(n)", f"xs[0:0] = [{y}] if False else []",
+                f"{self.v('z')} = [{x}] * 2", f"{self.v('z')}[0] = {y} = inc({x})",
+                f"out.append(({x}, {y}, {self.v('z')}))"]
+
+    def speculation(self):
+        """A sync point that raises or returns, then calls on constants that would fail: they
+        may start early, but only the plain run's outcome may show."""
+        f = self.pick(FAILERS)
+        bad = self.pick([f"{f}({self.lit(0, 9)})", "fail_zero(3)", "fail_zero(4)",
+                         f"fail_if_eq({self.lit(0, 3)}, {self.lit(0, 3)})", "inc(1)"])
+        first = self.pick([f"boom(n, {self.lit(0, 7)})", f"boom(len(xs), {self.lit(0, 5)})",
+                           f"print('before', {self.fcall('n')})",
+                           "if keep_odd(n):\n    return ('returned', out)",
+                           f"if shout(n) < {self.lit(-5, 0)}:\n    return out + [1]",
+                           f"note({self.fcall('n')})"])
+        return [first, f"out.append({bad})", f"out.append({self.fcall(self.lit())})"]
 
     # wrappers -----------------------------------------------------------------------------
     def wrap(self, lines, shape):
@@ -1120,7 +1260,7 @@ class Snippet:
                     f"    wr_{k} += 1"] + indent(lines)
         if kind == 3:
             return ["try:"] + indent(lines) + [
-                f"except {CATCH_ALL} as e:", f"    out.append(('wrapped', type(e).__name__))"]
+                f"except {CATCH_ALL} as e:", "    out.append(('wrapped', type(e).__name__))"]
         return ["with contextlib.nullcontext():"] + indent(lines)
 
 
