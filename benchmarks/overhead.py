@@ -39,8 +39,8 @@ def _hundred_line_module() -> str:
             f"        y = work(x + {i})",
             f"        if check(y) and y % {i + 2} == 0:",
             f"            part{i}.append(y)",
-            f"        else:",
-            f"            skipped += 1",
+            "        else:",
+            "            skipped += 1",
             f"    totals[{i}] = sum(part{i}) if part{i} else 0",
         ]
     body += ["    best = max(totals, key=totals.get)",

@@ -21,7 +21,6 @@ import argparse
 import concurrent.futures
 import multiprocessing
 import os
-import statistics
 import subprocess
 import sys
 import textwrap

@@ -315,7 +315,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="workers in the pool (default: one per core)")
     parser.add_argument("--pool", choices=("threads", "multicore"), default="threads",
-                        help="kind of workers (default: threads: numpy releases the GIL, so threads overlap the frames without copying them to processes)")
+                        help="kind of workers (default: threads: numpy releases the GIL, so "
+                             "threads overlap the frames without copying them to processes)")
     parser.add_argument("--quiet", action="store_true", help="do not echo the progress lines")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.size < 2 * TILE:

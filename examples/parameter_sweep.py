@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="workers in the pool (default: one per core)")
     parser.add_argument("--pool", choices=("threads", "multicore"), default="multicore",
-                        help="kind of workers (default: multicore: one worker process per core, Pydron's default)")
+                        help="kind of workers (default: multicore: one worker process per core, "
+                             "Pydron's default)")
     parser.add_argument("--quiet", action="store_true", help="do not echo the progress lines")
     args = parser.parse_args(argv)
     if args.grid < 1 or args.size < 16:

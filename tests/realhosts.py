@@ -100,7 +100,8 @@ def make_keys(directory: Path) -> dict[str, Path]:
     for name in ("host", "client", "stranger", "host_other"):
         path = directory / f"{name}_ed25519"
         if not path.exists():
-            subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", f"pydron-test-{name}",
+            subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "",
+                            "-C", f"pydron-test-{name}",
                             "-f", str(path)], check=True)
         keys[name] = path
     authorized = directory / "authorized_keys"
@@ -236,7 +237,8 @@ class SSHServer:
         if check.returncode != 0:
             raise Unavailable(f"sshd rejects its test configuration: {check.stderr.strip()}")
         log = open(self.log_path(), "ab")
-        self.proc = subprocess.Popen([*self.prefix, SSHD, "-D", "-e", "-f", str(self.config_path())],
+        self.proc = subprocess.Popen([*self.prefix, SSHD, "-D", "-e",
+                                      "-f", str(self.config_path())],
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         try:
@@ -268,7 +270,8 @@ class SSHServer:
             proc.wait(5)
 
 
-def start_local_sshd(workdir: Path, keys: dict[str, Path], loopbacks: int = 16) -> tuple[SSHServer, SSHHost]:
+def start_local_sshd(workdir: Path, keys: dict[str, Path], loopbacks: int = 16
+                     ) -> tuple[SSHServer, SSHHost]:
     """sshd on 127.0.0.1 .. 127.0.0.<loopbacks>, one free port for all of them.
 
     The extra loopback addresses serve libcloud's Dummy driver, whose nodes get the public

@@ -89,7 +89,8 @@ CASES.add(string_ops, ("banana", 2), ("", 3))
 
 def conversions(x):
     v = square(x)
-    return str(v), repr(str(v)), bool(v), list(str(v)), tuple(range(inc(x))), hex(v), chr(65 + v % 26)
+    return (str(v), repr(str(v)), bool(v), list(str(v)), tuple(range(inc(x))), hex(v),
+            chr(65 + v % 26))
 
 
 CASES.add(conversions, (3,), (0,), (12,))
@@ -350,7 +351,8 @@ CASES.add(functional_method, (3, [1, 2, 3]), (0, []))
 
 
 def whitelisted_builtins(xs):
-    return len(xs), max(xs), min(xs), sum(map(square, xs)), sorted(xs), abs(neg(xs[0])), gcd(12, square(xs[1])), mul(xs[0], 7)
+    return (len(xs), max(xs), min(xs), sum(map(square, xs)), sorted(xs), abs(neg(xs[0])),
+            gcd(12, square(xs[1])), mul(xs[0], 7))
 
 
 CASES.add(whitelisted_builtins, ([3, 2, 5],), ([-4, 6],))

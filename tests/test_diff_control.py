@@ -6,6 +6,8 @@ PYTEST_DONT_REWRITE: the case functions use ``assert`` and must keep Python's ow
 """
 from dataclasses import dataclass
 
+import sys
+
 import pytest
 
 from diffcheck import A, Cases, assert_same, assert_same_factory, run_case, schedule
@@ -19,7 +21,7 @@ POOL_CASES = Cases()
 FACTORY_CASES = []
 
 
-# ----------------------------------------------------------------- raise, raise from, re-raise
+# ---------------------------------------------------------------------- raise, raise from, re-raise
 
 class AppError(Exception):
     pass
@@ -135,7 +137,7 @@ def uncaught_custom_exception(table, key):
 CASES.add(uncaught_custom_exception, ({"a": 2}, "a"), ({"a": 2}, "b"))
 
 
-# ----------------------------------------------------------------- nested functions and classes
+# --------------------------------------------------------------------- nested functions and classes
 
 def nested_function(xs):
     def helper(v):
@@ -233,7 +235,7 @@ def decorator_in_body(xs):
 CASES.add(decorator_in_body, ([1, 2],))
 
 
-# ----------------------------------------------------------------- generators defined in the body
+# ------------------------------------------------------------------- generators defined in the body
 
 def generator_in_body(n):
     def gen(k):
@@ -325,7 +327,7 @@ def generator_expression_lazy(xs):
 CASES.add(generator_expression_lazy, ([1, 2, 3],), ([],))
 
 
-# ----------------------------------------------------------------- match
+# -------------------------------------------------------------------------------------------- match
 
 def match_literals(x):
     match square(x):
@@ -480,7 +482,7 @@ def match_guard_raises(x):
 CASES.add(match_guard_raises, (1,), (0,), (3,))
 
 
-# ----------------------------------------------------------------- try / except / else / finally
+# -------------------------------------------------------------------- try / except / else / finally
 
 def try_catch_functional(xs):
     out = []
@@ -653,18 +655,9 @@ def try_in_loop_with_continue(xs):
 CASES.add(try_in_loop_with_continue, ([1, -1, 2, 3],))
 
 
-def exception_group_star(xs):
-    try:
-        raise ExceptionGroup("many", [ValueError(square(x)) if is_even(x) else KeyError(x)
-                                      for x in xs])
-    except* ValueError as eg:
-        print("values", [str(e) for e in eg.exceptions])
-    except* KeyError as eg:
-        print("keys", [str(e) for e in eg.exceptions])
-    return "handled"
-
-
-CASES.add(exception_group_star, ([1, 2, 3, 4],), ([2],))
+if sys.version_info >= (3, 11):      # except* is a SyntaxError before 3.11
+    from diff_cases_311 import exception_group_star
+    CASES.add(exception_group_star, ([1, 2, 3, 4],), ([2],))
 
 
 def try_with_calls_in_flight(xs, bad):
@@ -695,7 +688,7 @@ def try_earliest_failure_caught(x):
 CASES.add(try_earliest_failure_caught, (6,))
 
 
-# ----------------------------------------------------------------- with
+# --------------------------------------------------------------------------------------------- with
 
 class Managed:
     def __init__(self, name, suppress=False):
@@ -814,7 +807,7 @@ def with_enter_raises(x):
 CASES.add(with_enter_raises, (1,))
 
 
-# ----------------------------------------------------------------- methods: super, static, class
+# -------------------------------------------------------------------- methods: super, static, class
 
 class Base:
     factor = 2
@@ -927,7 +920,7 @@ def make_class_attribute_update(deco):
 FACTORY_CASES.append((make_class_attribute_update, A([1, 2])))
 
 
-# ----------------------------------------------------------------- recursion of a scheduled function
+# ---------------------------------------------------------------- recursion of a scheduled function
 
 def make_recursive_fact(deco):
     def fact(n):
@@ -986,7 +979,7 @@ def test_module_level_recursion_through_scheduled_name(monkeypatch):
     assert out.value == 13
 
 
-# ----------------------------------------------------------------- both pools
+# --------------------------------------------------------------------------------------- both pools
 
 for _fn, _args in [(raise_from, (3,)), (try_catch_functional, ([1, 2, 3],)),
                    (match_sequences, ([1, 2, 3],)), (with_suppress, (2,)),

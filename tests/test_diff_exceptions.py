@@ -16,7 +16,7 @@ CASES = Cases()
 POOL_CASES = Cases()
 
 
-# ----------------------------------------------------------------- in a functional call
+# ----------------------------------------------------------------------------- in a functional call
 
 def fail_first_iteration(xs):
     out = []
@@ -145,7 +145,7 @@ def fail_in_both_tuple_elements(a, b):
 CASES.add(fail_in_both_tuple_elements, (1, 2), (0, 2), (1, 0), (0, 0))
 
 
-# ----------------------------------------------------------------- in plain code
+# ------------------------------------------------------------------------------------ in plain code
 
 def fail_plain_before_calls(x):
     y = 10 // x
@@ -303,7 +303,7 @@ def fail_recursion_in_helper(n):
 CASES.add(fail_recursion_in_helper, (0,), (1,))
 
 
-# ----------------------------------------------------------------- program order beats wall-clock order
+# ------------------------------------------------------------- program order beats wall-clock order
 
 def order_two_slow_failures(x):
     a = slow_fail(1, 0.15)
@@ -392,7 +392,7 @@ def order_caught_earlier_failure(xs):
 CASES.add(order_caught_earlier_failure, ([1, 2, 3, 4],))
 
 
-# ----------------------------------------------------------------- prints before and after a failure
+# ---------------------------------------------------------------- prints before and after a failure
 
 def prints_before_failure_appear(xs, bad):
     for x in xs:
@@ -468,7 +468,7 @@ def mutation_interleaved_with_slow_failure(out):
 CASES.add(mutation_interleaved_with_slow_failure, ([],))
 
 
-# ----------------------------------------------------------------- exceptions caught in the body
+# -------------------------------------------------------------------- exceptions caught in the body
 
 def caught_in_body_continue_work(xs):
     good, bad = [], []

@@ -15,7 +15,7 @@ CASES = Cases()
 POOL_CASES = Cases()
 
 
-# ----------------------------------------------------------------- basic loops
+# -------------------------------------------------------------------------------------- basic loops
 
 def for_list(xs):
     out = []
@@ -199,7 +199,7 @@ def empty_loops(xs):
 CASES.add(empty_loops, ([],), ([3],))
 
 
-# ----------------------------------------------------------------- loop variable after the loop
+# --------------------------------------------------------------------- loop variable after the loop
 
 def loop_var_after(xs):
     for x in xs:
@@ -240,7 +240,7 @@ def nested_loop_var_leak(n):
 CASES.add(nested_loop_var_leak, (3,), (1,), (0,))
 
 
-# ----------------------------------------------------------------- for/while ... else
+# ------------------------------------------------------------------------------- for/while ... else
 
 def for_else_search(xs, target):
     for x in xs:
@@ -312,7 +312,7 @@ def for_else_with_continue(xs):
 CASES.add(for_else_with_continue, ([1, 2, 4],))
 
 
-# ----------------------------------------------------------------- break in every position
+# -------------------------------------------------------------------------- break in every position
 
 def break_at(xs, stop):
     out = []
@@ -402,7 +402,7 @@ def break_while(n):
 CASES.add(break_while, (10,), (2,), (0,))
 
 
-# ----------------------------------------------------------------- continue in every position
+# ----------------------------------------------------------------------- continue in every position
 
 def continue_at(xs, skip):
     out = []
@@ -488,7 +488,7 @@ def continue_and_break(xs):
 CASES.add(continue_and_break, ([1, -2, 3, 200, 4],), ([1, -2, 3],))
 
 
-# ----------------------------------------------------------------- early return in every position
+# ------------------------------------------------------------------- early return in every position
 
 def return_at(xs, target):
     for x in xs:
@@ -562,7 +562,7 @@ def return_with_pending_work(xs):
 CASES.add(return_with_pending_work, ([1, 2, 3],), ([5, 6],))
 
 
-# ----------------------------------------------------------------- iteration sources with effects
+# ------------------------------------------------------------------- iteration sources with effects
 
 def generator_source_prints(n):
     def numbers():
@@ -737,7 +737,7 @@ def unbound_assigned_in_loop(xs):
 CASES.add(unbound_assigned_in_loop, ([3],), ([],))
 
 
-# ----------------------------------------------------------------- accumulation idioms
+# ------------------------------------------------------------------------------ accumulation idioms
 
 def acc_append(xs):
     out = []
@@ -1035,7 +1035,7 @@ def _aliased_args():
 CASES.add(acc_argument_aliases, _aliased_args(), ([], []))
 
 
-# ----------------------------------------------------------------- loops with functional calls and prints
+# ----------------------------------------------------------- loops with functional calls and prints
 
 def print_progress(xs):
     out = []
@@ -1081,7 +1081,7 @@ def loop_inner_functional_pipeline(xs):
 CASES.add(loop_inner_functional_pipeline, ([1, 2, 3],))
 
 
-# ----------------------------------------------------------------- both pools
+# --------------------------------------------------------------------------------------- both pools
 
 for _fn, _args in [(acc_append, (list(range(8)),)), (break_at, ([1, 2, 3, 4], 3)),
                    (continue_filter, ([1, 2, 3, 4, 6],)), (return_at, ([1, 2, 3], 4)),

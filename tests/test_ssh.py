@@ -209,13 +209,15 @@ def test_proxyjump_reaches_a_host_only_the_jump_host_can_reach(netns_host, ssh_h
     if not os.path.exists("/usr/bin/ssh"):
         unavailable("no OpenSSH client (/usr/bin/ssh) for ProxyCommand")
     kh = ssh_home / ".ssh" / "known_hosts"
+    proxy = (f"/usr/bin/ssh -q -i {key} -o BatchMode=yes -o UserKnownHostsFile={kh} "
+             f"root@{h2.hostname} -W %h:%p")
     (ssh_home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
         Host inner2
             HostName 127.0.0.1
             Port 22
             User root
             IdentityFile ~/.ssh/id_h2
-            ProxyCommand /usr/bin/ssh -q -i {key} -o BatchMode=yes -o UserKnownHostsFile={kh} root@{h2.hostname} -W %h:%p
+            ProxyCommand {proxy}
         """))
     client = ssh.connect({"hostname": "inner2"})
     try:
@@ -312,7 +314,8 @@ def test_reverse_forward_carries_bytes_both_ways(netns_host, ssh_home):
     try:
         # The second host cannot reach this machine's loopback: only the tunnel can.
         probe = netns_host.exec(sys.executable, "-c",
-                                f"import socket; socket.create_connection(('127.0.0.1', {echo.port}), timeout=2)",
+                                "import socket; socket.create_connection("
+                                f"('127.0.0.1', {echo.port}), timeout=2)",
                                 capture_output=True)
         assert probe.returncode != 0
 

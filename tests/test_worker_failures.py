@@ -4,7 +4,6 @@ Real processes, real signals, real TCP on 127.0.0.1.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -197,7 +196,7 @@ def test_past_the_retry_limit_the_caller_gets_worker_lost_error(make_pool, fn, h
     assert not ok and isinstance(err, WorkerLostError)
     message = str(err)
     assert message.startswith("worker "), message
-    assert f"(pid " in message and how in message, message
+    assert "(pid " in message and how in message, message
     assert f"while running {fn.__name__}() defined at {__file__}:" in message, message
     assert "tried 2 times (max_retries=1)" in message, message
     wait_for(lambda: len(pool.worker_pids()) == 2, what="replacements")

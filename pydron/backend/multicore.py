@@ -48,7 +48,6 @@ from pydron.backend.reactor import (
 )
 from pydron.backend.shipping import (
     PROTOCOL, FunctionShipper, callable_name, callable_site, dumps_args, loads_exception,
-    type_name,
 )
 from pydron.backend.worker import FUNCTION_CACHE_SIZE
 from pydron.errors import SerializationError, WorkerLostError

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydron.backend import ssh
-from pydron.backend.multicore import DONE, QUEUED, STOP_GRACE, MulticorePool
+from pydron.backend.multicore import STOP_GRACE, MulticorePool
 from pydron.backend.reactor import call_soon, in_reactor_thread
 from pydron.errors import WorkerLostError
 

@@ -169,7 +169,8 @@ class Compiler:
         # compiling: a def named like the user's function would bind that name in the
         # factory, and a step that reads it (recursion, a method calling the global of the
         # same name) would see the step instead of the global.
-        fdef = ast.FunctionDef(name=_STEP_NAME, args=_args(params, {"_pd_U": "_pd_U", "_pd_R": "_pd_R"}),
+        hidden = {"_pd_U": "_pd_U", "_pd_R": "_pd_R"}
+        fdef = ast.FunctionDef(name=_STEP_NAME, args=_args(params, hidden),
                                body=body, decorator_list=[], returns=None, type_comment=None)
         ast.copy_location(fdef, where)
         locate(fdef, where)
