@@ -531,3 +531,68 @@ def bound_method_of_local_after_sync(c):
 def test_functional_methods_read_their_object_in_order():
     assert_same(bound_method_of_global_after_sync)
     assert_same(bound_method_of_local_after_sync, Counter())
+
+
+# ------------------------------------------------ a global callee rebound during the run
+
+def _shout(x):
+    print("shout", x)
+    return -x
+
+
+FN = ident
+FN2 = ident
+FN3 = ident
+
+
+def _retarget():
+    global FN
+    FN = _shout
+
+
+class _Switch:
+    def flip(self):
+        global FN2
+        FN2 = _shout
+
+
+def _via_globals():
+    globals()["FN3"] = _shout
+
+
+def callee_rebound_by_helper(n):
+    a = FN(n)
+    _retarget()
+    return a, FN(n), [FN(i) for i in range(2)]
+
+
+def callee_rebound_by_method(n):
+    a = FN2(n)
+    _Switch().flip()
+    return a, FN2(n)
+
+
+def callee_rebound_through_globals(n):
+    a = FN3(n)
+    _via_globals()
+    return a, FN3(n)
+
+
+@pytest.mark.parametrize("fn", [callee_rebound_by_helper, callee_rebound_by_method,
+                                callee_rebound_through_globals])
+def test_global_callee_rebound_during_the_run(fn):
+    global FN, FN2, FN3
+    FN = FN2 = FN3 = ident
+    plain = run_plain(fn, 3)
+    FN = FN2 = FN3 = ident
+    sched = run_plain(schedule(fn), 3)
+    FN = FN2 = FN3 = ident
+    assert plain == sched
+
+
+def run_plain(fn, *args):
+    import contextlib
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        result = fn(*args)
+    return result, buf.getvalue()

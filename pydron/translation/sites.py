@@ -46,6 +46,7 @@ class SiteFinder:
             self.builtins = vars(self.builtins)
         #: (dotted name, object) pairs the translation relied on; re-checked at every call.
         self.guards: dict[tuple[str, ...], Any] = {}
+        self._rebound: Optional[frozenset[str] | AllNames] = None
 
     # -- name resolution -------------------------------------------------------------
     def is_local(self, name: str) -> bool:
@@ -72,7 +73,8 @@ class SiteFinder:
 
     def is_stable_global(self, name: str) -> bool:
         """A global that names a function, class or module: reading it later is harmless."""
-        if self.is_local(name) or name in self.scopes.declared_globals:
+        if self.is_local(name) or name in self.scopes.declared_globals or \
+                name in self.rebound_globals():
             return False
         obj = self.resolve(ast.Name(id=name, ctx=ast.Load()))
         return obj is not _MISSING and callable_or_module(obj)
@@ -88,9 +90,11 @@ class SiteFinder:
         """``(STATIC, obj)``, ``(DYNAMIC, None)`` or None for a call that stays plain code."""
         func = call.func
         if isinstance(func, ast.Name):
-            if self.is_local(func.id) or func.id in self.scopes.declared_globals:
-                # A global this function assigns may name another callee by the time the
-                # call runs: read it then, in program order, like a local.
+            if self.is_local(func.id) or func.id in self.scopes.declared_globals or \
+                    func.id in self.rebound_globals():
+                # A global that this function, or any function of its module, assigns may
+                # name another callee by the time the call runs: read it then, in program
+                # order, like a local.
                 return (DYNAMIC, None)
             obj = self.resolve(func)
             if obj is _MISSING:
@@ -108,6 +112,14 @@ class SiteFinder:
         if isinstance(func, ast.Lambda):
             return None
         return (DYNAMIC, None)
+
+    def rebound_globals(self) -> frozenset[str] | AllNames:
+        """The globals of this module that some function or method of the module assigns
+        or deletes with ``global`` (``FN = other`` in a helper), found in their bytecode;
+        every name if one of them calls ``globals()``. Computed once per translation."""
+        if self._rebound is None:
+            self._rebound = _rebound_globals(self.globals)
+        return self._rebound
 
     def plain_call_kind(self, call: ast.Call) -> tuple[int, str]:
         """How a call left in plain code behaves: purity.PURE / SYNC, with a reason."""
@@ -137,6 +149,50 @@ class SiteFinder:
             return False
         obj = self.resolve(func)
         return any(obj is c for c in EAGER_CONSUMERS)
+
+
+class AllNames:
+    """Stands for the set of every name (a module that calls ``globals()``)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_STORES = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL"})
+
+
+def _rebound_globals(globals_: dict[str, Any]) -> frozenset[str] | AllNames:
+    import dis
+    import types
+    module = globals_.get("__name__")
+    codes: list[types.CodeType] = []
+    seen: set[int] = set()
+
+    def add_function(fn: Any) -> None:
+        code = getattr(fn, "__code__", None)
+        if isinstance(code, types.CodeType) and getattr(fn, "__globals__", None) is globals_:
+            codes.append(code)
+
+    for value in list(globals_.values()):
+        if isinstance(value, type) and value.__module__ == module:
+            for attr in vars(value).values():
+                add_function(getattr(attr, "__func__", attr))
+        else:
+            add_function(value)
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        if id(code) in seen:
+            continue
+        seen.add(id(code))
+        if "globals" in code.co_names:
+            return AllNames()
+        if code.co_names:
+            for ins in dis.get_instructions(code):
+                if ins.opname in _STORES:
+                    names.add(ins.argval)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return frozenset(names)
 
 
 def dotted(expr: ast.expr) -> Optional[tuple[str, ...]]:
