@@ -596,3 +596,15 @@ def run_plain(fn, *args):
     with contextlib.redirect_stdout(buf):
         result = fn(*args)
     return result, buf.getvalue()
+
+
+# ------------------------------------------------ lambdas in comprehensions lowered to loops
+
+def lambda_defaults_in_lowered_comprehension(n):
+    fs = [lambda x, i=i: x + i + j for i in range(n) for j in range(ident(2))]
+    gs = [lambda x, k=i * 2: x - k for i in range(ident(n))]
+    return [f(1) for f in fs], [g(10) for g in gs]
+
+
+def test_lambda_defaults_in_lowered_comprehension():
+    assert_same(lambda_defaults_in_lowered_comprehension, 3)

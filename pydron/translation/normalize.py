@@ -544,10 +544,16 @@ class _Renamer(ast.NodeTransformer):
         return node
 
     def visit_Lambda(self, node: ast.Lambda) -> ast.Lambda:
+        # Defaults are evaluated where the lambda is written (``lambda x, i=i: ...``);
+        # the body sees the lambda's own parameters first.
+        node.args.defaults = [self.visit(d) for d in node.args.defaults]
+        node.args.kw_defaults = [self.visit(d) if d is not None else None
+                                 for d in node.args.kw_defaults]
         params = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
-        if params & set(self.renames):
-            return node
-        return self.generic_visit(node)
+        inner = self if not params & set(self.renames) else _Renamer(
+            {k: v for k, v in self.renames.items() if k not in params})
+        node.body = inner.visit(node.body)
+        return node
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> ast.NamedExpr:
         node.value = self.visit(node.value)     # a walrus binds outside the comprehension

@@ -74,7 +74,7 @@ class SiteFinder:
     def is_stable_global(self, name: str) -> bool:
         """A global that names a function, class or module: reading it later is harmless."""
         if self.is_local(name) or name in self.scopes.declared_globals or \
-                name in self.rebound_globals():
+                self._rebindable(name):
             return False
         obj = self.resolve(ast.Name(id=name, ctx=ast.Load()))
         return obj is not _MISSING and callable_or_module(obj)
@@ -90,16 +90,18 @@ class SiteFinder:
         """``(STATIC, obj)``, ``(DYNAMIC, None)`` or None for a call that stays plain code."""
         func = call.func
         if isinstance(func, ast.Name):
-            if self.is_local(func.id) or func.id in self.scopes.declared_globals or \
-                    func.id in self.rebound_globals():
-                # A global that this function, or any function of its module, assigns may
-                # name another callee by the time the call runs: read it then, in program
-                # order, like a local.
+            if self.is_local(func.id) or func.id in self.scopes.declared_globals:
                 return (DYNAMIC, None)
             obj = self.resolve(func)
             if obj is _MISSING:
                 return (DYNAMIC, None)
-            return (STATIC, obj) if purity.call_kind(obj) == purity.DISPATCH else None
+            if purity.call_kind(obj) != purity.DISPATCH:
+                return None
+            if self._rebindable(func.id):
+                # A global that some function of its module assigns may name another
+                # callee by the time the call runs: read it then, in program order.
+                return (DYNAMIC, None)
+            return (STATIC, obj)
         if isinstance(func, ast.Attribute):
             chain = dotted(func)
             if chain is not None and not self.is_local(chain[0]):
@@ -120,6 +122,11 @@ class SiteFinder:
         if self._rebound is None:
             self._rebound = _rebound_globals(self.globals)
         return self._rebound
+
+    def _rebindable(self, name: str) -> bool:
+        """May a function of the module rebind this global while the function runs? Only
+        the module's own globals count (``globals()["len"] = ...`` is not considered)."""
+        return name in self.globals and name in self.rebound_globals()
 
     def plain_call_kind(self, call: ast.Call) -> tuple[int, str]:
         """How a call left in plain code behaves: purity.PURE / SYNC, with a reason."""
