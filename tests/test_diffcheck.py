@@ -74,7 +74,7 @@ def test_exception_cause_compared_when_plain_has_one():
         err.__cause__ = _RemoteTraceback("remote traceback text")
         raise err
 
-    agrees(unchained, remote)          # a transport cause is allowed
+    differs(unchained, remote)         # no cause the plain run lacks, transport or not
 
     def from_none():
         try:
