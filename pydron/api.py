@@ -79,6 +79,17 @@ class Scheduled:
 _MISSING = object()
 
 
+def _user_frames(exc: BaseException) -> Any:
+    """The traceback of ``exc`` after the ``scheduled`` frame without Pydron's own frames in
+    front of the user's; None when there are none to drop."""
+    from pydron.errors import user_traceback
+    tb = exc.__traceback__
+    if tb is None or tb.tb_next is None:
+        return None
+    trimmed = user_traceback(tb.tb_next)
+    return None if trimmed is tb.tb_next or trimmed is None else trimmed
+
+
 def schedule(func: F) -> F:
     """Translate ``func`` into a dataflow graph whose @functional calls run in parallel.
 
@@ -105,7 +116,20 @@ def schedule(func: F) -> F:
         from pydron.backend.context import in_worker
         if in_worker():
             return func(*args, **kwargs)     # inside a worker: no pool inside a pool
-        return state(args, kwargs)
+        try:
+            return state(args, kwargs)
+        except BaseException as exc:
+            # Show the user's frames right after this one, as if ``func`` had been called
+            # directly: the translation and scheduling frames in between are ours. The
+            # context stays what it was (it is this exception being handled here).
+            trimmed, context = _user_frames(exc), exc.__context__
+            if trimmed is None:
+                raise
+            try:
+                raise exc.with_traceback(trimmed)
+            finally:
+                exc.__context__ = context
+                del exc, context
 
     scheduled.__pydron_schedule__ = state  # type: ignore[attr-defined]
     return scheduled  # type: ignore[return-value]

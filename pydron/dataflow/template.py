@@ -87,6 +87,8 @@ class CallStep(Step):
     callee: Any = None
     callee_name: str = ""
     build_args: Optional[Callable[..., Any]] = None
+    col_offset: Optional[int] = None       # the call's columns on ``lineno``, when it sits
+    end_col_offset: Optional[int] = None   # on that one line (traceback carets)
 
 
 

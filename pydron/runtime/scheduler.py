@@ -27,7 +27,7 @@ from heapq import heappop, heappush
 from typing import Any, Callable, Optional
 
 from pydron import purity
-from pydron.errors import PydronError
+from pydron.errors import SerializationError, WorkerLostError
 from pydron.dataflow.template import (RETURN_FLAG, RETURN_VALUE, UNBOUND, Block, CallStep,
                                       IfStep, LoopStep, NativeStep, ReturnSignal, Template)
 
@@ -693,6 +693,9 @@ def _check_bound(node: Node) -> None:
 _UNBOUND_MESSAGE = ("cannot access local variable '%s' where it is not associated with a value"
                     if sys.version_info >= (3, 11) else
                     "local variable '%s' referenced before assignment")
+# Errors the pool raises about a call (not the call's own exception, which arrives as
+# raised): only these get the line of the call added to their message.
+_POOL_ERRORS = (SerializationError, WorkerLostError)
 _UNBOUND_SLOT = Slot(UNBOUND)
 _UNBOUND_ID = id(UNBOUND)
 _CHECKED = weakref.WeakKeyDictionary()
@@ -723,7 +726,7 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
         exc, node = run.fail_exc, run.fail_node
         run.fail_exc = run.fail_node = None
         step = node.step
-        if type(step) is CallStep and isinstance(exc, PydronError) and exc.args and \
+        if type(step) is CallStep and isinstance(exc, _POOL_ERRORS) and exc.args and \
                 isinstance(exc.args[0], str) and "called at" not in exc.args[0]:
             # The pool knows the function; only the runtime knows the line that called it.
             where = f"{step.callee_name}() called at {template.filename}:{step.lineno}"

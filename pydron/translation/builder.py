@@ -208,6 +208,8 @@ class Builder:
                         lineno=s.lineno, may_sync=kind == DYNAMIC, target=target,
                         callee=obj if kind != DYNAMIC else None,
                         callee_name=_dotted_text(call.func), nodes=(s,))
+        if getattr(call, "lineno", None) == s.lineno == getattr(call, "end_lineno", None):
+            step.col_offset, step.end_col_offset = call.col_offset, call.end_col_offset
         if not plain:
             built = ast.Tuple(elts=[
                 ast.Tuple(elts=list(call.args), ctx=ast.Load()),

@@ -421,6 +421,7 @@ class Normalizer:
         if kind == "static":
             done.insert(0, e.func)
         call = self._rebuild_call(e, done)
+        _locate(ast.copy_location(call, e), e)      # the call's own columns (carets)
         self.tags[id(call)] = site
         self._keep.append(call)
         self._memo[id(call)] = (call, True)
