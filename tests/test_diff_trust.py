@@ -608,3 +608,51 @@ def lambda_defaults_in_lowered_comprehension(n):
 
 def test_lambda_defaults_in_lowered_comprehension():
     assert_same(lambda_defaults_in_lowered_comprehension, 3)
+
+
+# ------------------------------------------------ a method or attribute callee rebound
+
+def _plain_get(self):
+    print("plain get", self.v)
+    return -self.v
+
+
+class Holder:
+    def __init__(self, v):
+        self.v = v
+
+    @__import__("pydron").functional
+    def get(self):
+        return self.v
+
+
+HOLDER = Holder(1)
+
+
+def class_method_rebound(n):
+    h = Holder(ident(n))
+    a = h.get()
+    Holder.get = _plain_get
+    return a, h.get(), HOLDER.get()
+
+
+def instance_attribute_rebound(n):
+    a = HOLDER.get()
+    HOLDER.get = lambda: "replaced"
+    return a, HOLDER.get(), ident(n)
+
+
+@pytest.mark.parametrize("fn", [class_method_rebound, instance_attribute_rebound])
+def test_method_callee_rebound_during_the_run(fn):
+    global HOLDER
+    original = Holder.get
+    try:
+        HOLDER = Holder(1)
+        plain = run_plain(fn, 3)
+        Holder.get = original
+        HOLDER = Holder(1)
+        sched = run_plain(schedule(fn), 3)
+    finally:
+        Holder.get = original
+        HOLDER = Holder(1)
+    assert plain == sched

@@ -107,7 +107,13 @@ class SiteFinder:
             if chain is not None and not self.is_local(chain[0]):
                 obj = self.resolve(func)
                 if obj is not _MISSING:
-                    return (STATIC, obj) if purity.call_kind(obj) == purity.DISPATCH else None
+                    if purity.call_kind(obj) != purity.DISPATCH:
+                        return None
+                    if not self._through_modules(chain):
+                        # ``BOX.get``, ``Class.method``: an attribute store (a sync point)
+                        # may rebind it during the run: look it up then, in order.
+                        return (DYNAMIC, None)
+                    return (STATIC, obj)
             if func.attr in KNOWN_METHODS:
                 return None
             return (DYNAMIC, None)
@@ -122,6 +128,19 @@ class SiteFinder:
         if self._rebound is None:
             self._rebound = _rebound_globals(self.globals)
         return self._rebound
+
+    def _through_modules(self, chain: tuple[str, ...]) -> bool:
+        """Is ``a.b.c`` reached through modules only (``np.fft.fft``), whose attributes
+        the scheduled code is not expected to rebind?"""
+        import types
+        if self._rebindable(chain[0]):
+            return False
+        obj = self.resolve(ast.Name(id=chain[0], ctx=ast.Load()))
+        for attr in chain[1:-1]:
+            if not isinstance(obj, types.ModuleType):
+                return False
+            obj = getattr(obj, attr, _MISSING)
+        return isinstance(obj, types.ModuleType)
 
     def _rebindable(self, name: str) -> bool:
         """May a function of the module rebind this global while the function runs? Only
