@@ -49,7 +49,8 @@ def _walk(block: Block, notes: dict[int, list[str]]) -> None:
         if isinstance(step, CallStep):
             if step.callee is not None:
                 add(f"functional call {step.callee_name}(): runs on a worker as soon as its "
-                    f"arguments exist")
+                    f"arguments exist (and, if one is a mutable object, after the sync "
+                    f"points before it)")
             else:
                 add(f"call {step.callee_name}(): the callee is known only at run time; on a "
                     f"worker if it is @functional, else a sync point")
