@@ -46,7 +46,7 @@ class SiteFinder:
             self.builtins = vars(self.builtins)
         #: (dotted name, object) pairs the translation relied on; re-checked at every call.
         self.guards: dict[tuple[str, ...], Any] = {}
-        self._rebound: Optional[frozenset[str] | AllNames] = None
+        self._module_code: Optional[_ModuleCode] = None   # built when first needed
 
     # -- name resolution -------------------------------------------------------------
     def is_local(self, name: str) -> bool:
@@ -121,14 +121,6 @@ class SiteFinder:
             return None
         return (DYNAMIC, None)
 
-    def rebound_globals(self) -> frozenset[str] | AllNames:
-        """The globals of this module that some function or method of the module assigns
-        or deletes with ``global`` (``FN = other`` in a helper), found in their bytecode;
-        every name if one of them calls ``globals()``. Computed once per translation."""
-        if self._rebound is None:
-            self._rebound = _rebound_globals(self.globals)
-        return self._rebound
-
     def _through_modules(self, chain: tuple[str, ...]) -> bool:
         """Is ``a.b.c`` reached through modules only (``np.fft.fft``), whose attributes
         the scheduled code is not expected to rebind?"""
@@ -143,9 +135,14 @@ class SiteFinder:
         return isinstance(obj, types.ModuleType)
 
     def _rebindable(self, name: str) -> bool:
-        """May a function of the module rebind this global while the function runs? Only
-        the module's own globals count (``globals()["len"] = ...`` is not considered)."""
-        return name in self.globals and name in self.rebound_globals()
+        """May a function of the module rebind this global while the function runs (it
+        assigns it with ``global``, or the module calls ``globals()``)? Only the module's
+        own globals count (``globals()["len"] = ...`` is not considered)."""
+        if name not in self.globals:
+            return False
+        if self._module_code is None:
+            self._module_code = _ModuleCode(self.globals)
+        return self._module_code.assigns(name)
 
     def plain_call_kind(self, call: ast.Call) -> tuple[int, str]:
         """How a call left in plain code behaves: purity.PURE / SYNC, with a reason."""
@@ -177,48 +174,52 @@ class SiteFinder:
         return any(obj is c for c in EAGER_CONSUMERS)
 
 
-class AllNames:
-    """Stands for the set of every name (a module that calls ``globals()``)."""
+class _ModuleCode:
+    """The code of every function and method defined in one module (nested code included),
+    to answer "does any of it assign global NAME?" from the bytecode, a name at a time:
+    only code objects that mention the name are disassembled."""
 
-    def __contains__(self, name: object) -> bool:
-        return True
+    def __init__(self, globals_: dict[str, Any]) -> None:
+        import types
+        module = globals_.get("__name__")
+        roots: list[types.CodeType] = []
+
+        def add_function(fn: Any) -> None:
+            code = getattr(fn, "__code__", None)
+            if isinstance(code, types.CodeType) and \
+                    getattr(fn, "__globals__", None) is globals_:
+                roots.append(code)
+
+        for value in list(globals_.values()):
+            if isinstance(value, type) and value.__module__ == module:
+                for attr in vars(value).values():
+                    add_function(getattr(attr, "__func__", attr))
+            else:
+                add_function(value)
+        self.codes: list[types.CodeType] = []
+        seen: set[int] = set()
+        while roots:
+            code = roots.pop()
+            if id(code) not in seen:
+                seen.add(id(code))
+                self.codes.append(code)
+                roots.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        self.uses_globals = any("globals" in c.co_names for c in self.codes)
+        self._answers: dict[str, bool] = {}
+
+    def assigns(self, name: str) -> bool:
+        hit = self._answers.get(name)
+        if hit is None:
+            import dis
+            hit = self.uses_globals or any(
+                ins.opname in _STORES and ins.argval == name
+                for code in self.codes if name in code.co_names
+                for ins in dis.get_instructions(code))
+            self._answers[name] = hit
+        return hit
 
 
 _STORES = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL"})
-
-
-def _rebound_globals(globals_: dict[str, Any]) -> frozenset[str] | AllNames:
-    import dis
-    import types
-    module = globals_.get("__name__")
-    codes: list[types.CodeType] = []
-    seen: set[int] = set()
-
-    def add_function(fn: Any) -> None:
-        code = getattr(fn, "__code__", None)
-        if isinstance(code, types.CodeType) and getattr(fn, "__globals__", None) is globals_:
-            codes.append(code)
-
-    for value in list(globals_.values()):
-        if isinstance(value, type) and value.__module__ == module:
-            for attr in vars(value).values():
-                add_function(getattr(attr, "__func__", attr))
-        else:
-            add_function(value)
-    names: set[str] = set()
-    while codes:
-        code = codes.pop()
-        if id(code) in seen:
-            continue
-        seen.add(id(code))
-        if "globals" in code.co_names:
-            return AllNames()
-        if code.co_names:
-            for ins in dis.get_instructions(code):
-                if ins.opname in _STORES:
-                    names.add(ins.argval)
-        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-    return frozenset(names)
 
 
 def dotted(expr: ast.expr) -> Optional[tuple[str, ...]]:
