@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import math
 import os
 import pathlib
 import re
@@ -180,6 +181,41 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _int_between(minimum: int, maximum: int) -> Check:
+    """An integer in ``[minimum, maximum]``; the message gives the whole range, so that
+    the user can fix the value in one go."""
+    def check(value: object) -> int:
+        if (isinstance(value, bool) or not isinstance(value, int)
+                or not minimum <= value <= maximum):
+            raise _Invalid(f"an integer from {minimum} to {maximum}")
+        return value
+    return check
+
+
+MAX_RETRIES = 100
+"""Upper bound of ``max_retries``: a call lost 100 times is not unlucky, and with a huge
+value a call that crashes its worker respawns workers for ever instead of failing."""
+MAX_LOCAL_WORKERS = 1024
+"""Upper bound of ``count`` (threads) and ``cores`` (multicore) on this machine, for each
+entry and for all local entries together: each is a thread or a process with its own
+connection and memory, and no machine this code runs on uses more at once."""
+MAX_HOST_CORES = 1024
+"""Upper bound of ``cores`` of an ssh host or a cloud instance (worker processes there)."""
+MAX_INSTANCES = 1000
+"""Upper bound of ``count`` (instances) of a cloud entry: each one is paid for."""
+MAX_WINDOW = 1_000_000
+"""Upper bound of ``window`` (calls in flight): each one holds its arguments in memory."""
+MAX_SECONDS = 30 * 24 * 3600.0
+"""Upper bound of a duration setting (30 days): anything longer is a typo (milliseconds
+for seconds, say) or "never", which is written by leaving the key out."""
+
+_retries = _int_between(0, MAX_RETRIES)
+_local_workers = _int_between(1, MAX_LOCAL_WORKERS)
+_host_cores = _int_between(1, MAX_HOST_CORES)
+_instances = _int_between(1, MAX_INSTANCES)
+_window = _int_between(1, MAX_WINDOW)
+
+
 def _string(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise _Invalid("a non-empty string")
@@ -207,8 +243,19 @@ def _port(value: object) -> int:
 
 
 def _seconds(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise _Invalid("a number of seconds >= 0")
+    """A duration from 0 to :data:`MAX_SECONDS`. JSON as Python reads it accepts
+    ``NaN`` and ``Infinity``, and ``NaN < 0`` is false: finiteness is checked explicitly."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not 0 <= value <= MAX_SECONDS):
+        raise _Invalid(f"a number of seconds from 0 to {MAX_SECONDS:.0f} (30 days)")
+    return value
+
+
+def _positive_seconds(value: object) -> float:
+    """A duration that must not be 0 (a deadline of 0 s fails everything at once)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not 0 < value <= MAX_SECONDS):
+        raise _Invalid(f"a number of seconds > 0 and <= {MAX_SECONDS:.0f} (30 days)")
     return value
 
 
@@ -416,14 +463,14 @@ def _normalise_cloud(options: dict[str, object], path: str,
 _SSH_KEYS: dict[str, Check] = {
     "hostname": _string, "port": _port, "username": _string, "password": _string,
     "key_filename": _string, "python": _string, "tmp_dir": _string,
-    "cores": _positive_int, "host_key": _one_of("known_hosts", "accept-new"),
+    "cores": _host_cores, "host_key": _one_of("known_hosts", "accept-new"),
     "known_hosts": _string, "required": _bool,
 }
 
 WORKER_TYPES: dict[str, WorkerType] = {
     # In-process threads: good for functional calls that release the GIL (numpy, I/O).
     "threads": WorkerType(
-        keys={"count": _positive_int},
+        keys={"count": _local_workers},
         count=lambda entry: int(entry.get("count", local_cores())),  # type: ignore[arg-type]
     ),
     # Runs each call in the caller's thread, one at a time: debugging, deterministic tests.
@@ -443,8 +490,8 @@ WORKER_TYPES: dict[str, WorkerType] = {
         keys={"provider": _string, "region": _string, "image": _string, "size": _string,
               "key_name": _string, "key_filename": _string, "public_key": _string,
               "security_group": _strings,
-              "count": _positive_int, "cores": _positive_int, "idle_timeout": _seconds,
-              "ready_timeout": _seconds, "credentials": _credentials,
+              "count": _instances, "cores": _host_cores, "idle_timeout": _seconds,
+              "ready_timeout": _positive_seconds, "credentials": _credentials,
               "accesskeyid": _string, "accesskey": _string,
               "driver_options": _scalars, "port": _port, "username": _string,
               "python": _string, "tmp_dir": _string,
@@ -460,15 +507,15 @@ WORKER_TYPES: dict[str, WorkerType] = {
     ),
     # Worker processes on this machine, one call at a time each: CPU-bound Python code.
     "multicore": WorkerType(
-        keys={"cores": _positive_int},
+        keys={"cores": _local_workers},
         count=lambda entry: int(entry.get("cores", local_cores())),  # type: ignore[arg-type]
     ),
 }
 
 _TOP_LEVEL: dict[str, Check] = {
     "workers": lambda value: value,  # checked in detail by _parse_workers
-    "max_retries": _non_negative_int,
-    "window": _positive_int,
+    "max_retries": _retries,
+    "window": _window,
 }
 
 
@@ -578,8 +625,15 @@ def _parse_workers(value: object, problems: _Problems) -> tuple[WorkerSpec, ...]
     if not isinstance(value, list) or not value:
         problems.add("workers", "a non-empty array of worker entries", _describe(value))
         return ()
-    specs = (_parse_worker(entry, f"workers[{i}]", problems) for i, entry in enumerate(value))
-    return tuple(spec for spec in specs if spec is not None)
+    specs = tuple(spec for spec in (_parse_worker(entry, f"workers[{i}]", problems)
+                                    for i, entry in enumerate(value)) if spec is not None)
+    # Each entry may be within bounds while many of them together are not.
+    local = sum(spec.count for spec in specs if spec.type in ("threads", "multicore"))
+    if local > MAX_LOCAL_WORKERS:
+        problems.add("workers", f"at most {MAX_LOCAL_WORKERS} worker threads and processes "
+                     'on this machine in all ("threads" count plus "multicore" cores)',
+                     str(local))
+    return specs
 
 
 def _parse_worker(entry: object, path: str, problems: _Problems) -> WorkerSpec | None:

@@ -191,9 +191,9 @@ def check_error(tmp_path, content, key_path, found, expected):
 def test_the_message_of_the_brief(tmp_path):
     message = check_error(
         tmp_path, {"workers": [{"type": "inline"}, {"type": "threads", "count": "four"}]},
-        "workers[1].count", '"four"', "an integer >= 1")
+        "workers[1].count", '"four"', "an integer from 1 to 1024")
     assert message == f'{tmp_path / "pydron.conf"}: workers[1].count: ' \
-                      'expected an integer >= 1, found "four"'
+                      'expected an integer from 1 to 1024, found "four"'
 
 
 @pytest.mark.parametrize("value, found", [
@@ -201,7 +201,7 @@ def test_the_message_of_the_brief(tmp_path):
 ])
 def test_bad_count(tmp_path, value, found):
     check_error(tmp_path, {"workers": [{"type": "threads", "count": value}]},
-                "workers[0].count", found, "an integer >= 1")
+                "workers[0].count", found, "an integer from 1 to 1024")
 
 
 def test_unknown_type(tmp_path):
@@ -289,26 +289,27 @@ def test_every_problem_is_listed_in_one_error(tmp_path):
     assert str(info.value).splitlines() == [
         f'{path}: top level: expected only the keys "max_retries", "window", "workers", '
         'found unknown key "windw" (did you mean "window"?)',
-        f'{path}: workers[0].count: expected an integer >= 1, found "four"',
+        f'{path}: workers[0].count: expected an integer from 1 to 1024, found "four"',
         f'{path}: workers[1]: expected only the keys "type" for type "inline", found '
         'unknown key "count"',
-        f"{path}: max_retries: expected an integer >= 0, found -1",
+        f"{path}: max_retries: expected an integer from 0 to 100, found -1",
     ]
 
 
 @pytest.mark.parametrize("key, value, found, expected", [
-    ("max_retries", -1, "-1", "an integer >= 0"),
-    ("max_retries", "3", '"3"', "an integer >= 0"),
-    ("window", 0, "0", "an integer >= 1"),
-    ("window", 1.5, "1.5", "an integer >= 1"),
-    ("window", False, "false", "an integer >= 1"),
+    ("max_retries", -1, "-1", "an integer from 0 to 100"),
+    ("max_retries", "3", '"3"', "an integer from 0 to 100"),
+    ("window", 0, "0", "an integer from 1 to 1000000"),
+    ("window", 1.5, "1.5", "an integer from 1 to 1000000"),
+    ("window", False, "false", "an integer from 1 to 1000000"),
 ])
 def test_bad_top_level_values(tmp_path, key, value, found, expected):
     check_error(tmp_path, {key: value}, key, found, expected)
 
 
 def test_long_values_are_shortened(tmp_path):
-    message = check_error(tmp_path, {"window": "x" * 500}, "window", '"xxx', "an integer >= 1")
+    message = check_error(tmp_path, {"window": "x" * 500}, "window", '"xxx',
+                          "an integer from 1 to 1000000")
     assert len(message) < len(str(tmp_path)) + 150
 
 
@@ -347,3 +348,99 @@ def test_parse_config_errors_name_the_source():
         parse_config({"workers": [{"type": "threads", "count": 0}]})
     with pytest.raises(ConfigError, match=r"^mine: top level: "):
         parse_config([], "mine")
+
+
+# --------------------------------------------------------------------------- upper bounds
+
+
+@pytest.mark.parametrize("content, key_path, found, expected", [
+    ({"max_retries": 10**9}, "max_retries", "1000000000", "an integer from 0 to 100"),
+    ({"max_retries": 101}, "max_retries", "101", "an integer from 0 to 100"),
+    ({"window": 10**12}, "window", "1000000000000", "an integer from 1 to 1000000"),
+    ({"workers": [{"type": "threads", "count": 1025}]}, "workers[0].count", "1025",
+     "an integer from 1 to 1024"),
+    ({"workers": [{"type": "multicore", "cores": 1000000}]}, "workers[0].cores", "1000000",
+     "an integer from 1 to 1024"),
+    ({"workers": [{"type": "ssh", "hostname": "h", "cores": 5000}]}, "workers[0].cores",
+     "5000", "an integer from 1 to 1024"),
+    ({"workers": [{"type": "cloud", "provider": "dummy", "image": "i", "size": "s",
+                   "count": 10**6}]}, "workers[0].count", "1000000",
+     "an integer from 1 to 1000"),
+    ({"workers": [{"type": "cloud", "provider": "dummy", "image": "i", "size": "s",
+                   "cores": 2048}]}, "workers[0].cores", "2048",
+     "an integer from 1 to 1024"),
+    ({"workers": [{"type": "cloud", "provider": "dummy", "image": "i", "size": "s",
+                   "idle_timeout": 1e12}]}, "workers[0].idle_timeout", "1000000000000.0",
+     "a number of seconds from 0 to 2592000"),
+    ({"workers": [{"type": "cloud", "provider": "dummy", "image": "i", "size": "s",
+                   "ready_timeout": 0}]}, "workers[0].ready_timeout", "0",
+     "a number of seconds > 0"),
+    ({"workers": [{"type": "cloud", "provider": "dummy", "image": "i", "size": "s",
+                   "ready_timeout": -5}]}, "workers[0].ready_timeout", "-5",
+     "a number of seconds > 0"),
+])
+def test_absurd_values_are_refused_with_the_allowed_range(tmp_path, content, key_path,
+                                                           found, expected):
+    check_error(tmp_path, content, key_path, found, expected)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("key", ["idle_timeout", "ready_timeout"])
+def test_durations_must_be_finite(tmp_path, key, literal):
+    # Python's json module reads these non-standard literals; NaN < 0 is False, so a
+    # plain "value < 0" check let NaN through.
+    text = ('{"workers": [{"type": "cloud", "provider": "dummy", "image": "i", '
+            f'"size": "s", "{key}": {literal}}}]}}')
+    check_error(tmp_path, text, f"workers[0].{key}", literal, "a number of seconds")
+
+
+def test_the_bounds_themselves_are_accepted():
+    conf = parse_config({"max_retries": 100, "window": 1_000_000, "workers": [
+        {"type": "multicore", "cores": 1024},
+        {"type": "ssh", "hostname": "h", "cores": 1024},
+        {"type": "cloud", "provider": "dummy", "image": "i", "size": "s", "count": 1000,
+         "cores": 1024, "idle_timeout": 0, "ready_timeout": 30 * 24 * 3600}]})
+    assert conf.max_retries == 100 and conf.window == 1_000_000
+    assert [w.count for w in conf.workers] == [1024, 1024, 1000 * 1024]
+
+
+def test_local_workers_are_bounded_in_all(tmp_path):
+    message = check_error(
+        tmp_path, {"workers": [{"type": "multicore", "cores": 1000},
+                               {"type": "threads", "count": 100}]},
+        "workers", "1100", "at most 1024 worker threads and processes on this machine")
+    assert len(message.splitlines()) == 1
+
+
+def test_every_out_of_bounds_value_is_listed_in_one_error(tmp_path):
+    path = write(tmp_path / "pydron.conf", {
+        "max_retries": 10**9, "window": 10**12,
+        "workers": [{"type": "multicore", "cores": 1000000},
+                    {"type": "threads", "count": 5000}]})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).splitlines() == [
+        f"{path}: workers[0].cores: expected an integer from 1 to 1024, found 1000000",
+        f"{path}: workers[1].count: expected an integer from 1 to 1024, found 5000",
+        f"{path}: max_retries: expected an integer from 0 to 100, found 1000000000",
+        f"{path}: window: expected an integer from 1 to 1000000, found 1000000000000",
+    ]
+    assert [p.path for p in info.value.problems] == [
+        "workers[0].cores", "workers[1].count", "max_retries", "window"]
+
+
+def test_every_numeric_key_has_an_upper_bound():
+    """A new numeric key without a bound fails here: each check is probed with a huge
+    value, which must be refused."""
+    for kind, spec in config.WORKER_TYPES.items():
+        for key, check in [*spec.keys.items(), *config._TOP_LEVEL.items()]:
+            if key in ("port", "workers"):
+                continue
+            try:
+                check(1)
+            except config._Invalid:
+                continue  # not a number
+            with pytest.raises(config._Invalid):
+                check(10**15)
+            with pytest.raises(config._Invalid):
+                check(float("nan"))
