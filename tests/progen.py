@@ -1425,6 +1425,46 @@ def reduce_seed(seed, still_fails=None):
     return keep
 
 
+def _blocks(lines):
+    """Index ranges of main's statements: a line and the lines indented under it."""
+    out = []
+    for i, line in enumerate(lines):
+        depth = len(line) - len(line.lstrip())
+        j = i + 1
+        while j < len(lines) and (len(lines[j]) - len(lines[j].lstrip()) > depth
+                                  or not lines[j].strip()):
+            j += 1
+        out.append((i, j))
+    return out
+
+
+def reduce_lines(source, args, still_fails):
+    """Drop statements of ``main`` (a line with its nested block; the smallest first, over
+    and over) while the program compiles and ``still_fails(failure_text)``; returns the
+    smaller source. For hand reduction of a failing seed below the snippet level."""
+    head, sep, body = source.partition("def main(xs, d, n):\n")
+    lines = body.rstrip("\n").split("\n")
+    changed = True
+    while changed:
+        changed = False
+        for i, j in sorted(_blocks(lines), key=lambda r: r[1] - r[0]):
+            if lines[i].strip().startswith(("global ", "out = []")) or i >= len(lines):
+                continue
+            trial = lines[:i] + lines[j:]
+            if not any(t.strip() and not t.strip().startswith("#") for t in trial):
+                continue
+            text = head + sep + "\n".join(trial) + "\n"
+            try:
+                compile(text, "<reduce>", "exec")
+            except SyntaxError:
+                continue
+            if still_fails(check_source(text, args, "reduced")):
+                lines = trial
+                changed = True
+                break
+    return head + sep + "\n".join(lines) + "\n"
+
+
 def configure(pool):
     diffcheck.configure_pool(pool)
 
@@ -1466,9 +1506,12 @@ def main(argv=None):
                 print(f"seed {opts.seed} passes on {opts.pool}")
                 return 0
             source, args, _, _ = generate(opts.seed, keep)
-            print(source, end="")
-            print(f"# kept snippets {sorted(keep)}; args {args!r}")
-            print(check_seed(opts.seed, keep))
+            sig = signature(check_seed(opts.seed, keep))
+            source = reduce_lines(source, args,
+                                  lambda t: t is not None and signature(t) == sig)
+            print(source.split("# ---- the checked function")[-1].lstrip(), end="")
+            print(f"# kept snippets {sorted(keep)}, then statements; args {args!r}")
+            print(check_source(source, args, f"seed {opts.seed} reduced"))
             return 1
         text = check_seed(opts.seed)
         print(f"seed {opts.seed} on {opts.pool}: {'passes' if text is None else 'FAILS'}")
