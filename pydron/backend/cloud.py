@@ -60,7 +60,7 @@ __all__ = [
     "new_run_id", "entry_of", "driver_for", "reset_drivers", "provision", "provisioned", "destroy",
     "list_tagged", "cleanup", "node_address", "node_ssh_entry", "node_tags",
     "ssh_answers", "DEFAULT_READY_TIMEOUT", "TAG_IDLE", "idle_timeout_of", "can_keep_idle",
-    "release", "claim_idle", "reap_idle", "start_reaper", "key_pair_for",
+    "release", "claim_idle", "reap_idle", "start_reaper", "open_reaper_log", "key_pair_for",
 ]
 
 log = logging.getLogger("pydron.backend")
@@ -811,6 +811,23 @@ def reap_idle(entry: Any, *, before: float, progress: Progress | None = None) ->
     return destroy(doomed, progress=progress) if doomed else 0
 
 
+def open_reaper_log(stamp: str) -> tuple[str, int]:
+    """Create the reaper's log file: ``(path, descriptor open for appending)``.
+
+    Not under a predictable name in the shared temporary directory: another local user
+    could plant a symlink there and have the reaper append to (or create) a file of their
+    choosing with our rights. The file lives in a fresh directory only we can enter
+    (``mkdtemp``: mode 0700, unguessable name), and is created with ``O_EXCL |
+    O_NOFOLLOW`` and mode 0600, so that even a name planted in it is refused rather than
+    followed."""
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="pydron-reaper-")
+    path = os.path.join(directory, f"reaper-{os.getpid()}-{stamp}.log")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    return path, os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+
+
 def _reap_later(entry: Mapping[str, Any], since: float, after: float) -> None:
     time.sleep(max(0.0, since + after - time.time()))
     reap_idle(entry, before=since)
@@ -824,7 +841,6 @@ def start_reaper(entry: Any, stamp: str, after: float | None = None) -> Any:
     thread instead. Returns the process (or thread)."""
     import subprocess
     import sys
-    import tempfile
 
     entry = entry_of(entry)
     after = idle_timeout_of(entry) if after is None else after
@@ -833,11 +849,11 @@ def start_reaper(entry: Any, stamp: str, after: float | None = None) -> Any:
                                   daemon=True, name="pydron-cloud-reaper")
         thread.start()
         return thread
-    logfile = os.path.join(tempfile.gettempdir(), f"pydron-reaper-{os.getpid()}-{stamp}.log")
+    logfile, fd = open_reaper_log(stamp)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(logfile, "ab") as out:
+    with os.fdopen(fd, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pydron.backend.cloud", "reap", "--since", stamp,
              "--after", repr(float(after or 0)), "--log", logfile],
@@ -896,6 +912,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             if args.log and attempt == 0:  # nothing went wrong: no log to keep
                 with contextlib.suppress(OSError):
                     os.unlink(args.log)
+                with contextlib.suppress(OSError):  # its private directory, if empty
+                    os.rmdir(os.path.dirname(args.log))
             return 0
         except CloudError as exc:
             log.error("%s (attempt %d of 3)", exc, attempt + 1)
