@@ -70,10 +70,11 @@ class Scheduled:
             return self.func(*args, **kwargs)
         from pydron import backend
         from pydron.runtime.scheduler import execute
-        pool = backend.get_pool()
-        config = backend.current_config()
-        window = config.window or max(16, 4 * pool.parallelism)
-        return execute(template, self.func, args, kwargs, pool, window)
+        # The run holds its pool to the end: a configure() or shutdown() in another
+        # thread meanwhile applies to later runs and must not stop this one's workers.
+        with backend.run_pool() as (pool, config):
+            window = config.window or max(16, 4 * pool.parallelism)
+            return execute(template, self.func, args, kwargs, pool, window)
 
 
 _MISSING = object()

@@ -3,13 +3,19 @@
 One pool per process, created on first use from ``pydron.conf``: starting workers is the
 expensive part (processes, SSH connections, cloud instances), so it is paid once and
 amortised over every scheduled call; it is shut down at interpreter exit.
+
+A run (one call of a ``@schedule`` function) holds the pool it started with until it ends
+(:func:`run_pool`): :func:`configure` or :func:`shutdown` in another thread must not pull
+the workers from under calls in flight. The pool they replace is *retired*: later runs get
+the new one, and the old one is shut down when its last run has ended.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from pydron.backend.composite import CompositePool
 from pydron.backend.context import in_worker, worker_context
@@ -20,7 +26,7 @@ from pydron.config import Config, WorkerSpec, load_config, parse_config
 
 __all__ = [
     "Pool", "InlinePool", "ThreadPool", "CompositePool", "POOL_FACTORIES", "GROUP_FACTORIES",
-    "get_pool", "configure", "shutdown", "current_config", "pool_from_config",
+    "get_pool", "configure", "shutdown", "current_config", "pool_from_config", "run_pool",
     "in_worker", "worker_context",
 ]
 
@@ -63,6 +69,11 @@ its entry and the whole configuration (for settings such as ``max_retries``)."""
 _lock = threading.RLock()
 _pool: Pool | None = None
 _config: Config | None = None  # None: discover on next use
+_runs: dict[Pool, int] = {}  # pool -> runs in progress on it (absent: none)
+_retired: set[Pool] = set()  # replaced or shut down while runs hold them
+_stopping: set[Pool] = set()  # retired, last run ended, being shut down right now
+_changed = threading.Condition(_lock)  # notified when a retired pool has stopped
+_held = threading.local()  # .pools: the pools this thread's runs hold (nested runs)
 
 
 def pool_from_config(config: Config) -> Pool:
@@ -118,12 +129,85 @@ def get_pool() -> Pool:
         return _pool
 
 
+@contextlib.contextmanager
+def run_pool() -> Iterator[tuple[Pool, Config]]:
+    """Hold the shared pool (and its configuration) for one run: ``with run_pool() as
+    (pool, config): ...``.
+
+    While any run holds a pool, :func:`configure` and :func:`shutdown` only retire it:
+    later runs get the new pool, and this one is shut down (waiting for its workers) by
+    whichever of its runs ends last. Without this a ``configure()`` in one thread made a
+    run in another fail with "cannot submit to a pool that has been shut down".
+    """
+    with _lock:
+        pool = get_pool()
+        config = current_config()
+        _runs[pool] = _runs.get(pool, 0) + 1
+    held = _held_pools()
+    held.append(pool)
+    try:
+        yield pool, config
+    finally:
+        held.remove(pool)
+        _release(pool)
+
+
+def _held_pools() -> list[Pool]:
+    pools = getattr(_held, "pools", None)
+    if pools is None:
+        pools = _held.pools = []
+    return pools
+
+
+def _release(pool: Pool) -> None:
+    """One run of ``pool`` has ended; the last one of a retired pool shuts it down."""
+    with _lock:
+        left = _runs[pool] - 1
+        if left:
+            _runs[pool] = left
+            return
+        del _runs[pool]
+        if pool not in _retired:
+            return
+        _retired.discard(pool)
+        _stopping.add(pool)
+    try:
+        pool.shutdown(wait=True)
+    finally:
+        with _lock:
+            _stopping.discard(pool)
+            _changed.notify_all()
+
+
+def _retire(pool: Pool | None, wait: bool, wait_for_runs: bool) -> None:
+    """Shut ``pool`` (no longer the shared one) down now, or, if runs hold it, when the
+    last of them ends. ``wait``: block until the workers of an idle pool are gone;
+    ``wait_for_runs``: also wait for the runs holding it to end and the pool to stop --
+    except when this thread's own run holds it (shutdown() from a sync point of a
+    @schedule function), which could never end while we wait for it."""
+    if pool is None:
+        return
+    with _lock:
+        busy = pool in _runs
+        if busy:
+            _retired.add(pool)
+        if busy and wait_for_runs and pool not in _held_pools():
+            while pool in _runs or pool in _stopping:
+                _changed.wait()
+            return
+    if not busy:  # outside the lock: a call still finishing may need get_pool()
+        pool.shutdown(wait)
+
+
 def configure(conf: Mapping[str, object] | str | os.PathLike[str] | Config | None) -> None:
     """Replace the configuration: a dict, a path to a pydron.conf, a Config, or None.
 
     None forgets any earlier choice so the file is discovered again. The new configuration
-    is validated before the current pool is shut down, so a bad one changes nothing. The
-    new pool is created lazily, on the next :func:`get_pool`.
+    is validated before the current pool is touched, so a bad one changes nothing. The
+    new pool is created lazily, on the next :func:`get_pool`. Runs in progress (in other
+    threads) keep the pool they started with until they end; it is shut down after the
+    last of them, and ``configure`` does not wait for that. An idle pool is shut down
+    before ``configure`` returns.
     """
     global _config, _pool
     if conf is None:
@@ -140,21 +224,32 @@ def configure(conf: Mapping[str, object] | str | os.PathLike[str] | Config | Non
     with _lock:
         pool, _pool = _pool, None
         _config = new
-    if pool is not None:  # outside the lock: a running call may need get_pool()
-        pool.shutdown(wait=True)
+    _retire(pool, wait=True, wait_for_runs=False)
 
 
 def shutdown(wait: bool = True) -> None:
-    """Shut the shared pool down; a later :func:`get_pool` starts a fresh one."""
+    """Shut the shared pool down; a later :func:`get_pool` starts a fresh one.
+
+    Runs in progress finish on it first (their calls are not cut off); then it stops.
+    ``wait`` blocks until then and until its workers are gone, unless the calling
+    thread's own run holds the pool (then it stops when that run ends).
+    """
     global _pool
     with _lock:
         pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait)
+    _retire(pool, wait, wait_for_runs=wait)
 
 
 @atexit.register
 def _shutdown_at_exit() -> None:
     # Do not block interpreter exit on calls still running (after a Ctrl-C, say): thread
     # workers are daemons, and pools owning outside resources free them even without wait.
-    shutdown(wait=False)
+    # Runs still holding pools now are in daemon threads that will never end: every pool,
+    # retired or held, is shut down here rather than by its last run.
+    global _pool
+    with _lock:
+        pools = [p for p in (_pool, *_retired, *_runs) if p is not None]
+        _pool = None
+        _retired.clear()
+    for pool in dict.fromkeys(pools):
+        pool.shutdown(wait=False)
