@@ -70,8 +70,8 @@ def check(body, *args):
 # ----------------------------------------------------------------- found on the original code
 # The generator's first runs on commit 155063a (2,000 programs on threads: 994 failed;
 # 1,000 on worker processes: 545; 300 inline: 149), seeds of the final generator
-# (commit d374082); each class reduced by hand. All of them pass since commit 4b912b2 (and
-# the exception transport since 2251134).
+# (commit d374082); each class reduced by hand. All of them pass on the fixed compiler
+# (4b912b2 and the commits after it; the exception transport since 2251134).
 
 def test_while_test_with_calls_over_a_body_without(any_pool):
     """The lowered temporaries of a ``while`` test that calls were dropped when the body had
@@ -439,7 +439,8 @@ def test_global_callee_rebound_by_a_sync_point(any_pool):
     generator (d374082) on the code of that commit: seeds 1, 16, 49, 97, 158, 210, 261, 266
     ... (33 of 2,000 on threads), 2154, 2209, 2221, 2395 ... (15 of 1,000 on worker
     processes), and every failure of those runs is this class. ``python tests/progen.py
-    --seed 1 --run --pool threads``."""
+    --seed 1 --run --pool threads``. Fixed by bea6ff4 (a global callee some function of
+    the module rebinds is read at run time, in program order)."""
     check('''
         FN = inc
         GLOBALS = ("FN",)
