@@ -61,6 +61,14 @@ class Scheduled:
             template = self.get_template()
         except TranslationError:
             raise
+        except OSError as exc:
+            # Transient (EMFILE while the descriptors are scarce, a source file being
+            # rewritten): run plainly this once and translate again at the next call,
+            # rather than give up on parallelism for the life of the process.
+            warnings.warn(f"pydron could not translate {self.func.__qualname__} this time "
+                          f"({type(exc).__name__}: {exc}); this call runs sequentially, "
+                          f"the next one tries again", PydronWarning, stacklevel=3)
+            return self.func(*args, **kwargs)
         except Exception as exc:  # a bug of ours must not cost the user their result
             self.failed = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"pydron could not translate {self.func.__qualname__} "

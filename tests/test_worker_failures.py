@@ -344,7 +344,9 @@ def test_workers_exit_by_themselves_when_the_caller_is_killed(tmp_path):
 
 def test_workers_exit_by_themselves_when_the_caller_hangs(tmp_path):
     proc = start_script(tmp_path, LONG_LOOP.format(setup="""
-    pool = MulticorePool(2, heartbeat=0.25, heartbeat_timeout=1.5)
+    # A silent master whose connection stays open is waited on for master_timeout
+    # (minutes by default: tests/test_stalls.py), then given up.
+    pool = MulticorePool(2, heartbeat=0.25, heartbeat_timeout=1.5, master_timeout=2.0)
     pydron.backend._pool = pool
     """))
     try:
@@ -503,7 +505,9 @@ def test_strangers_are_dropped_and_logged_while_real_workers_serve(make_pool, tm
     assert pool.worker_pids() == before  # ...and none of them was replaced
     messages = [r.getMessage() for r in caplog.records if r.name == "pydron.backend"]
     text = "\n".join(messages)
-    assert text.count("dropped a connection from 127.0.0.1") >= 8, text
+    # One line per reason and burst (see master._BurstLog): the two wrong MACs share one,
+    # as do the two oversized frames (the HTTP request announces one).
+    assert text.count("dropped a connection from 127.0.0.1") >= 6, text
     for expected in ("wrong HMAC", "announced (limit 4096", "expected an AUTH frame",
                      "no valid handshake within 1.0 s", "no worker this pool is starting",
                      "version mismatch: the master runs Python"):

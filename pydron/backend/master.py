@@ -6,6 +6,14 @@ frames of an authenticated worker to its pool. Anything wrong before that point 
 wrong or missing MAC, garbage, an oversized frame, silence -- drops the connection and is
 logged on the ``pydron.backend`` logger; the pool never hears of it.
 
+Anyone on this machine can connect to the port, so strangers must not be able to use up
+the caller's file descriptors (which its own ``open()``, the translator and new workers
+need): the factory holds at most ``pool.max_pending`` unauthenticated connections,
+each for at most ``pool.handshake_timeout`` seconds; past the cap the oldest one is
+dropped once it has had :data:`MIN_PENDING_AGE` seconds (a real worker answers within
+milliseconds), else the newcomer is. Their drops are logged once per burst and reason,
+with a count of the rest, not once per connection.
+
 The pool side of the conversation is the small interface this module calls:
 ``claim(info, protocol)``, ``refused(info, reason)``, ``ready(proc)``,
 ``results(proc, entries, buffers)`` and ``connection_lost(proc)``.
@@ -15,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import pickle
+import re
 import sys
 import time
 from typing import Any
@@ -30,12 +39,21 @@ _log = logging.getLogger("pydron.backend")
 CHUNK = 1 << 20
 """Bytes of out-of-band buffers handed to Twisted at a time (and sent per send())."""
 
+MIN_PENDING_AGE = 0.25
+"""Seconds an unauthenticated connection is safe from being shed for a newer one: enough
+for a real worker's AUTH (it sends it as soon as HELLO arrives)."""
+
+BURST_WINDOW = 10.0
+"""Seconds over which repeated drops of strangers for one reason make one log line."""
+
 
 class WorkerProtocol(Protocol):
     """One TCP connection that claims to be a worker of ``pool``."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, factory: WorkerFactory | None = None) -> None:
         self.pool = pool
+        self.factory = factory
+        self.accepted = time.monotonic()
         self.decoder = wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME)
         self.nonce = wire.new_nonce()
         self.proc: Any = None            # set once authenticated
@@ -79,6 +97,7 @@ class WorkerProtocol(Protocol):
 
     def connectionLost(self, reason: object = None) -> None:  # noqa: N802
         self.dropped = True
+        self._unlist()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.proc is not None:
@@ -101,9 +120,14 @@ class WorkerProtocol(Protocol):
         if self.dropped:
             return
         self.dropped = True
-        what = f"worker {self.proc.index} (pid {self.proc.pid})" if self.proc else \
-            f"a connection from {self.peer()}"
-        _log.log(level, "pydron: dropped %s: %s", what, reason)
+        self._unlist()
+        if self.proc:
+            _log.log(level, "pydron: dropped worker %s (pid %s): %s", self.proc.index,
+                     self.proc.pid, reason)
+        elif self.factory is not None:
+            self.factory.drops.log(level, f"a connection from {self.peer()}", reason)
+        else:
+            _log.log(level, "pydron: dropped a connection from %s: %s", self.peer(), reason)
         if graceful:
             self.transport.loseConnection()
         else:
@@ -139,6 +163,7 @@ class WorkerProtocol(Protocol):
             self.pool.secret, self.nonce, nonce_w, wire.local_info())))
         self.proc = proc
         self.authenticated = True
+        self._unlist()
         self.decoder.limit = self.pool.max_frame
         self.transport.bufferSize = CHUNK  # big reads and writes for big buffers
         self.transport.SEND_LIMIT = CHUNK
@@ -146,6 +171,11 @@ class WorkerProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
         self.pool.ready(proc)
+
+    def _unlist(self) -> None:
+        """No longer one of the factory's unauthenticated connections."""
+        if self.factory is not None:
+            self.factory.pending.pop(self, None)
 
     # -- an authenticated worker -----------------------------------------------------------
     def _frame(self, kind: int, payload: Any) -> None:
@@ -244,13 +274,66 @@ def _write_output(payload: bytes) -> None:
         pass
 
 
+class _BurstLog:
+    """Logs the drop of a stranger once per reason and burst: the first drop at once,
+    then, every :data:`BURST_WINDOW` seconds while more come, one line with their count.
+    A flood of connections must not become a flood of log lines."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[Any]] = {}   # key -> [count, last reason, level]
+        self.timer: Any = None
+
+    def log(self, level: int, what: str, reason: str) -> None:
+        key = re.sub(r"\d+(\.\d+)?", "N", reason)  # sizes and timeouts vary, not the cause
+        entry = self.counts.get(key)
+        if entry is None:
+            _log.log(level, "pydron: dropped %s: %s", what, reason)
+            self.counts[key] = [0, reason, level]
+        else:
+            entry[0] += 1
+            entry[1] = reason
+        if self.timer is None:
+            from pydron.backend.reactor import get_reactor
+            self.timer = get_reactor().callLater(BURST_WINDOW, self._flush)
+
+    def _flush(self) -> None:
+        self.timer = None
+        more = {k: v for k, v in self.counts.items() if v[0]}
+        self.counts = {k: [0, v[1], v[2]] for k, v in more.items()}  # the burst goes on
+        for count, reason, level in more.values():
+            _log.log(level, "pydron: dropped %d more connection%s to the workers' port in "
+                     "the last %.0f s: %s", count, "s" if count != 1 else "",
+                     BURST_WINDOW, reason)
+        if more:
+            from pydron.backend.reactor import get_reactor
+            self.timer = get_reactor().callLater(BURST_WINDOW, self._flush)
+
+
 class WorkerFactory(Factory):
-    """Makes a :class:`WorkerProtocol` for each connection to the pool's port."""
+    """Makes a :class:`WorkerProtocol` for each connection to the pool's port, holding
+    at most ``pool.max_pending`` of them unauthenticated (see the module docstring)."""
 
     noisy = False  # no "Starting factory" lines in Twisted's log
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
+        self.pending: dict[WorkerProtocol, None] = {}  # unauthenticated, oldest first
+        self.drops = _BurstLog()
 
-    def buildProtocol(self, addr: object) -> WorkerProtocol:  # noqa: N802
-        return WorkerProtocol(self.pool)
+    def buildProtocol(self, addr: object) -> WorkerProtocol | None:  # noqa: N802
+        limit = getattr(self.pool, "max_pending", 16)
+        if len(self.pending) >= limit:
+            oldest = next(iter(self.pending))
+            if time.monotonic() - oldest.accepted < MIN_PENDING_AGE:
+                # All are new: shed the newcomer (Twisted closes it at once), so that
+                # a real worker among them still has time to answer.
+                host = getattr(addr, "host", "?")
+                self.drops.log(logging.WARNING, f"a connection from {host}",
+                               f"{limit} connections are already waiting for a "
+                               f"handshake (a flood of connections to the port?)")
+                return None
+            oldest.drop(f"{limit} connections are already waiting for a handshake "
+                        f"(a flood of connections to the port?); this is the oldest")
+        protocol = WorkerProtocol(self.pool, self)
+        self.pending[protocol] = None
+        return protocol

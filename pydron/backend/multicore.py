@@ -49,7 +49,7 @@ from pydron.backend.reactor import (
 from pydron.backend.shipping import (
     PROTOCOL, FunctionShipper, callable_name, callable_site, dumps_args, loads_exception,
 )
-from pydron.backend.worker import FUNCTION_CACHE_SIZE
+from pydron.backend.worker import FUNCTION_CACHE_SIZE, MASTER_TIMEOUT
 from pydron.errors import SerializationError, WorkerLostError
 
 __all__ = ["MulticorePool"]
@@ -65,6 +65,19 @@ MAX_START_FAILURES = 3
 """Consecutive workers that fail to start before queued calls fail instead of waiting."""
 STOP_GRACE = 5.0
 """Seconds a worker told BYE gets to exit before it is killed."""
+
+
+HANDSHAKE_TIMEOUT = 3.0
+"""Seconds from accepting a connection to its valid AUTH frame. A real worker sends it
+right after connecting (it has started and imported before). Measured from accept to
+AUTH on 2 cores: ~1 ms idle, 4 ms under a flood of connections
+(tests/test_hostile_port.py), 90 ms at worst with 32 workers starting at once."""
+MIN_PENDING = 16
+PENDING_PER_WORKER = 4
+"""At most max(MIN_PENDING, PENDING_PER_WORKER * cores) unauthenticated connections."""
+LISTEN_BACKLOG = 128
+"""The listening socket's accept queue: room for every worker even while strangers
+crowd the port (what waits there costs the caller no file descriptor)."""
 
 _live_pools: weakref.WeakSet[MulticorePool] = weakref.WeakSet()
 
@@ -146,12 +159,18 @@ class MulticorePool(Pool):
     between heartbeats), ``heartbeat_timeout`` (silence after which a peer counts as
     lost -- unless it is using CPU: a call holding the GIL silences a healthy worker),
     ``handshake_timeout``, ``start_timeout`` (for a worker to connect) and ``max_frame``
-    (the largest frame either side accepts).
+    (the largest frame either side accepts). ``master_timeout`` is how long a worker
+    waits for a master that is silent while their connection stays open (a stopped or
+    briefly blocked caller must not lose its workers; a dead one closes the connection).
+    ``handshake_timeout`` is short, and at most :attr:`max_pending` strangers are held
+    at once (oldest dropped first): anyone on this machine can connect to the port, and
+    must not be able to use up the caller's file descriptors.
     """
 
     def __init__(self, cores: int, *, max_retries: int = 3, heartbeat: float = 1.0,
-                 heartbeat_timeout: float = 5.0, handshake_timeout: float = 10.0,
-                 start_timeout: float = 60.0, max_frame: int = wire.MAX_FRAME) -> None:
+                 heartbeat_timeout: float = 5.0, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 start_timeout: float = 60.0, max_frame: int = wire.MAX_FRAME,
+                 master_timeout: float = MASTER_TIMEOUT) -> None:
         if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
             raise ValueError(f"MulticorePool needs an integer cores >= 1, got {cores!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or \
@@ -164,6 +183,14 @@ class MulticorePool(Pool):
         self.heartbeat = heartbeat
         self.heartbeat_timeout = heartbeat_timeout
         self.handshake_timeout = handshake_timeout
+        for name, value in (("handshake_timeout", handshake_timeout),
+                            ("master_timeout", master_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        self.master_timeout = master_timeout
+        self.max_pending = max(MIN_PENDING, PENDING_PER_WORKER * cores)
+        """Unauthenticated connections held at once (see master.WorkerFactory)."""
         self.start_timeout = start_timeout
         self.max_frame = max_frame
         self.secret = wire.new_secret()
@@ -342,7 +369,7 @@ class MulticorePool(Pool):
         if self._port is not None or self._listener is not None:
             return
         listener = socket.create_server(("127.0.0.1", 0),
-                                        backlog=max(16, 2 * self.parallelism))
+                                        backlog=max(LISTEN_BACKLOG, 2 * self.parallelism))
         listener.setblocking(False)
         self._listener = listener
         self._port_number = listener.getsockname()[1]
@@ -359,7 +386,8 @@ class MulticorePool(Pool):
             self._listener.close()
             self._listener = None
         else:
-            self._port = reactor.listenTCP(0, WorkerFactory(self), interface="127.0.0.1")
+            self._port = reactor.listenTCP(0, WorkerFactory(self), interface="127.0.0.1",
+                                           backlog=max(LISTEN_BACKLOG, 2 * self.parallelism))
             self._port_number = self._port.getHost().port
         for proc in list(self._procs.values()):
             if proc.unwatch is None:
@@ -401,7 +429,7 @@ class MulticorePool(Pool):
     def _protocol_options(self) -> list[str]:
         """The worker's command-line options for the protocol's settings."""
         return ["--heartbeat", str(self.heartbeat), "--timeout", str(self.heartbeat_timeout),
-                "--max-frame", str(self.max_frame)]
+                "--max-frame", str(self.max_frame), "--master-timeout", str(self.master_timeout)]
 
     def _watch_exit(self, popen: Any, callback: Callable[[int], None]) -> Callable[[], None]:
         """Call ``callback(returncode)`` in the reactor thread when ``popen`` exits."""

@@ -13,10 +13,13 @@ faster).
 
 It exits by itself, without any help from the master, when:
 
-* the connection closes, or the master is silent for the heartbeat timeout while (on
-  this machine) its CPU time stands still too (it died, hangs, is stopped, or the
-  network is gone; a master merely holding the GIL is busy, not lost):
-  exit code ``EXIT_MASTER_LOST``;
+* the connection closes (at once), or the master is silent for the *master timeout*
+  (``--master-timeout``, minutes by default) while (on this machine) its CPU time
+  stands still too: exit code ``EXIT_MASTER_LOST``. Silence on an open connection is
+  not taken as death quickly on purpose: a caller stopped for a while (SIGSTOP, a
+  debugger, a laptop lid) or a reactor thread blocked for a few seconds must find its
+  workers, and their calls, still there; a caller that died closes the connection (its
+  kernel does), and a master that merely holds the GIL is busy, not lost;
 * on Linux, the master process dies: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` is the second
   line of defence, for the case where the socket somehow stays open;
 * the master cancels the call it is running (``EXIT_CANCELLED``): stopping a Python call
@@ -37,6 +40,7 @@ import io
 import os
 import pickle
 import queue
+import random
 import select
 import signal
 import socket
@@ -60,6 +64,16 @@ FUNCTION_CACHE_SIZE = 1024
 exactly, so it always knows whether a worker still holds a function."""
 
 _IDS = struct.Struct(">Q")
+
+MASTER_TIMEOUT = 300.0
+"""Default seconds of silence from a master whose connection is still open before a
+worker gives up on it. Long on purpose: a dead master closes the connection (the worker
+then exits at once) and a dead local one also triggers the parent-death signal; only a
+hung master, or a network that vanished without a reset, needs this to expire."""
+
+CONNECT_ATTEMPTS = 5
+"""Times a worker connects again when the master drops it during the handshake (the
+pool's port sheds unauthenticated connections under a flood, oldest first)."""
 
 
 def _die_with_parent(master_pid: int) -> None:
@@ -151,7 +165,7 @@ class Worker:
 
     def __init__(self, sock: socket.socket, index: int, decoder: wire.FrameDecoder,
                  max_frame: int, heartbeat: float, timeout: float,
-                 master_pid: int = 0) -> None:
+                 master_pid: int = 0, master_timeout: float | None = None) -> None:
         self.sock = sock
         self.master = wire.Liveness(master_pid)  # pid 0: not on this machine
         self.index = index
@@ -159,6 +173,9 @@ class Worker:
         self.max_frame = max_frame
         self.heartbeat = heartbeat
         self.timeout = timeout
+        # How long an open but silent connection is waited on (see the module docstring).
+        self.master_timeout = max(timeout, MASTER_TIMEOUT if master_timeout is None
+                                  else master_timeout)
         self.send_lock = threading.Lock()
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.state_lock = threading.Lock()
@@ -200,9 +217,9 @@ class Worker:
         while True:
             if not poller.poll(tick):
                 now = time.monotonic()
-                if now - self.last_rx > self.timeout and \
-                        not self.master.working(now, self.timeout):
-                    return  # the master is silent and idle: dead, hung or unreachable
+                if now - self.last_rx > self.master_timeout and \
+                        not self.master.working(now, self.master_timeout):
+                    return  # silent and idle for that long: hung, or unreachable
                 continue
             view = decoder.pending_view()
             if view is not None:
@@ -403,12 +420,17 @@ def _sendall(sock: socket.socket, pieces: list[bytes | memoryview]) -> None:
                 sent = 0
 
 
+class _Dropped(wire.HandshakeError):
+    """The connection closed during the handshake, without a REFUSE: worth another try
+    (the master sheds unauthenticated connections when strangers flood its port)."""
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
         more = sock.recv(n - len(data))
         if not more:
-            raise wire.HandshakeError("the master closed the connection")
+            raise _Dropped("the master closed the connection")
         data += more
     return data
 
@@ -443,6 +465,34 @@ def _handshake(sock: socket.socket, secret: bytes, index: int, timeout: float) -
     sock.settimeout(None)
 
 
+def _connect(host: str, port: int, secret: bytes, index: int,
+             timeout: float) -> socket.socket:
+    """Connect to the master and pass the handshake; connect again (a few times, backing
+    off) if the master drops the connection before answering: under a flood of strangers
+    on its port it sheds unauthenticated connections, and this one may have been among
+    them. A REFUSE, a bad MAC or a refused connection is final."""
+    for attempt in range(CONNECT_ATTEMPTS):
+        sock: socket.socket | None = None
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _handshake(sock, secret, index, timeout)
+            return sock
+        except (_Dropped, ConnectionResetError, BrokenPipeError, TimeoutError) as exc:
+            if sock is not None:
+                sock.close()
+            if attempt == CONNECT_ATTEMPTS - 1:
+                raise wire.HandshakeError(
+                    f"the master at {host}:{port} dropped the handshake "
+                    f"{CONNECT_ATTEMPTS} times (last: {exc})") from exc
+            time.sleep(0.05 * 2 ** attempt * (0.5 + random.random()))
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pydron.backend.worker",
                                      description="A Pydron worker process (started by "
@@ -453,6 +503,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--master-pid", type=int, default=0)
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--master-timeout", type=float, default=MASTER_TIMEOUT)
     parser.add_argument("--max-frame", type=int, default=wire.MAX_FRAME)
     return parser.parse_args(argv)
 
@@ -476,10 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdin.close()
     sys.stdin = open(os.devnull)
 
-    sock = socket.create_connection((options.host, options.port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        _handshake(sock, secret, options.index, options.timeout * 2)
+        sock = _connect(options.host, options.port, secret, options.index,
+                        options.timeout * 2)
     except (wire.HandshakeError, wire.FrameError, OSError) as exc:
         print(f"pydron worker {options.index}: {exc}", file=sys.stderr)
         return wire.EXIT_REFUSED
@@ -489,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     backend.configure({"workers": [{"type": "inline"}]})  # no pool inside the pool
 
     worker = Worker(sock, options.index, decoder, options.max_frame, options.heartbeat,
-                    options.timeout, options.master_pid)
+                    options.timeout, options.master_pid, options.master_timeout)
     sys.stdout = _Forward(worker.send_output, 1)
     sys.stderr = _Forward(worker.send_output, 2)
     # Last: the worker's own finders always go first; the master is asked only for what
