@@ -145,7 +145,7 @@ class Box:
 
 
 BOX = Box(0)
-GLOBALS = ("COUNTER", "TOTAL", "LOG", "TABLE", "ROWS", "SEEN", "BOX", "FN", "OPS")
+GLOBALS = ("COUNTER", "TOTAL", "LOG", "TABLE", "ROWS", "SEEN", "BOX", "FN", "OPS", "NEWG")
 
 
 # ---- functional helpers (fast; some raise for some inputs)
@@ -427,6 +427,20 @@ def walk(xs, acc):
 
 
 @_pd_deco
+def inner(k):
+    out = []
+    for i in range(k):
+        out.append(inc(i))
+        if i == 2:
+            raise KeyError(i)
+    return out
+
+
+def read_newg():
+    return NEWG * 2
+
+
+@_pd_deco
 def countdown(n):
     out = [ident(n)]
     if n > 0:
@@ -457,11 +471,16 @@ FAILERS = ["fail_plain", "fail_from", "fail_implicit", "fail_none", "fail_noted"
            "fail_code", "fail_deep", "fail_zero"]
 CATCH_ALL = "(AppError, ValueError, LookupError, ArithmeticError)"
 
+#: Shapes added after the seeds in tests/test_generated_regressions.py were recorded: drawn
+#: from a stream of their own and appended, so every earlier program keeps its snippets.
+EXTRA_SHAPES = ["scoping", "targets", "nested_scope", "globals_life", "nested_sched",
+                "with_return"]
+
 SHAPES = ["while_test", "while_return", "recursion", "mutate_for", "dict_arg_store",
           "del_name", "except_as", "loop_sync_read", "mix", "exc_caught", "exc_uncaught",
           "effect_builtin", "iter_loop", "control", "closure", "alias_escape", "loop_after",
           "aug_sub", "global_rebind", "short_circuit", "misc_expr", "nested_loops", "consumer",
-          "try_with", "speculation"]
+          "try_with", "speculation"] + EXTRA_SHAPES
 
 # How often each shape is drawn (while_return is only ever the last snippet).
 WEIGHTS = {"while_test": 10, "recursion": 5, "mutate_for": 14, "dict_arg_store": 4,
@@ -1241,6 +1260,78 @@ class Snippet:
                            f"note({self.fcall('n')})"])
         return [first, f"out.append({bad})", f"out.append({self.fcall(self.lit())})"]
 
+    def scoping(self):
+        """Comprehension variables shadowing locals, walrus in comprehensions, the first
+        iterable of a generator expression bound at creation."""
+        x, g = self.v("x"), self.v("g")
+        kind = self.r.randint(0, 2)
+        if kind == 0:
+            return [f"{x} = ident({self.lit()})", f"ys_{self.k} = [inc({x}) for {x} in xs]",
+                    f"zs_{self.k} = [[ident({x}) for {x} in range({x} % 3)] for {x} in xs]",
+                    f"out.append(({x}, ys_{self.k}, zs_{self.k}))"]
+        if kind == 1:
+            return [f"{x} = {self.lit()}", f"y_{self.k} = -1",
+                    f"a_{self.k} = [y_{self.k} := inc({x}) for {x} in xs]",
+                    f"b_{self.k} = [ident({x}) for {x} in xs if (y_{self.k} := {x}) > "
+                    f"{self.lit()}]", f"out.append(({x}, y_{self.k}, a_{self.k}, b_{self.k}))"]
+        return [f"{g} = (inc(v) for v in xs)", "xs = [100] + xs",
+                f"out.append((list({g}), len(xs), ident(1)))"]
+
+    def targets(self):
+        """Loop and assignment targets that are items and attributes."""
+        kind = self.r.randint(0, 2)
+        if kind == 0:
+            return [f"for d['t{self.k}'] in range({self.r.randint(0, 3)}):",
+                    f"    out.append(ident(d['t{self.k}']))",
+                    "for BOX.v in xs[:2]:", "    out.append(BOX.get())"]
+        if kind == 1:
+            return ["xs[ident(0)] += inc(1)", "d[next(iter(d))] += inc(2)",
+                    "out.append((list(xs), dict(d)))"]
+        return [f"xs[0], *rest_{self.k} = ident((1, 2, 3))",
+                f"d['sa{self.k}'], d['sb{self.k}'] = inc(1), ident(2)",
+                f"out.append((list(xs), rest_{self.k}))"]
+
+    def nested_scope(self):
+        """A class body, a match with guards, lambda defaults in a loop."""
+        kind = self.r.randint(0, 2)
+        if kind == 0:
+            return [f"class K_{self.k}:", "    v = ident(len(xs))",
+                    "    w = [inc(q) for q in xs]",
+                    f"out.append((K_{self.k}.v, K_{self.k}.w, ident(K_{self.k}.v)))"]
+        if kind == 1:
+            return [f"for x_{self.k} in xs:", f"    match x_{self.k}:",
+                    f"        case {self.lit(0, 9)} if ident(x_{self.k}) > {self.lit(0, 5)}:",
+                    f"            out.append(inc(x_{self.k}))",
+                    "        case [*_]:", "            out.append('list')",
+                    "        case _:", f"            out.append(ident(-x_{self.k}))"]
+        return [f"fs_{self.k} = []", f"for x_{self.k} in xs:",
+                f"    y_{self.k} = ident(x_{self.k})",
+                f"    fs_{self.k}.append(lambda y=y_{self.k}: y * 2)",
+                f"out.append(([f() for f in fs_{self.k}], [inc(f()) for f in fs_{self.k}]))"]
+
+    def globals_life(self):
+        """A global created by the function and read by a helper; a global deleted."""
+        if self.chance(0.5):
+            return ["global NEWG", f"NEWG = ident({self.lit()})",
+                    "out.append((read_newg(), inc(NEWG)))"]
+        return ["global NEWG", "NEWG = ident(1)", "del NEWG", "try:",
+                "    out.append(read_newg())", "except NameError as e:",
+                "    out.append(str(e))", "out.append(inc(1))"]
+
+    def nested_sched(self):
+        """A scheduled function, called in a loop, that raises part-way."""
+        return [f"for k_{self.k} in [1, 3, {self.r.randint(0, 5)}]:", "    try:",
+                f"        out.append(inner(ident(k_{self.k})))", "    except KeyError as e:",
+                "        out.append(('caught', repr(e), repr(e.__context__)))"]
+
+    def with_return(self):
+        """``return`` inside a ``with`` inside a loop with calls."""
+        x, y = self.v("x"), self.v("y")
+        return [f"for {x} in xs:", f"    {y} = ident({x})",
+                f"    with Loud('{self.k}'):", f"        if {y} > {self.lit(3, 9)}:",
+                f"            print('ret', {y})", f"            return inc({y})",
+                f"    print('no', {y})"]
+
     # wrappers -----------------------------------------------------------------------------
     def wrap(self, lines, shape):
         if shape != "while_return" and self.chance(0.12):
@@ -1274,6 +1365,11 @@ def generate(seed, keep=None):
     plan = r.choices(names, weights, k=n_snips)
     if r.random() < 0.25:
         plan.append("while_return")
+    plan = list(enumerate(plan))
+    er = random.Random(f"{seed}:extra")
+    if er.random() < 0.5:       # the next index, placed before a final while_return
+        plan.insert(len(plan) - (plan[-1][1] == "while_return"),
+                    (len(plan), er.choice(EXTRA_SHAPES)))
     ar = random.Random(f"{seed}:args")
     xs = [ar.randint(-3, 9) for _ in range(ar.randint(1, 6))]
     d = {key: ar.randint(-2, 9) for key in ["a", "b", "c", "e"][:ar.randint(1, 4)]}
@@ -1293,7 +1389,7 @@ def generate(seed, keep=None):
         text = text.replace(key, subs[key])
     body = ["global COUNTER, TOTAL", "out = []"]
     shapes = []
-    for i, shape in enumerate(plan):
+    for i, shape in plan:
         if keep is not None and i not in keep:
             continue
         sn = Snippet(random.Random(f"{seed}:{i}"), i)
@@ -1341,7 +1437,7 @@ def check_source(source, args, label="program"):
 
     def make(deco):
         module = _load(path, modname, deco)
-        return module.main, lambda: {g: getattr(module, g)
+        return module.main, lambda: {g: getattr(module, g, "<unbound>")
                                      for g in getattr(module, "GLOBALS", ())}
 
     make.__qualname__ = label

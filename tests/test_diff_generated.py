@@ -170,7 +170,10 @@ def test_generator_covers_every_shape_and_both_outcomes():
                       "filter(keep_odd", "gen_noisy(xs)", "iter(xs)", "enumerate(xs)",
                       "zip(xs,", "io.StringIO(", "tempfile.TemporaryFile(", "nonlocal",
                       "continue", "break", "return ('early'", "describe(e)",
-                      "raise CodeError(n, 'direct')", "d['k"]:
+                      "raise CodeError(n, 'direct')", "d['k", "retarget()", "OPS['f'] = shout",
+                      "Box.get = plain_get", "with Loud(", "gen_fail(xs", "Ticker(",
+                      "for d['t", "case ", "class K_", "global NEWG", "inner(ident(",
+                      "xs = [100] + xs", "boom(", "warn_me("]:
         assert construct in body, construct
     long_loops = [int(x) for x in __import__("re").findall(r"in range\((\d+)\):", body)]
     assert max(long_loops) >= 250 and sum(n > 100 for n in long_loops) >= 30
