@@ -103,6 +103,8 @@ class Config:
     source: str
     max_retries: int = 3
     window: int | None = None
+    max_frame: int = 1 << 30
+    prefetch_bytes: int = 256 << 20
 
     @property
     def capacity(self) -> int:
@@ -214,6 +216,8 @@ _local_workers = _int_between(1, MAX_LOCAL_WORKERS)
 _host_cores = _int_between(1, MAX_HOST_CORES)
 _instances = _int_between(1, MAX_INSTANCES)
 _window = _int_between(1, MAX_WINDOW)
+_max_frame = _int_between(8192, (1 << 32) - 1)  # wire.MIN_FRAME, MAX_FRAME_LIMIT
+_prefetch_bytes = _int_between(0, 1 << 50)
 
 
 def _string(value: object) -> str:
@@ -516,6 +520,8 @@ _TOP_LEVEL: dict[str, Check] = {
     "workers": lambda value: value,  # checked in detail by _parse_workers
     "max_retries": _retries,
     "window": _window,
+    "max_frame": _max_frame,
+    "prefetch_bytes": _prefetch_bytes,
 }
 
 
@@ -615,10 +621,12 @@ def parse_config(data: object, source: str = "<dict>") -> Config:
     window = None
     if "window" in data:
         window = problems.check("window", _TOP_LEVEL["window"], data["window"])[1]
+    sizes = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
+             for key in ("max_frame", "prefetch_bytes") if key in data}
     problems.raise_if_any()
     _report_secrets(problems)
     return Config(workers=workers, source=source, max_retries=max_retries,  # type: ignore[arg-type]
-                  window=window)  # type: ignore[arg-type]
+                  window=window, **sizes)  # type: ignore[arg-type]
 
 
 def _parse_workers(value: object, problems: _Problems) -> tuple[WorkerSpec, ...]:

@@ -253,7 +253,7 @@ def test_top_level_not_an_object(tmp_path, content, found):
 
 def test_unknown_top_level_key(tmp_path):
     message = check_error(tmp_path, {"worker": []}, "top level", 'unknown key "worker"',
-                          'only the keys "max_retries", "window", "workers"')
+                          f"only the keys {config._quoted(config._TOP_LEVEL)}")
     assert message.endswith('found unknown key "worker" (did you mean "workers"?)')
 
 
@@ -287,7 +287,7 @@ def test_every_problem_is_listed_in_one_error(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).splitlines() == [
-        f'{path}: top level: expected only the keys "max_retries", "window", "workers", '
+        f"{path}: top level: expected only the keys {config._quoted(config._TOP_LEVEL)}, "
         'found unknown key "windw" (did you mean "window"?)',
         f'{path}: workers[0].count: expected an integer from 1 to 1024, found "four"',
         f'{path}: workers[1]: expected only the keys "type" for type "inline", found '

@@ -35,7 +35,8 @@ __all__ = [
 def _multicore(spec: WorkerSpec, config: Config) -> Pool:
     # Imported here: it brings in Twisted, which only process pools need.
     from pydron.backend.multicore import MulticorePool
-    return MulticorePool(spec.count, max_retries=config.max_retries)
+    return MulticorePool(spec.count, max_retries=config.max_retries,
+                         max_frame=config.max_frame, prefetch_bytes=config.prefetch_bytes)
 
 
 def _ssh_group(specs: list[WorkerSpec], config: Config) -> Pool:

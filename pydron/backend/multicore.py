@@ -20,7 +20,12 @@ Workers start on the first submit, all at once, and stay for every later call. A
 runs one call at a time; the pool keeps at most one call in flight per worker for calls
 that take long, and prefetches more for tiny ones (based on a running average of call
 times), so short calls do not wait for round trips and long ones are not stuck behind
-each other on one worker while another is idle.
+each other on one worker while another is idle. Prefetching is bounded by bytes too
+(``prefetch_bytes``): a large argument passed to many short calls is not copied to every
+worker several times over.
+
+Results are unpickled in decoding threads, not in the reactor thread: unpickling runs the
+user's code, which may block or raise anything (see :meth:`MulticorePool._decode_loop`).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import itertools
 import logging
 import os
 import pickle
+import queue
 import signal
 import socket
 import subprocess
@@ -61,6 +67,11 @@ QUEUED, SENT, DONE, CANCELLED = range(4)
 PREFETCH_HORIZON = 0.002
 """Calls shorter than this (seconds, on average) are queued on workers ahead of time."""
 MAX_PREFETCH = 64
+DECODERS = 4
+"""Most threads unpickling results at once (each result's loading may block)."""
+PREFETCH_BYTES = 256 << 20
+"""Default bound on the bytes of arguments queued on one worker (``"prefetch_bytes"``):
+a worker holds at most this much of calls it has not finished, beyond its first."""
 MAX_START_FAILURES = 3
 """Consecutive workers that fail to start before queued calls fail instead of waiting."""
 STOP_GRACE = 5.0
@@ -101,7 +112,7 @@ class _Call:
     """One submitted call; also its handle."""
 
     __slots__ = ("id", "fn", "digest", "fn_blob", "args", "buffers", "on_done", "state",
-                 "proc", "attempts")
+                 "proc", "attempts", "size")
 
     def __init__(self, call_id: int, fn: Callable[..., Any], digest: bytes, fn_blob: bytes,
                  args: bytes, buffers: list[memoryview], on_done: OnDone) -> None:
@@ -115,6 +126,7 @@ class _Call:
         self.state = QUEUED
         self.proc: _Proc | None = None
         self.attempts = 0
+        self.size = len(args) + sum(b.nbytes for b in buffers)  # bytes a worker receives
 
     def clear(self) -> None:
         """Drop the data, so that a handle the runtime keeps pins nothing large."""
@@ -164,20 +176,30 @@ class MulticorePool(Pool):
     briefly blocked caller must not lose its workers; a dead one closes the connection).
     ``handshake_timeout`` is short, and at most :attr:`max_pending` strangers are held
     at once (oldest dropped first): anyone on this machine can connect to the port, and
-    must not be able to use up the caller's file descriptors.
+    must not be able to use up the caller's file descriptors. ``prefetch_bytes`` bounds
+    the bytes of arguments waiting on one worker behind the call it runs (a large
+    argument passed to many short calls must not pile up copies of itself on every
+    worker); the in-band pickle of one call's arguments or result must fit in
+    ``max_frame``.
     """
 
     def __init__(self, cores: int, *, max_retries: int = 3, heartbeat: float = 1.0,
                  heartbeat_timeout: float = 5.0, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  start_timeout: float = 60.0, max_frame: int = wire.MAX_FRAME,
-                 master_timeout: float = MASTER_TIMEOUT) -> None:
+                 master_timeout: float = MASTER_TIMEOUT,
+                 prefetch_bytes: int = PREFETCH_BYTES) -> None:
         if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
             raise ValueError(f"MulticorePool needs an integer cores >= 1, got {cores!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or \
                 max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if max_frame < 1 << 12:
-            raise ValueError(f"max_frame must be at least 4096 bytes, got {max_frame!r}")
+        if not wire.MIN_FRAME <= max_frame <= wire.MAX_FRAME_LIMIT:
+            raise ValueError(f"max_frame must be between {wire.MIN_FRAME} and "
+                             f"{wire.MAX_FRAME_LIMIT} bytes, got {max_frame!r}")
+        if isinstance(prefetch_bytes, bool) or not isinstance(prefetch_bytes, int) or \
+                prefetch_bytes < 0:
+            raise ValueError(f"prefetch_bytes must be an integer >= 0, got "
+                             f"{prefetch_bytes!r}")
         self.parallelism = cores
         self.max_retries = max_retries
         self.heartbeat = heartbeat
@@ -193,6 +215,7 @@ class MulticorePool(Pool):
         """Unauthenticated connections held at once (see master.WorkerFactory)."""
         self.start_timeout = start_timeout
         self.max_frame = max_frame
+        self.prefetch_bytes = prefetch_bytes
         self.secret = wire.new_secret()
 
         # Shared between the callers' threads and the reactor thread, under _lock.
@@ -221,6 +244,17 @@ class MulticorePool(Pool):
         self._broken = ""                  # why workers cannot start, once given up
         self._stopping = False
         self._stopped = threading.Event()
+        # Results are unpickled and delivered in decoding threads (see _decode_loop),
+        # never in the reactor thread; counts under _decode_lock.
+        self._decoding: queue.SimpleQueue[list[tuple[_Call, tuple, list[Any]]]] = \
+            queue.SimpleQueue()
+        self._decode_lock = threading.Lock()
+        self._decoders = 0                 # decoding threads started
+        self._idle_decoders = 0            # of which waiting for work
+        self._to_take = 0                  # batches queued, not yet taken by a thread
+        self._undelivered = 0              # batches queued or being decoded
+        self._stop_when_delivered = False
+        self._decoder_threads: set[threading.Thread] = set()
         self._forked = False               # this is a fork()ed copy of the pool's owner
         _live_pools.add(self)
 
@@ -241,9 +275,10 @@ class MulticorePool(Pool):
         blob, raw = dumps_args(fn, args, kwargs)
         if len(blob) + len(fn_blob) > self.max_frame - 256:
             raise SerializationError(
-                f"the arguments of {callable_name(fn)}() pickle to {len(blob)} bytes, more "
-                f"than the frame limit of {self.max_frame} bytes", item="the arguments",
-                value_type="tuple")
+                f"the arguments of {callable_name(fn)}(){_at(fn)} pickle to {len(blob)} "
+                f"bytes (and the function to {len(fn_blob)}), more than the frame limit "
+                f"of {self.max_frame} bytes; {wire.frame_advice(len(blob) + len(fn_blob))}",
+                item="the arguments", value_type="tuple")
         # The buffers are views of the arguments' own memory, sent from there: no copy.
         # Like the other pools, this relies on the caller not to change an argument
         # before its call is done (the runtime orders a mutation after earlier readers).
@@ -299,7 +334,8 @@ class MulticorePool(Pool):
             return
         if first:
             call_soon(self._begin_stop)
-        if wait and not in_reactor_thread():
+        if wait and not in_reactor_thread() and \
+                threading.current_thread() not in self._decoder_threads:  # (a callback)
             self._stopped.wait()
 
     def start(self, wait: bool = True, timeout: float | None = 60.0) -> None:
@@ -509,28 +545,46 @@ class MulticorePool(Pool):
 
     # -- dispatch ------------------------------------------------------------------------
     def _limit(self) -> int:
+        """How many calls one worker may hold (running and queued) by count."""
         ewma = self._ewma
         if ewma is None:
             return 1
         return 1 + min(MAX_PREFETCH, int(PREFETCH_HORIZON / max(ewma, 1e-7)))
 
     def _dispatch(self) -> None:
-        queue = self._queue
-        if not queue:
+        """Send queued calls, in order, to the ready workers holding the fewest.
+
+        A worker takes another call while it holds fewer than :meth:`_limit` calls and
+        the arguments it holds, with this call's, stay within ``prefetch_bytes``; a
+        worker holding nothing always takes the next call, however large. The first call
+        no worker can take waits, and so do the ones behind it (calls keep their order).
+        """
+        pending = self._queue
+        if not pending:
             return
         ready = [p for p in self._procs.values() if p.ready and not p.leaving and not p.dead]
         if not ready:
             return
         limit = self._limit()
+        cap = self.prefetch_bytes
+        held = {p: sum(c.size for c in p.outstanding.values()) for p in ready}
         batches: dict[_Proc, list[_Call]] = {}
         with self._lock:
-            while queue:
-                proc = min(ready, key=lambda p: len(p.outstanding))
-                if len(proc.outstanding) >= limit:
-                    break
-                call = queue.popleft()
+            while pending:
+                call = pending[0]
                 if call.state != QUEUED:
+                    pending.popleft()
                     continue  # cancelled while queued
+                proc = None
+                fewest = limit
+                for p in ready:
+                    n = len(p.outstanding)
+                    if n < fewest and (not n or held[p] + call.size <= cap):
+                        proc, fewest = p, n
+                if proc is None:
+                    break
+                pending.popleft()
+                held[proc] += call.size
                 call.state = SENT
                 call.proc = proc
                 proc.outstanding[call.id] = call
@@ -585,25 +639,59 @@ class MulticorePool(Pool):
         for call, entry, bufs in mine:
             elapsed = entry[4]
             ewma = elapsed if ewma is None else 0.8 * ewma + 0.2 * elapsed
-            if entry[1]:
-                try:
-                    value = pickle.loads(entry[2], buffers=bufs)
-                    ok = True
-                except Exception as exc:
-                    ok = False
-                    value = SerializationError(
-                        f"the result of {callable_name(call.fn)}() cannot be loaded in the "
-                        f"caller: {type(exc).__name__}: {exc}", item="the result",
-                        value_type="unknown")
-            else:
-                ok = False
-                value = loads_exception(*entry[2:3], *entry[5:8])
-            self._deliver(call, ok, value)
         self._ewma = ewma
+        if mine:
+            self._after_deliveries(mine)
         if self._stopping and not self._has_work():
             self._maybe_stop()
         else:
             self._dispatch()
+
+    def _after_deliveries(self, batch: list[tuple[_Call, tuple, list[Any]]]) -> None:
+        """Queue the outcomes of one RESULTS frame, ``(call, entry, buffers)`` each, for
+        a decoding thread; start one if none is idle (up to :data:`DECODERS`)."""
+        with self._decode_lock:
+            self._undelivered += 1
+            self._to_take += 1
+            spawn = self._to_take > self._idle_decoders and self._decoders < DECODERS
+            if spawn:
+                self._decoders += 1
+        self._decoding.put(batch)
+        if spawn:
+            thread = threading.Thread(target=self._decode_loop, daemon=True,
+                                      name="pydron-results")
+            self._decoder_threads.add(thread)
+            thread.start()
+
+    def _decode_loop(self) -> None:
+        """A decoding thread: unpickle the outcomes of a RESULTS frame and deliver them,
+        in the order they came.
+
+        Unpickling runs the user's code (``__reduce__``, ``__setstate__``): it may block
+        for long, which must not stall the reactor thread (heartbeats, other runs' calls)
+        nor, up to DECODERS at once, the other results; and it may raise anything,
+        SystemExit included, which must reach the caller as the call's outcome rather
+        than end a thread. Daemon threads: a result still loading never blocks exit."""
+        lock = self._decode_lock
+        while True:
+            with lock:
+                self._idle_decoders += 1
+            batch = self._decoding.get()
+            with lock:
+                self._idle_decoders -= 1
+                self._to_take -= 1
+            try:
+                for call, entry, bufs in batch:
+                    ok, value = _decode(call, entry, bufs)
+                    self._deliver(call, ok, value)
+            except BaseException:  # noqa: B902 -- this thread must go on delivering
+                _log.exception("pydron: internal error while delivering results")
+            del batch
+            with lock:
+                self._undelivered -= 1
+                stop = self._stop_when_delivered and not self._undelivered
+            if stop:
+                self._set_stopped()
 
     def _deliver(self, call: _Call, ok: bool, value: Any) -> None:
         on_done = call.on_done
@@ -765,8 +853,16 @@ class MulticorePool(Pool):
         if self._beat is not None and self._beat.running:
             self._beat.stop()
         if not self._procs:
-            self._stopped.set()
-            _live_pools.discard(self)
+            with self._decode_lock:  # stopped once every result is delivered
+                self._stop_when_delivered = True
+                stop = not self._undelivered
+            if stop:
+                self._set_stopped()
+
+    def _set_stopped(self) -> None:
+        self._stopped.set()
+        _live_pools.discard(self)
+
 
     def _kill_now(self) -> None:
         """At interpreter exit: kill every worker and reap it, from the exiting thread."""
@@ -781,6 +877,29 @@ class MulticorePool(Pool):
                 proc.popen.wait(timeout=2)
             except (subprocess.TimeoutExpired, OSError):
                 pass
+
+
+def _decode(call: _Call, entry: tuple, buffers: list[Any]) -> tuple[bool, Any]:
+    """The outcome of a RESULTS entry: ``(True, value)``, or ``(False, exception)``.
+
+    Any exception while unpickling a value, BaseExceptions too (a ``__reduce__`` that
+    returns ``(sys.exit, (3,))``), becomes a SerializationError naming the call: the
+    call is done, and its caller must hear so."""
+    if not entry[1]:
+        try:
+            return False, loads_exception(*entry[2:3], *entry[5:8])
+        except BaseException as exc:  # noqa: B902
+            return False, _load_error(call, "the exception raised by", exc)
+    try:
+        return True, pickle.loads(entry[2], buffers=buffers)
+    except BaseException as exc:  # noqa: B902
+        return False, _load_error(call, "the result of", exc)
+
+
+def _load_error(call: _Call, what: str, exc: BaseException) -> SerializationError:
+    return SerializationError(
+        f"{what} {callable_name(call.fn)}(){_at(call.fn)} cannot be loaded in the caller: "
+        f"{type(exc).__name__}: {exc}", item="the result", value_type="unknown")
 
 
 def _death(proc: _Proc, code: int) -> str:

@@ -294,7 +294,7 @@ def loads_exception(blob: bytes | None, name: str, message: str, text: str | Non
     if blob is not None:
         try:
             return _Decoder(pickle.loads(blob)).build(0)
-        except Exception:
+        except BaseException:  # noqa: B902 -- a __reduce__ may raise SystemExit, say
             pass
     return RemoteError(name, message, text or "", "its details did not arrive")
 

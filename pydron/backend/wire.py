@@ -42,10 +42,12 @@ from pydron.errors import PydronError
 __all__ = [
     "HEADER", "MAX_FRAME", "HANDSHAKE_MAX_FRAME", "NONCE_SIZE", "MAC_SIZE",
     "HELLO", "AUTH", "WELCOME", "REFUSE", "TASKS", "RESULTS", "BUFFER", "BUFFER_PART",
-    "CANCEL", "HEARTBEAT", "OUTPUT", "BYE", "MODULE_REQUEST", "MODULE_REPLY", "KIND_NAMES",
+    "BUFFER_SIZE", "CANCEL", "HEARTBEAT", "OUTPUT", "BYE", "MODULE_REQUEST", "MODULE_REPLY",
+    "KIND_NAMES",
     "EXIT_OK", "EXIT_MASTER_LOST", "EXIT_REFUSED", "EXIT_CANCELLED", "EXIT_BAD_START",
     "EXIT_REASONS",
     "FrameError", "HandshakeError", "FrameDecoder", "BufferCollector", "frame", "buffer_frames",
+    "frame_advice", "MAX_FRAME_LIMIT", "MIN_FRAME",
     "new_secret", "new_nonce", "sign", "verify", "local_info", "version_mismatch",
     "encode_auth", "decode_auth", "encode_welcome", "decode_welcome",
     "encode_module_reply", "decode_module_reply", "cpu_ticks",
@@ -56,7 +58,19 @@ HEADER = struct.Struct(">IB")
 """Frame header: length of (kind + payload), then the kind."""
 
 MAX_FRAME = 1 << 30
-"""Default largest frame (1 GiB). Larger out-of-band buffers travel split in parts."""
+"""Default largest frame (1 GiB): the ``"max_frame"`` setting of ``pydron.conf``. It bounds
+the in-band pickle of one call's arguments or result; larger out-of-band buffers (numpy
+arrays, bytearrays) travel split in parts and are not limited by it."""
+
+MAX_FRAME_LIMIT = (1 << 32) - 1
+"""The largest frame the 4-byte length field can announce."""
+
+MIN_FRAME = 8192
+"""The smallest frame limit a pool may use: above :data:`HANDSHAKE_MAX_FRAME`, which is
+how a :class:`FrameDecoder` knows that its peer is authenticated."""
+
+MAX_JOINED = 1 << 46
+"""The largest split buffer a receiver preallocates (64 TiB: a sanity bound only)."""
 
 HANDSHAKE_MAX_FRAME = 4096
 """Largest frame accepted before the peer is authenticated."""
@@ -74,6 +88,7 @@ TASKS = 10       # master -> worker: pickled list of tasks (see multicore / work
 RESULTS = 11     # worker -> master: pickled list of outcomes
 BUFFER = 12      # either way: one out-of-band pickle buffer (or its last part)
 BUFFER_PART = 13  # either way: a leading part of a buffer larger than the frame limit
+BUFFER_SIZE = 20  # either way: 8-byte total size of the split buffer whose parts follow
 CANCEL = 14      # master -> worker: 8-byte big-endian call ids not to run
 HEARTBEAT = 15   # either way: empty; any frame proves the peer alive
 OUTPUT = 16      # worker -> master: 1 byte stream (1 stdout, 2 stderr) + utf-8 text
@@ -83,7 +98,8 @@ MODULE_REPLY = 19    # master -> worker: JSON {name, found, is_package, filename
 
 KIND_NAMES = {
     HELLO: "HELLO", AUTH: "AUTH", WELCOME: "WELCOME", REFUSE: "REFUSE", TASKS: "TASKS",
-    RESULTS: "RESULTS", BUFFER: "BUFFER", BUFFER_PART: "BUFFER_PART", CANCEL: "CANCEL",
+    RESULTS: "RESULTS", BUFFER: "BUFFER", BUFFER_PART: "BUFFER_PART",
+    BUFFER_SIZE: "BUFFER_SIZE", CANCEL: "CANCEL",
     HEARTBEAT: "HEARTBEAT", OUTPUT: "OUTPUT", BYE: "BYE",
     MODULE_REQUEST: "MODULE_REQUEST", MODULE_REPLY: "MODULE_REPLY",
 }
@@ -125,12 +141,17 @@ def buffer_frames(data: bytes | memoryview, max_frame: int) -> list[bytes | memo
     out-of-band buffer: BUFFER_PART frames for all but the last part, then a BUFFER.
 
     A buffer larger than the frame limit is split rather than refused, so the limit
-    protects memory without capping the size of a numpy array.
+    protects memory without capping the size of a numpy array. A split buffer is
+    announced first by a BUFFER_SIZE frame with its total size, so that the receiver's
+    :class:`FrameDecoder` reads every part straight into one preallocated bytearray:
+    joining parts after the fact would hold the buffer twice.
     """
     view = memoryview(data).cast("B")
     step = max_frame - 1
     pieces: list[bytes | memoryview] = []
     start, total = 0, len(view)
+    if total > step:
+        pieces.append(frame(BUFFER_SIZE, total.to_bytes(8, "big")))
     while total - start > step:
         pieces.append(HEADER.pack(step + 1, BUFFER_PART))
         pieces.append(view[start:start + step])
@@ -138,6 +159,17 @@ def buffer_frames(data: bytes | memoryview, max_frame: int) -> list[bytes | memo
     pieces.append(HEADER.pack(total - start + 1, BUFFER))
     pieces.append(view[start:] if start else data)
     return pieces
+
+
+def frame_advice(size: int) -> str:
+    """What to do about an in-band pickle of ``size`` bytes over the frame limit: the
+    setting to raise, and to what."""
+    need = size + 1024
+    if need <= MAX_FRAME_LIMIT:
+        return (f'set "max_frame" in pydron.conf to at least {need} (or pass the large '
+                f"data as a numpy array or bytearray, which travels outside the frame)")
+    return ("this is more than any frame can carry: pass the large data as a numpy array "
+            "or bytearray, which travels outside the frame")
 
 
 class BufferCollector:
@@ -151,7 +183,10 @@ class BufferCollector:
         self._parts: list[bytes | bytearray] = []
 
     def add(self, kind: int, payload: bytes | bytearray) -> None:
-        """Take a BUFFER or BUFFER_PART frame's payload."""
+        """Take a BUFFER or BUFFER_PART frame's payload (a BUFFER_SIZE announcement that
+        the decoder did not act on is ignored: the parts are joined here then)."""
+        if kind == BUFFER_SIZE:
+            return
         if kind == BUFFER_PART:
             self._parts.append(payload)
             return
@@ -175,18 +210,64 @@ class FrameDecoder:
     socket reader ``recv_into`` it directly (no copy), and the payload handed out is that
     writable bytearray, so an array unpickled over it is writable, as after a local pickle
     round trip. ``limit`` may be changed between frames (raised after the handshake).
+
+    A buffer split into parts (BUFFER_SIZE, BUFFER_PART..., BUFFER; see
+    :func:`buffer_frames`) is received into one bytearray of its announced size, each
+    part written in place, and handed out as a single BUFFER frame: the parts never exist
+    apart from it. BUFFER_SIZE is honoured only once ``limit`` has been raised above
+    :data:`HANDSHAKE_MAX_FRAME` (after authentication), so an unauthenticated peer
+    cannot make us allocate anything.
     """
 
-    __slots__ = ("limit", "big", "_buf", "_pos", "_frame", "_filled", "_kind")
+    __slots__ = ("limit", "big", "_buf", "_pos", "_frame", "_filled", "_kind", "_join",
+                 "_join_at")
 
     def __init__(self, limit: int, big: int = 1 << 16) -> None:
         self.limit = limit
         self.big = big
         self._buf = bytearray()
         self._pos = 0
-        self._frame: bytearray | None = None   # a big frame being filled
+        self._frame: bytearray | memoryview | None = None   # a big frame being filled
         self._filled = 0
         self._kind = 0
+        self._join: bytearray | None = None  # a split buffer being received
+        self._join_at = 0
+
+    def _target(self, kind: int, size: int) -> memoryview | None:
+        """Where the body of a ``size``-byte frame goes while a split buffer is being
+        received: its next slice (None for other frames, or when none is)."""
+        join = self._join
+        if join is None or (kind != BUFFER and kind != BUFFER_PART):
+            return None
+        at = self._join_at
+        if at + size > len(join):
+            raise FrameError(f"the parts of a split buffer exceed its announced size of "
+                             f"{len(join)} bytes")
+        self._join_at = at + size
+        return memoryview(join)[at:at + size]
+
+    def _completed(self, kind: int, body: bytes | bytearray | memoryview,
+                   frames: list[tuple[int, bytes | bytearray]]) -> None:
+        """A frame is complete: hand it out, or account for it in a split buffer."""
+        if type(body) is memoryview:  # a slice of the split buffer, filled
+            if kind == BUFFER_PART:
+                return
+            join, self._join = self._join, None
+            if self._join_at != len(join):  # type: ignore[arg-type]
+                raise FrameError(f"a split buffer of {self._join_at} bytes, announced as "
+                                 f"{len(join)}")  # type: ignore[arg-type]
+            frames.append((BUFFER, join))  # type: ignore[arg-type]
+            return
+        if kind == BUFFER_SIZE and self.limit > HANDSHAKE_MAX_FRAME:
+            if len(body) != 8 or self._join is not None:
+                raise FrameError("a malformed BUFFER_SIZE frame")
+            total = int.from_bytes(body, "big")
+            if not 0 < total <= MAX_JOINED:
+                raise FrameError(f"a split buffer of {total} bytes announced")
+            self._join = bytearray(total)  # zeroed pages the kernel maps lazily
+            self._join_at = 0
+            return
+        frames.append((kind, body))  # type: ignore[arg-type]
 
     def pending_view(self) -> memoryview | None:
         """The unfilled rest of a big frame in progress, for ``recv_into``; else None."""
@@ -199,9 +280,10 @@ class FrameDecoder:
         self._filled += n
         if self._filled < len(self._frame):  # type: ignore[arg-type]
             return []
-        done = [(self._kind, self._frame)]
-        self._frame = None
-        return done  # type: ignore[return-value]
+        done: list[tuple[int, bytes | bytearray]] = []
+        body, self._frame = self._frame, None
+        self._completed(self._kind, body, done)  # type: ignore[arg-type]
+        return done
 
     def feed(self, data: bytes) -> list[tuple[int, bytes | bytearray]]:
         """Add received bytes; return the frames they complete, in order.
@@ -218,8 +300,8 @@ class FrameDecoder:
             self._filled += take
             if self._filled < len(self._frame):
                 return frames
-            frames.append((self._kind, self._frame))
-            self._frame = None
+            body, self._frame = self._frame, None
+            self._completed(self._kind, body, frames)
             data = bytes(view[take:]) if take < len(view) else b""
             if not data:
                 return frames
@@ -238,13 +320,19 @@ class FrameDecoder:
                                      f"{self.limit}, kind {kind})" if length else
                                      "a frame of length 0")
                 body = pos + size
+                target = self._target(kind, length - 1)
                 if end - body >= length - 1:
-                    frames.append((kind, bytes(view[body:body + length - 1])))
+                    if target is not None:
+                        target[:] = view[body:body + length - 1]
+                        self._completed(kind, target, frames)
+                    else:
+                        self._completed(kind, bytes(view[body:body + length - 1]), frames)
                     pos = body + length - 1
                     continue
-                if length - 1 > self.big:
-                    # Start a big frame of its own; move what we have of it there.
-                    self._frame = bytearray(length - 1)
+                if target is not None or length - 1 > self.big:
+                    # Start a big frame of its own (or the next slice of a split buffer);
+                    # move what we have of it there.
+                    self._frame = target if target is not None else bytearray(length - 1)
                     self._frame[:end - body] = view[body:end]
                     self._filled = end - body
                     self._kind = kind
@@ -254,6 +342,7 @@ class FrameDecoder:
             view.release()
             self._buf = bytearray()
             self._pos = 0
+            self._join = None
             raise
         view.release()
         if pos >= end:

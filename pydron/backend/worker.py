@@ -344,11 +344,22 @@ class Worker:
         elapsed = time.perf_counter() - start
         del args, kwargs
         try:
+            # bytes and str pickle in band: refuse one over the limit before pickling it,
+            # which would hold it twice (a 1.5 GB bytes result cost 3.1 GB to refuse).
+            inband = len(value) if type(value) is bytes or type(value) is str else 0
+            if inband > self.max_frame - 256:
+                raise SerializationError(
+                    f"the result of {callable_name(fn)}() is a {type(value).__name__} of "
+                    f"{inband} {'bytes' if type(value) is bytes else 'characters'}, more "
+                    f"than the frame limit of {self.max_frame} bytes; "
+                    f"{wire.frame_advice(inband)}",
+                    item="the result", value_type=type_name(value))
             blob, raw = dumps_result(value, fn)
             if len(blob) > self.max_frame - 256:
                 raise SerializationError(
                     f"the result of {callable_name(fn)}() pickles to {len(blob)} bytes, "
-                    f"more than the frame limit of {self.max_frame} bytes",
+                    f"more than the frame limit of {self.max_frame} bytes; "
+                    f"{wire.frame_advice(len(blob))}",
                     item="the result", value_type=type_name(value))
         except SerializationError as exc:
             blob, name, message, _ = dumps_exception(exc, None, self._exception_limit())
