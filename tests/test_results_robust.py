@@ -253,3 +253,21 @@ def test_the_frame_limit_is_a_setting_and_its_errors_say_how_to_raise_it(pools):
     roomy = pools(1, max_frame=need)  # the advice works
     roomy.submit(big_bytes, (100_000,), {}, out.callback("r2"))
     assert out.one("r2") == (True, b"x" * 100_000)
+
+
+def test_the_decoding_threads_end_with_the_pool(pools):
+    """A stopped pool leaves no thread behind (a program that configures many pools
+    would otherwise collect them)."""
+    pool = pools(2)
+    before = {t for t in threading.enumerate() if t.name == "pydron-results"}
+    out = Outcomes()
+    for i in range(20):
+        pool.submit(ident, (i,), {}, out.callback(i))
+    for i in range(20):
+        assert out.one(i) == (True, i)
+    mine = {t for t in threading.enumerate() if t.name == "pydron-results"} - before
+    assert mine
+    pool.shutdown(wait=True)
+    for thread in mine:
+        thread.join(5)
+        assert not thread.is_alive()

@@ -677,6 +677,8 @@ class MulticorePool(Pool):
             with lock:
                 self._idle_decoders += 1
             batch = self._decoding.get()
+            if batch is None:  # the pool has stopped (see _set_stopped)
+                return
             with lock:
                 self._idle_decoders -= 1
                 self._to_take -= 1
@@ -860,6 +862,12 @@ class MulticorePool(Pool):
                 self._set_stopped()
 
     def _set_stopped(self) -> None:
+        """Every worker has exited and every result has been delivered: done. The
+        decoding threads end too (a stopped pool gets no more results)."""
+        with self._decode_lock:
+            threads, self._decoders = self._decoders, DECODERS  # none is started again
+        for _ in range(threads):
+            self._decoding.put(None)  # type: ignore[arg-type]
         self._stopped.set()
         _live_pools.discard(self)
 
