@@ -6,8 +6,8 @@ while everything else keeps its sequential meaning.
 """
 from pydron.api import PydronWarning, schedule
 from pydron.backend import configure, shutdown
-from pydron.errors import (ConfigError, PydronError, RemoteError, SerializationError,
-                           TranslationError, WorkerLostError)
+from pydron.errors import (CallTimeoutError, ConfigError, PydronError, RemoteError,
+                           SerializationError, TranslationError, WorkerLostError)
 from pydron.purity import functional
 
 __version__ = "0.1.0"
@@ -30,7 +30,7 @@ def graph(func):  # noqa: ANN001,ANN201
 __all__ = [
     "schedule", "functional", "explain", "graph", "configure", "shutdown",
     "PydronError", "TranslationError", "ConfigError", "WorkerLostError", "SerializationError",
-    "RemoteError",
+    "RemoteError", "CallTimeoutError",
     "PydronWarning",
     "__version__",
 ]

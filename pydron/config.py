@@ -103,6 +103,10 @@ class Config:
     source: str
     max_retries: int = 3
     window: int | None = None
+    call_timeout: float | None = None
+    """Seconds a functional call may run before it is stopped (None: no limit)."""
+    respawns_per_minute: int | None = None
+    """Workers a pool may replace per minute (None: the pool's default for its size)."""
     max_frame: int = 1 << 30
     prefetch_bytes: int = 256 << 20
 
@@ -216,6 +220,9 @@ _local_workers = _int_between(1, MAX_LOCAL_WORKERS)
 _host_cores = _int_between(1, MAX_HOST_CORES)
 _instances = _int_between(1, MAX_INSTANCES)
 _window = _int_between(1, MAX_WINDOW)
+MAX_RESPAWNS_PER_MINUTE = 10_000
+"""Upper bound of ``respawns_per_minute``: more is no longer a limit."""
+_respawns = _int_between(1, MAX_RESPAWNS_PER_MINUTE)
 _max_frame = _int_between(8192, (1 << 32) - 1)  # wire.MIN_FRAME, MAX_FRAME_LIMIT
 _prefetch_bytes = _int_between(0, 1 << 50)
 
@@ -520,6 +527,8 @@ _TOP_LEVEL: dict[str, Check] = {
     "workers": lambda value: value,  # checked in detail by _parse_workers
     "max_retries": _retries,
     "window": _window,
+    "call_timeout": _positive_seconds,  # absent: no limit
+    "respawns_per_minute": _respawns,
     "max_frame": _max_frame,
     "prefetch_bytes": _prefetch_bytes,
 }
@@ -623,10 +632,12 @@ def parse_config(data: object, source: str = "<dict>") -> Config:
         window = problems.check("window", _TOP_LEVEL["window"], data["window"])[1]
     sizes = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
              for key in ("max_frame", "prefetch_bytes") if key in data}
+    limits = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
+              for key in ("call_timeout", "respawns_per_minute") if key in data}
     problems.raise_if_any()
     _report_secrets(problems)
     return Config(workers=workers, source=source, max_retries=max_retries,  # type: ignore[arg-type]
-                  window=window, **sizes)  # type: ignore[arg-type]
+                  window=window, **sizes, **limits)  # type: ignore[arg-type]
 
 
 def _parse_workers(value: object, problems: _Problems) -> tuple[WorkerSpec, ...]:

@@ -23,6 +23,22 @@ class WorkerLostError(PydronError):
     """A worker died while running a call, more often than the retry limit allows."""
 
 
+class CallTimeoutError(PydronError):
+    """A functional call ran longer than ``call_timeout`` (pydron.conf) allows.
+
+    On a pool of worker processes the worker running it was killed (nothing keeps
+    computing) and another takes its place; on the threads pool the thread cannot be
+    stopped, so the call runs on there, unobserved, while a new thread takes its place.
+    ``function`` names the call, ``timeout`` is the limit in seconds; the runtime adds
+    the line of the call to the message.
+    """
+
+    def __init__(self, message: str, function: str = "", timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.function = function
+        self.timeout = timeout
+
+
 class SerializationError(PydronError):
     """An argument or a result of a functional call cannot cross to or from a worker.
 

@@ -251,7 +251,7 @@ def test_one_error_lists_every_problem_of_every_entry(tmp_path):
     lines = str(info.value).splitlines()
     cloud_keys = config._quoted(["type", *config.WORKER_TYPES["cloud"].keys])
     assert lines == [f"{path}: {line}" for line in [
-        'top level: expected only the keys "max_retries", "window", "workers", found unknown '
+        f"top level: expected only the keys {config._quoted(config._TOP_LEVEL)}, found unknown "
         'key "max_retry" (did you mean "max_retries"?)',
         "workers[0].count: expected an integer >= 1, found 0",
         'workers[1]: expected only the keys "cores", "host_key", "hostname", "key_filename", '

@@ -32,22 +32,31 @@ __all__ = [
 
 
 
+def _limits(config: Config) -> dict[str, object]:
+    """The settings that bound what a pool of worker processes spends on a bad call:
+    ``call_timeout`` and ``respawns_per_minute`` (None: the pool's defaults)."""
+    return {"call_timeout": config.call_timeout,
+            "respawns_per_minute": config.respawns_per_minute}
+
+
 def _multicore(spec: WorkerSpec, config: Config) -> Pool:
     # Imported here: it brings in Twisted, which only process pools need.
     from pydron.backend.multicore import MulticorePool
     return MulticorePool(spec.count, max_retries=config.max_retries,
-                         max_frame=config.max_frame, prefetch_bytes=config.prefetch_bytes)
+                         max_frame=config.max_frame, prefetch_bytes=config.prefetch_bytes,
+                         **_limits(config))
 
 
 def _ssh_group(specs: list[WorkerSpec], config: Config) -> Pool:
     # One pool for all "ssh" entries: a host that fails leaves its calls to the others.
     from pydron.backend.sshpool import SshPool
-    return SshPool([dict(spec.options) for spec in specs], max_retries=config.max_retries)
+    return SshPool([dict(spec.options) for spec in specs], max_retries=config.max_retries,
+                   **_limits(config))
 
 
 def _cloud_group(specs: list[WorkerSpec], config: Config) -> Pool:
     from pydron.backend.cloudpool import CloudPool
-    return CloudPool(specs, max_retries=config.max_retries)
+    return CloudPool(specs, max_retries=config.max_retries, **_limits(config))
 
 
 GROUP_FACTORIES: dict[str, Callable[[list[WorkerSpec], Config], Pool]] = {
@@ -58,7 +67,7 @@ GROUP_FACTORIES: dict[str, Callable[[list[WorkerSpec], Config], Pool]] = {
 so that calls of a host that fails or is lost run again on the other hosts."""
 
 POOL_FACTORIES: dict[str, Callable[[WorkerSpec, Config], Pool]] = {
-    "threads": lambda spec, config: ThreadPool(spec.count),
+    "threads": lambda spec, config: ThreadPool(spec.count, call_timeout=config.call_timeout),
     "inline": lambda spec, config: InlinePool(),
     "multicore": _multicore,
     "ssh": lambda spec, config: _ssh_group([spec], config),

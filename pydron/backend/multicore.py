@@ -56,7 +56,7 @@ from pydron.backend.shipping import (
     PROTOCOL, FunctionShipper, callable_name, callable_site, dumps_args, loads_exception,
 )
 from pydron.backend.worker import FUNCTION_CACHE_SIZE, MASTER_TIMEOUT
-from pydron.errors import SerializationError, WorkerLostError
+from pydron.errors import CallTimeoutError, SerializationError, WorkerLostError
 
 __all__ = ["MulticorePool"]
 
@@ -76,6 +76,16 @@ MAX_START_FAILURES = 3
 """Consecutive workers that fail to start before queued calls fail instead of waiting."""
 STOP_GRACE = 5.0
 """Seconds a worker told BYE gets to exit before it is killed."""
+POISON_DEATHS = 2
+"""A call whose worker died while running it this many times in a row is not run again:
+it is the call that kills them (OOM, segfault, ``os._exit``), not bad luck."""
+RESPAWN_WINDOW = 60.0
+"""``respawns_per_minute`` counts the workers that died unexpectedly in this many seconds."""
+
+
+def default_respawns(workers: int) -> int:
+    """Replacements allowed per minute by default: every worker 4 times, plus 10."""
+    return 4 * workers + 10
 
 
 HANDSHAKE_TIMEOUT = 3.0
@@ -112,7 +122,7 @@ class _Call:
     """One submitted call; also its handle."""
 
     __slots__ = ("id", "fn", "digest", "fn_blob", "args", "buffers", "on_done", "state",
-                 "proc", "attempts", "size")
+                 "proc", "attempts", "size", "deaths")
 
     def __init__(self, call_id: int, fn: Callable[..., Any], digest: bytes, fn_blob: bytes,
                  args: bytes, buffers: list[memoryview], on_done: OnDone) -> None:
@@ -126,6 +136,7 @@ class _Call:
         self.state = QUEUED
         self.proc: _Proc | None = None
         self.attempts = 0
+        self.deaths: list[str] = []  # how its workers died, each while running it, in a row
         self.size = len(args) + sum(b.nbytes for b in buffers)  # bytes a worker receives
 
     def clear(self) -> None:
@@ -149,6 +160,9 @@ class _Proc:
         self.known: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.kill_reason = ""
         self.cancel_killed = False
+        self.timed_out = False            # killed by the pool: its call ran past call_timeout
+        self.head = 0                     # the call id it runs, as last seen by the timeout
+        self.head_since = 0.0             # check, and since when (monotonic)
         self.refused = ""
         self.timer: Any = None
         self.unwatch: Callable[[], None] | None = None
@@ -187,7 +201,8 @@ class MulticorePool(Pool):
                  heartbeat_timeout: float = 5.0, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  start_timeout: float = 60.0, max_frame: int = wire.MAX_FRAME,
                  master_timeout: float = MASTER_TIMEOUT,
-                 prefetch_bytes: int = PREFETCH_BYTES) -> None:
+                 prefetch_bytes: int = PREFETCH_BYTES, call_timeout: float | None = None,
+                 respawns_per_minute: int | None = None) -> None:
         if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
             raise ValueError(f"MulticorePool needs an integer cores >= 1, got {cores!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or \
@@ -216,6 +231,19 @@ class MulticorePool(Pool):
         self.start_timeout = start_timeout
         self.max_frame = max_frame
         self.prefetch_bytes = prefetch_bytes
+        if call_timeout is not None and (
+                isinstance(call_timeout, bool) or not isinstance(call_timeout, (int, float))
+                or not 0 < call_timeout < float("inf")):
+            raise ValueError(f"call_timeout must be a number of seconds > 0 or None, got "
+                             f"{call_timeout!r}")
+        self.call_timeout = call_timeout
+        if respawns_per_minute is None:
+            respawns_per_minute = default_respawns(cores)
+        if isinstance(respawns_per_minute, bool) or not isinstance(respawns_per_minute, int) \
+                or respawns_per_minute < 1:
+            raise ValueError(f"respawns_per_minute must be an integer >= 1, got "
+                             f"{respawns_per_minute!r}")
+        self.respawns_per_minute = respawns_per_minute
         self.secret = wire.new_secret()
 
         # Shared between the callers' threads and the reactor thread, under _lock.
@@ -256,6 +284,15 @@ class MulticorePool(Pool):
         self._stop_when_delivered = False
         self._decoder_threads: set[threading.Thread] = set()
         self._forked = False               # this is a fork()ed copy of the pool's owner
+        # Bounds on bad calls (reactor thread): deaths of workers the pool did not stop
+        # itself, within RESPAWN_WINDOW; which slots have had a process (so a spawn there
+        # is a respawn); the last death, for the message when respawning stops.
+        self._deaths: collections.deque[float] = collections.deque()
+        self._spawned: set[int] = set()
+        self._last_death = ""
+        self._respawn_stopped = False      # logged; retry scheduled
+        self._respawn_timer: Any = None
+        self._timeout_timer: Any = None
         _live_pools.add(self)
 
     # ------------------------------------------------------------------ caller's side
@@ -472,10 +509,15 @@ class MulticorePool(Pool):
         return watch_exit(popen, callback)
 
     def _spawn(self, index: int) -> None:
-        """Start worker ``index``; it connects back on its own."""
+        """Start worker ``index``; it connects back on its own. A respawn (the slot had a
+        process before) waits while too many workers died lately (see
+        :meth:`_may_respawn`)."""
+        if index in self._spawned and not self._may_respawn():
+            return
         with self._lock:
             if self._exiting:
                 return
+            self._spawned.add(index)
             try:
                 popen = self._launch(index)
             except Exception as exc:
@@ -490,8 +532,51 @@ class MulticorePool(Pool):
         if self._port is not None:
             self._watch(proc)
 
+    def _may_respawn(self) -> bool:
+        """Whether a worker may be replaced now: not while more than
+        ``respawns_per_minute`` workers died unexpectedly in the last minute.
+
+        Without a cap, calls that crash their workers (each retried, and each new one
+        crashing) make the pool start processes as fast as they die, for ever. Past the
+        cap, the workers still alive go on; when none is left, the queued calls fail with
+        a WorkerLostError that says why, and so do new ones until the minute has passed.
+        """
+        now = time.monotonic()
+        deaths = self._deaths
+        while deaths and now - deaths[0] > RESPAWN_WINDOW:
+            deaths.popleft()
+        if len(deaths) <= self.respawns_per_minute:
+            self._respawn_stopped = False
+            return True
+        message = (f"pydron stopped replacing worker processes: {len(deaths)} died within "
+                   f"the last minute, more than respawns_per_minute="
+                   f"{self.respawns_per_minute} allows (the last: {self._last_death}); "
+                   f"rather than start workers for ever, it starts none until a minute has "
+                   f"passed, and calls that no worker is left to run fail (raise "
+                   f"\"respawns_per_minute\" in pydron.conf if this many deaths are "
+                   f"expected)")
+        if not self._respawn_stopped:
+            self._respawn_stopped = True
+            _log.error("pydron: %s", message)
+            wait = RESPAWN_WINDOW - (now - deaths[0]) + 0.05
+            self._respawn_timer = get_reactor().callLater(wait, self._respawn_later)
+        if not any(not p.dead and not p.leaving for p in self._procs.values()):
+            self._fail_queued(message)  # no worker is left to run them
+        return False
+
+    @_guarded
+    def _respawn_later(self) -> None:
+        """The minute of too many deaths has passed: fill the empty slots again."""
+        self._respawn_timer = None
+        self._respawn_stopped = False
+        if self._stopping or self._exiting:
+            return
+        self._ensure_workers()
+        self._dispatch()
+
     def _watch(self, proc: _Proc) -> None:
         """Learn of the worker's exit, and of its not connecting in time (reactor)."""
+        self._arm_timeouts()
         proc.unwatch = self._watch_exit(proc.popen, lambda code: self._exited(proc, code))
         proc.timer = get_reactor().callLater(self.start_timeout, self._start_timed_out, proc)
 
@@ -727,7 +812,17 @@ class MulticorePool(Pool):
     # -- deaths --------------------------------------------------------------------------
     @_guarded
     def _exited(self, proc: _Proc, code: int) -> None:
-        """The process of ``proc`` has exited: re-run or fail its calls, replace it."""
+        """The process of ``proc`` has exited: re-run or fail its calls, replace it.
+
+        The call it was running runs again elsewhere, up to ``max_retries`` times --
+        unless its worker died while running it :data:`POISON_DEATHS` times in a row
+        (each time another process: a dead one is replaced): such a call kills every
+        worker it is given (the OOM killer, a segfault, ``os._exit``), so it fails now,
+        with how each worker died. A worker lost while running other calls does not
+        count against a call queued behind them. Deaths the pool caused itself (a call
+        cancelled or past ``call_timeout``) count against nothing; the others count
+        towards ``respawns_per_minute``.
+        """
         proc.dead = True
         if proc.timer is not None and proc.timer.active():
             proc.timer.cancel()
@@ -735,11 +830,12 @@ class MulticorePool(Pool):
             proc.conn.dropped = True
             proc.conn.transport.abortConnection()
         how = _death(proc, code)
-        cancel_death = proc.cancel_killed or code == wire.EXIT_CANCELLED
+        cancel_death = proc.cancel_killed or code == wire.EXIT_CANCELLED or proc.timed_out
         calls = list(proc.outstanding.values())
         proc.outstanding.clear()
         requeue: list[_Call] = []
         failed: list[_Call] = []
+        running = ""
         with self._lock:
             if self._procs.get(proc.index) is proc:
                 del self._procs[proc.index]
@@ -748,8 +844,15 @@ class MulticorePool(Pool):
                 if call.state != SENT:
                     continue
                 if position == 0 and not cancel_death:  # the call it was running
+                    running = f" while running {callable_name(call.fn)}()"
                     call.attempts += 1
-                    if call.attempts > self.max_retries:
+                    if self._blames_call(proc, code):
+                        call.deaths.append(f"worker {proc.index} (pid {proc.pid}) {how}"
+                                           f"{_oom_hint(proc, code)}")
+                    else:
+                        call.deaths.clear()  # not in a row any more
+                    if call.attempts > self.max_retries or \
+                            len(call.deaths) >= POISON_DEATHS:
                         call.state = DONE
                         failed.append(call)
                         continue
@@ -758,12 +861,12 @@ class MulticorePool(Pool):
         self._queue.extendleft(reversed(requeue))
         for call in failed:
             self._deliver(call, False, WorkerLostError(
-                f"worker {proc.index} (pid {proc.pid}) {how} while running "
-                f"{callable_name(call.fn)}(){_at(call.fn)}; the call was tried "
-                f"{call.attempts} time{'s' if call.attempts != 1 else ''} "
-                f"(max_retries={self.max_retries})"))
+                self._lost_message(proc, how, call, bool(_oom_hint(proc, code)))))
         if self._exiting:
             return
+        if not (proc.leaving or cancel_death):
+            self._deaths.append(time.monotonic())
+            self._last_death = f"worker {proc.index} (pid {proc.pid}) {how}{running}"
         if not proc.ready and not proc.leaving:
             problem = f"worker {proc.index} (pid {proc.pid}) {how} before it connected"
             if proc.refused:
@@ -778,6 +881,29 @@ class MulticorePool(Pool):
         if not cancel_death or self._queued():
             self._ensure_workers()  # after a cancel: lazily, when work comes
         self._dispatch()
+
+    def _blames_call(self, proc: _Proc, code: int) -> bool:
+        """Whether the death of ``proc`` may be the doing of the call it was running
+        (and so counts towards calling that call poison). Here always: a worker on this
+        machine dies of what runs in it, or of something that cannot be told from it (a
+        SIGKILL from outside looks like the OOM killer's). A subclass whose workers are
+        also lost with their host may say no for those."""
+        return True
+
+    def _lost_message(self, proc: _Proc, how: str, call: _Call, oom: bool = False) -> str:
+        """The WorkerLostError of a call that is not run again (``oom``: its worker died
+        of a SIGKILL that the pool did not send)."""
+        name = f"{callable_name(call.fn)}(){_at(call.fn)}"
+        deaths = call.deaths
+        if len(deaths) >= POISON_DEATHS and call.attempts <= self.max_retries:
+            return (f"{name} killed {len(deaths)} workers in a row, each while running it: "
+                    f"{'; '.join(deaths)}; it is not run again, as it would go on killing "
+                    f"workers (max_retries={self.max_retries} is for calls whose workers "
+                    f"are lost for other reasons)")
+        return (f"worker {proc.index} (pid {proc.pid}) {how} while running {name}; the "
+                f"call was tried {call.attempts} time{'s' if call.attempts != 1 else ''} "
+                f"(max_retries={self.max_retries})"
+                f"{'; the SIGKILL was possibly the OOM killer' if oom else ''}")
 
     def _start_failed(self, problem: str) -> None:
         self._start_failures += 1
@@ -821,6 +947,60 @@ class MulticorePool(Pool):
                           f"{now - conn.last_rx:.1f} s)")
                 continue
             conn.send([beat])
+
+    # -- call_timeout --------------------------------------------------------------------
+    def _arm_timeouts(self) -> None:
+        """Check for calls past ``call_timeout`` a tick from now (reactor thread).
+
+        A worker runs its calls in the order sent, so the first one it holds is the one
+        it runs; the check notes when each worker's first call changed and finds the ones
+        that have stayed first too long. The tick is a tenth of the timeout (at least
+        50 ms, at most a heartbeat), so a call is stopped between the timeout and about
+        two ticks more after it started: the pool learns of a start only at the next tick.
+        (It runs while the pool is idle too: a few dozen cheap wake-ups a second at most.)
+        """
+        if self.call_timeout is None or self._timeout_timer is not None or \
+                self._exiting or self._forked:
+            return
+        tick = min(self.heartbeat, max(0.05, self.call_timeout / 10))
+        self._timeout_timer = get_reactor().callLater(tick, self._check_timeouts)
+
+    @_guarded
+    def _check_timeouts(self) -> None:
+        self._timeout_timer = None
+        if self._stopping and not self._procs:
+            return
+        try:
+            now = time.monotonic()
+            for proc in list(self._procs.values()):
+                outstanding = proc.outstanding
+                if proc.dead or proc.timed_out or not outstanding:
+                    proc.head = 0
+                    continue
+                head = next(iter(outstanding))
+                if head != proc.head:
+                    proc.head, proc.head_since = head, now
+                elif now - proc.head_since >= self.call_timeout:  # type: ignore[operator]
+                    self._time_out(proc, outstanding[head])
+        finally:
+            self._arm_timeouts()
+
+    def _time_out(self, proc: _Proc, call: _Call) -> None:
+        """``call`` ran past ``call_timeout`` on ``proc``: fail it now, and kill the
+        worker (nothing keeps computing); the calls queued behind it run elsewhere."""
+        with self._lock:
+            if call.state != SENT or proc.outstanding.get(call.id) is not call:
+                return  # its outcome came meanwhile
+            call.state = DONE
+            del proc.outstanding[call.id]
+        name = callable_name(call.fn)
+        proc.timed_out = True
+        proc.kill(f"ran {name}() past call_timeout")
+        self._deliver(call, False, CallTimeoutError(
+            f"{name}(){_at(call.fn)} did not finish within call_timeout="
+            f"{self.call_timeout:g} s; worker {proc.index} (pid {proc.pid}) running it was "
+            f"killed, and a new one takes its place", function=name,
+            timeout=self.call_timeout))
 
     # -- stopping ------------------------------------------------------------------------
     def _queued(self) -> bool:
@@ -870,7 +1050,6 @@ class MulticorePool(Pool):
             self._decoding.put(None)  # type: ignore[arg-type]
         self._stopped.set()
         _live_pools.discard(self)
-
 
     def _kill_now(self) -> None:
         """At interpreter exit: kill every worker and reap it, from the exiting thread."""
@@ -923,6 +1102,15 @@ def _death(proc: _Proc, code: int) -> str:
     if code in wire.EXIT_REASONS:
         return f"{wire.EXIT_REASONS[code]} (exit code {code})"
     return f"exited with code {code}"
+
+
+def _oom_hint(proc: _Proc, code: int) -> str:
+    """A SIGKILL nobody here sent is also how the kernel's OOM killer ends a process;
+    nothing can tell which for sure (the kernel log is neither readable by everyone nor
+    reliable), so the hint says "possibly"."""
+    if code == -signal.SIGKILL and not proc.kill_reason:
+        return " (possibly the OOM killer)"
+    return ""
 
 
 def _at(fn: Any) -> str:

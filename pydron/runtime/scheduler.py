@@ -27,7 +27,7 @@ from heapq import heappop, heappush
 from typing import Any, Callable, Optional
 
 from pydron import purity
-from pydron.errors import SerializationError, WorkerLostError
+from pydron.errors import CallTimeoutError, SerializationError, WorkerLostError
 from pydron.dataflow.template import (RETURN_FLAG, RETURN_VALUE, UNBOUND, Block, CallStep,
                                       IfStep, LoopStep, NativeStep, ReturnSignal, Template)
 
@@ -695,7 +695,7 @@ _UNBOUND_MESSAGE = ("cannot access local variable '%s' where it is not associate
                     "local variable '%s' referenced before assignment")
 # Errors the pool raises about a call (not the call's own exception, which arrives as
 # raised): only these get the line of the call added to their message.
-_POOL_ERRORS = (SerializationError, WorkerLostError)
+_POOL_ERRORS = (SerializationError, WorkerLostError, CallTimeoutError)
 _UNBOUND_SLOT = Slot(UNBOUND)
 _UNBOUND_ID = id(UNBOUND)
 _CHECKED = weakref.WeakKeyDictionary()
