@@ -42,7 +42,7 @@ def test_ssh_entry():
                                  '"known_hosts", found "yes"'),
     ({**SSH, "port": 70000}, "workers[0].port: expected a port number from 1 to 65535"),
     ({**SSH, "required": "no"}, 'workers[0].required: expected true or false, found "no"'),
-    ({**SSH, "cores": 0}, "workers[0].cores: expected an integer >= 1"),
+    ({**SSH, "cores": 0}, "workers[0].cores: expected an integer from 1 to 1024"),
     ({**SSH, "hostname": ""}, 'workers[0].hostname: expected a non-empty string, found ""'),
     ({**SSH, "pasword": "x"}, 'found unknown key "pasword" (did you mean "password"?)'),
     ({**SSH, "host_key": "accept_new"}, 'found "accept_new" (did you mean "accept-new"?)'),
@@ -82,9 +82,10 @@ def test_cloud_entry():
     ({**CLOUD, "driver_options": {"nested": {"a": 1}}},
      "workers[0].driver_options: expected an object whose values are strings, numbers"),
     ({**CLOUD, "security_group": []}, "expected a non-empty string or an array of them"),
-    ({**CLOUD, "idle_timeout": -1}, "workers[0].idle_timeout: expected a number of seconds >= 0"),
+    ({**CLOUD, "idle_timeout": -1},
+     "workers[0].idle_timeout: expected a number of seconds from 0 to 2592000"),
     ({**CLOUD, "idle_timeout": True}, "workers[0].idle_timeout: expected a number of seconds"),
-    ({**CLOUD, "count": 0}, "workers[0].count: expected an integer >= 1"),
+    ({**CLOUD, "count": 0}, "workers[0].count: expected an integer from 1 to 1000"),
 ])
 def test_bad_cloud_entries(entry, message):
     assert message in error(entry)
@@ -253,26 +254,27 @@ def test_one_error_lists_every_problem_of_every_entry(tmp_path):
     assert lines == [f"{path}: {line}" for line in [
         f"top level: expected only the keys {config._quoted(config._TOP_LEVEL)}, found unknown "
         'key "max_retry" (did you mean "max_retries"?)',
-        "workers[0].count: expected an integer >= 1, found 0",
+        "workers[0].count: expected an integer from 1 to 1024, found 0",
         'workers[1]: expected only the keys "cores", "host_key", "hostname", "key_filename", '
         '"known_hosts", "password", "port", "python", "required", "tmp_dir", "type", '
         '"username" for type "ssh", found unknown key "hostnme" (did you mean "hostname"?)',
-        'workers[1].cores: expected an integer >= 1, found "8"',
+        'workers[1].cores: expected an integer from 1 to 1024, found "8"',
         'workers[1].hostname: expected a value (required for type "ssh"), found nothing '
         "(the key is missing)",
         f"workers[2]: expected only the keys {cloud_keys} "
         'for type "cloud", found unknown key "sise" (did you mean "size"?)',
-        "workers[2].idle_timeout: expected a number of seconds >= 0, found -1",
+        "workers[2].idle_timeout: expected a number of seconds from 0 to 2592000 (30 days), "
+        "found -1",
         'workers[2].size: expected a value (required for type "cloud"), found nothing '
         "(the key is missing)",
         'workers[3].type: expected one of "cloud", "inline", "multicore", "ssh", "threads", '
         'found "multicores" (did you mean "multicore"?)',
-        "window: expected an integer >= 1, found 0",
+        "window: expected an integer from 1 to 1000000, found 0",
     ]]
     problems = info.value.problems
     assert len(problems) == len(lines)
     assert problems[1] == config.ConfigProblem(str(path), "workers[0].count",
-                                               "an integer >= 1", "0")
+                                               "an integer from 1 to 1024", "0")
 
 
 def test_no_warning_for_a_file_that_is_refused(caplog):
