@@ -21,6 +21,7 @@ from pydron.config import parse_config
 from pydron.errors import CallTimeoutError, ConfigError, WorkerLostError
 
 from test_multicore import Outcomes, alive, make_pool, square, wait_gone  # noqa: F401
+from waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="uses /proc and Linux signals")
@@ -81,16 +82,6 @@ def die_f(path):
 @schedule
 def scheduled_poison(path):
     return die_f(path)
-
-
-def wait_for(predicate, timeout: float = 20, what: str = "a condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def workers() -> list[threading.Thread]:

@@ -25,6 +25,7 @@ from pydron import functional, schedule
 from pydron.backend.context import in_worker
 from pydron.backend.multicore import MulticorePool
 from pydron.errors import SerializationError
+from waiting import alive, wait_gone
 
 TIMEOUT = 30  # generous: the test machines are shared and noisy
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,25 +59,6 @@ class Outcomes:
             assert self.cond.wait_for(lambda: any(t == tag for t, _, _ in self.items),
                                       TIMEOUT), self.items
             return next((ok, value) for t, ok, value in self.items if t == tag)
-
-
-def alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie (a zombie computes nothing)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-def wait_gone(pids, timeout: float = 10.0) -> list[int]:
-    """Wait until none of ``pids`` is alive; the ones still alive at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [p for p in pids if alive(p)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.02)
 
 
 @pytest.fixture

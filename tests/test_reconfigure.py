@@ -13,6 +13,7 @@ import pydron
 import pydron.backend as backend
 from pydron import functional, schedule
 from pydron.backend.multicore import MulticorePool
+from waiting import alive, wait_gone
 
 TIMEOUT = 30
 CALL_S = 0.5
@@ -43,23 +44,6 @@ def squares_stopping_itself(n: int) -> list[tuple[int, int]]:
     pydron.shutdown()  # a sync point of this very run: must not wait for the run
     rest = [slow(i, first[0]) for i in range(1, n)]
     return [first, *rest]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-def wait_gone(pids, timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [p for p in pids if alive(p)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.02)
 
 
 @pytest.fixture

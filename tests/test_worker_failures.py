@@ -23,7 +23,8 @@ from pydron import functional, schedule
 from pydron.backend import multicore, wire
 from pydron.errors import WorkerLostError
 
-from test_multicore import ROOT, TIMEOUT, Outcomes, alive, make_pool, square, wait_gone  # noqa: F401
+from test_multicore import ROOT, TIMEOUT, Outcomes, make_pool, square  # noqa: F401
+from waiting import alive, wait_for, wait_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="uses /proc and Linux signals")
@@ -80,16 +81,6 @@ def runs(path) -> list[int]:
             return [int(line) for line in f.read().split()]
     except FileNotFoundError:
         return []
-
-
-def wait_for(predicate, timeout: float = TIMEOUT, what: str = "a condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def start_script(tmp_path, body: str) -> subprocess.Popen:
