@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dis
 from typing import Any, Optional
 
 from pydron import purity
@@ -210,16 +211,25 @@ class _ModuleCode:
     def assigns(self, name: str) -> bool:
         hit = self._answers.get(name)
         if hit is None:
-            import dis
-            hit = self.uses_globals or any(
-                ins.opname in _STORES and ins.argval == name
-                for code in self.codes if name in code.co_names
-                for ins in dis.get_instructions(code))
+            hit = self.uses_globals or any(_stores_global(code, name) for code in self.codes
+                                           if name in code.co_names)
             self._answers[name] = hit
         return hit
 
 
-_STORES = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL"})
+def _stores_global(code: Any, name: str) -> bool:
+    """Does ``code`` assign or delete the global ``name``? Read from the raw bytecode: a
+    quick test for the opcodes first (most functions have none), then their arguments."""
+    raw = code.co_code
+    ops = raw[::2]
+    if _STORE_GLOBAL not in ops and _DELETE_GLOBAL not in ops:
+        return False
+    return any(ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL") and ins.argval == name
+               for ins in dis.get_instructions(code))
+
+
+_STORE_GLOBAL = dis.opmap["STORE_GLOBAL"]
+_DELETE_GLOBAL = dis.opmap["DELETE_GLOBAL"]
 
 
 def dotted(expr: ast.expr) -> Optional[tuple[str, ...]]:
