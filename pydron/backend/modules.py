@@ -38,6 +38,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import linecache
+import os
 import sys
 import threading
 import types
@@ -47,10 +48,21 @@ from typing import Any
 __all__ = ["REQUEST_TIMEOUT", "MARKER", "ELSEWHERE", "MasterFinder", "MasterSilent",
            "lookup", "provided_locally"]
 
-REQUEST_TIMEOUT = 5.0
-"""Seconds a worker waits for the master's answer to one ``MODULE_REQUEST``. The master
-answers from its reactor thread by reading one file, so a few seconds is plenty; past
-that the import fails (:class:`MasterSilent`) instead of stalling the call."""
+def _request_timeout() -> float:
+    try:
+        value = float(os.environ.get("PYDRON_MODULE_REQUEST_TIMEOUT", "30"))
+    except ValueError:
+        return 30.0
+    return value if 0 < value < 3600 else 30.0
+
+
+REQUEST_TIMEOUT = _request_timeout()
+"""Seconds a worker waits for the master's answer to one ``MODULE_REQUEST`` (30, or
+``$PYDRON_MODULE_REQUEST_TIMEOUT`` in the worker's environment). The master answers from
+its reactor thread by reading one file, which is quick, but on a loaded machine that
+thread can be held up for seconds (5 s once proved too short in a CI run, failing a
+healthy run); past the limit the import fails (:class:`MasterSilent`) instead of
+stalling the call for good."""
 
 ELSEWHERE = frozenset({
     # Python 2 names that libraries still probe for with try/except ImportError (only
