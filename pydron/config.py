@@ -107,6 +107,8 @@ class Config:
     """Seconds a functional call may run before it is stopped (None: no limit)."""
     respawns_per_minute: int | None = None
     """Workers a pool may replace per minute (None: the pool's default for its size)."""
+    master_timeout: float | None = None
+    """Seconds a connected worker waits for a silent caller (None: the pool's default)."""
     max_frame: int = 1 << 30
     prefetch_bytes: int = 256 << 20
 
@@ -529,6 +531,7 @@ _TOP_LEVEL: dict[str, Check] = {
     "window": _window,
     "call_timeout": _positive_seconds,  # absent: no limit
     "respawns_per_minute": _respawns,
+    "master_timeout": _positive_seconds,  # absent: the pool's default (300 s)
     "max_frame": _max_frame,
     "prefetch_bytes": _prefetch_bytes,
 }
@@ -633,7 +636,8 @@ def parse_config(data: object, source: str = "<dict>") -> Config:
     sizes = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
              for key in ("max_frame", "prefetch_bytes") if key in data}
     limits = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
-              for key in ("call_timeout", "respawns_per_minute") if key in data}
+              for key in ("call_timeout", "respawns_per_minute", "master_timeout")
+              if key in data}
     problems.raise_if_any()
     _report_secrets(problems)
     return Config(workers=workers, source=source, max_retries=max_retries,  # type: ignore[arg-type]

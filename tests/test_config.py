@@ -444,3 +444,16 @@ def test_every_numeric_key_has_an_upper_bound():
                 check(10**18)
             with pytest.raises(config._Invalid):
                 check(float("nan"))
+
+
+def test_master_timeout_is_a_key_that_reaches_the_worker_pool():
+    import pydron
+    import pydron.backend as backend
+    pydron.configure({"workers": [{"type": "multicore", "cores": 1}], "master_timeout": 42})
+    try:
+        assert backend.get_pool().master_timeout == 42
+    finally:
+        pydron.shutdown()
+        pydron.configure({"workers": [{"type": "threads", "count": 4}]})
+    with pytest.raises(ConfigError, match="master_timeout"):
+        pydron.configure({"workers": [{"type": "inline"}], "master_timeout": 0})

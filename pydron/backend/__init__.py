@@ -33,10 +33,14 @@ __all__ = [
 
 
 def _limits(config: Config) -> dict[str, object]:
-    """The settings that bound what a pool of worker processes spends on a bad call:
-    ``call_timeout`` and ``respawns_per_minute`` (None: the pool's defaults)."""
-    return {"call_timeout": config.call_timeout,
-            "respawns_per_minute": config.respawns_per_minute}
+    """The settings that bound what a pool of worker processes spends on a bad call or a
+    stalled caller: ``call_timeout``, ``respawns_per_minute`` and ``master_timeout`` (only
+    those set: the pool's defaults otherwise)."""
+    limits: dict[str, object] = {"call_timeout": config.call_timeout,
+                                 "respawns_per_minute": config.respawns_per_minute}
+    if config.master_timeout is not None:
+        limits["master_timeout"] = config.master_timeout
+    return limits
 
 
 def _multicore(spec: WorkerSpec, config: Config) -> Pool:
