@@ -66,10 +66,16 @@ def scheduled_death():
 
 
 def gil_hog(seconds):
-    """Hold the GIL for about ``seconds`` in one C call (no heartbeat thread can run)."""
-    start = time.perf_counter()
-    sum(range(10 ** 6))
-    n = int(10 ** 6 * seconds / max(time.perf_counter() - start, 1e-6))
+    """Hold the GIL for about ``seconds`` (at least, as far as the calibration can tell)
+    in one C call (no heartbeat thread can run). Calibrated on the fastest of three
+    short runs, so that a slow first run (a cold cache, a busy core) cannot make the
+    long one too short."""
+    fastest = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        sum(range(10 ** 6))
+        fastest = min(fastest, time.perf_counter() - start)
+    n = int(10 ** 6 * seconds / max(fastest, 1e-6))
     start = time.perf_counter()
     sum(range(n))
     return os.getpid(), time.perf_counter() - start
