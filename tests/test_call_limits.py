@@ -21,7 +21,7 @@ from pydron.config import parse_config
 from pydron.errors import CallTimeoutError, ConfigError, WorkerLostError
 
 from test_multicore import Outcomes, alive, make_pool, square, wait_gone  # noqa: F401
-from waiting import wait_for
+from waiting import runs, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="uses /proc and Linux signals")
@@ -34,14 +34,6 @@ def note(path):
     """Append this process's pid to ``path``: which worker ran an attempt."""
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\n")
-
-
-def runs(path) -> list[int]:
-    try:
-        with open(path) as f:
-            return [int(line) for line in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 def note_and_sleep(path, seconds):

@@ -13,10 +13,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
+
+from waiting import lines_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,21 +71,6 @@ def _start(tmp_path, *, nap: float = 1.5, extra: str = "", block: str = "") -> t
     return proc, log
 
 
-def _lines_until(proc: subprocess.Popen, predicate, timeout: float) -> list[str]:
-    lines: list[str] = []
-
-    def reader() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line.rstrip("\n"))
-            if predicate(lines):
-                return
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return list(lines)
-
-
 def _running(pid: int) -> bool:
     """True while ``pid`` exists and has not exited (a zombie has: its parent, stopped,
     cannot reap it)."""
@@ -103,7 +89,7 @@ def _finish(proc: subprocess.Popen, lines: list[str], timeout: float = 30) -> li
 def test_a_stopped_caller_keeps_its_workers_and_runs_each_call_once(tmp_path):
     proc, log = _start(tmp_path)
     try:
-        lines = _lines_until(proc, lambda ls: sum(x.startswith("started") for x in ls) >= 2,
+        lines = lines_until(proc, lambda ls: sum(x.startswith("started") for x in ls) >= 2,
                              30)
         assert sum(x.startswith("started") for x in lines) >= 2, (lines, proc.poll())
         pids = [int(p) for p in next(x for x in lines if x.startswith("pids")).split()[1:]]
@@ -150,7 +136,7 @@ def test_a_silent_caller_is_given_up_after_master_timeout(tmp_path):
     # finds its workers gone (they exit by themselves), and its calls run again.
     proc, log = _start(tmp_path, nap=4.0, extra=", master_timeout=1.5")
     try:
-        lines = _lines_until(proc, lambda ls: sum(x.startswith("started") for x in ls) >= 2,
+        lines = lines_until(proc, lambda ls: sum(x.startswith("started") for x in ls) >= 2,
                              30)
         pids = [int(p) for p in next(x for x in lines if x.startswith("pids")).split()[1:]]
         proc.send_signal(signal.SIGSTOP)

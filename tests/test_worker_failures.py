@@ -24,7 +24,7 @@ from pydron.backend import multicore, wire
 from pydron.errors import WorkerLostError
 
 from test_multicore import ROOT, TIMEOUT, Outcomes, make_pool, square  # noqa: F401
-from waiting import alive, wait_for, wait_gone
+from waiting import alive, lines_until, runs, wait_for, wait_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="uses /proc and Linux signals")
@@ -81,14 +81,6 @@ def gil_hog(seconds):
     return os.getpid(), time.perf_counter() - start
 
 
-def runs(path) -> list[int]:
-    try:
-        with open(path) as f:
-            return [int(line) for line in f.read().split()]
-    except FileNotFoundError:
-        return []
-
-
 def start_script(tmp_path, body: str) -> subprocess.Popen:
     script = tmp_path / "caller.py"
     script.write_text(textwrap.dedent(body))
@@ -100,19 +92,7 @@ def start_script(tmp_path, body: str) -> subprocess.Popen:
 
 def read_until(proc: subprocess.Popen, predicate, timeout: float = TIMEOUT) -> list[str]:
     """Lines of the script's stdout until ``predicate(lines)`` holds."""
-    lines: list[str] = []
-    box: list[str] = []
-
-    def reader() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            box.append(line.rstrip("\n"))
-            if predicate(box):
-                return
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    lines[:] = box
+    lines = lines_until(proc, predicate, timeout)
     assert predicate(lines), (lines, proc.poll())
     return lines
 
