@@ -261,14 +261,11 @@ class Run:
         # wait for it; a loop continuation or a while test stands for the iterations it
         # will create (which may hold sync points) and stays a possible sync point until
         # it has finished, parked or not.
-        control = type(node.step) is LoopRun or type(node.step) is _Decide
+        if node.maysync and kind != SYNC and type(node.step) not in _CONTROL_STEPS:
+            node.maysync = False
         if kind == FREE:
-            if node.maysync and not control:
-                node.maysync = False
             self.run(node)
         elif kind == ORDERED:
-            if node.maysync and not control:
-                node.maysync = False
             if self._no_earlier_sync(node.tick):
                 self.run(node)
             else:
@@ -693,6 +690,8 @@ def _check_bound(node: Node) -> None:
 _UNBOUND_MESSAGE = ("cannot access local variable '%s' where it is not associated with a value"
                     if sys.version_info >= (3, 11) else
                     "local variable '%s' referenced before assignment")
+# The loop machinery's own nodes: they stand for the iterations they will create.
+_CONTROL_STEPS = (LoopRun, _Decide)
 # Errors the pool raises about a call (not the call's own exception, which arrives as
 # raised): only these get the line of the call added to their message.
 _POOL_ERRORS = (SerializationError, WorkerLostError, CallTimeoutError)
