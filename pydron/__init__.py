@@ -4,10 +4,14 @@
 function into a dataflow graph whose functional calls run concurrently on a pool of workers,
 while everything else keeps its sequential meaning.
 """
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED
+from concurrent.futures import as_completed, wait
+
 from pydron.api import PydronWarning, schedule
 from pydron.backend import configure, shutdown
 from pydron.errors import (CallTimeoutError, ConfigError, PydronError, RemoteError,
                            SerializationError, TranslationError, WorkerLostError)
+from pydron.explicit import Executor, map, map_reduce, reduce
 from pydron.purity import functional
 
 __version__ = "0.1.0"
@@ -29,6 +33,8 @@ def graph(func):  # noqa: ANN001,ANN201
 
 __all__ = [
     "schedule", "functional", "explain", "graph", "configure", "shutdown",
+    "Executor", "map", "reduce", "map_reduce", "wait", "as_completed",
+    "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
     "PydronError", "TranslationError", "ConfigError", "WorkerLostError", "SerializationError",
     "RemoteError", "CallTimeoutError",
     "PydronWarning",

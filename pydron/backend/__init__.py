@@ -27,6 +27,7 @@ from pydron.config import Config, WorkerSpec, load_config, parse_config
 __all__ = [
     "Pool", "InlinePool", "ThreadPool", "CompositePool", "POOL_FACTORIES", "GROUP_FACTORIES",
     "get_pool", "configure", "shutdown", "current_config", "pool_from_config", "run_pool",
+    "acquire_pool", "release_pool", "as_config",
     "in_worker", "worker_context",
 ]
 
@@ -143,20 +144,33 @@ def get_pool() -> Pool:
         return _pool
 
 
-@contextlib.contextmanager
-def run_pool() -> Iterator[tuple[Pool, Config]]:
-    """Hold the shared pool (and its configuration) for one run: ``with run_pool() as
-    (pool, config): ...``.
+def acquire_pool() -> tuple[Pool, Config]:
+    """Hold the shared pool (and its configuration) until :func:`release_pool`: what a run
+    does for its whole length, and the explicit API for each call in flight.
 
-    While any run holds a pool, :func:`configure` and :func:`shutdown` only retire it:
-    later runs get the new pool, and this one is shut down (waiting for its workers) by
-    whichever of its runs ends last. Without this a ``configure()`` in one thread made a
+    While any holder has a pool, :func:`configure` and :func:`shutdown` only retire it:
+    later holders get the new pool, and this one is shut down (waiting for its workers)
+    when its last holder releases it. Without this a ``configure()`` in one thread made a
     run in another fail with "cannot submit to a pool that has been shut down".
     """
     with _lock:
         pool = get_pool()
         config = current_config()
         _runs[pool] = _runs.get(pool, 0) + 1
+    return pool, config
+
+
+def release_pool(pool: Pool) -> None:
+    """End one hold of ``pool`` taken by :func:`acquire_pool`."""
+    _release(pool)
+
+
+@contextlib.contextmanager
+def run_pool() -> Iterator[tuple[Pool, Config]]:
+    """Hold the shared pool for one run: ``with run_pool() as (pool, config): ...`` (see
+    :func:`acquire_pool`). The hold is also recorded for this thread, so that a
+    ``shutdown()`` made from inside the run does not wait for the run itself to end."""
+    pool, config = acquire_pool()
     held = _held_pools()
     held.append(pool)
     try:
@@ -213,6 +227,19 @@ def _retire(pool: Pool | None, wait: bool, wait_for_runs: bool) -> None:
         pool.shutdown(wait)
 
 
+def as_config(conf: Mapping[str, object] | str | os.PathLike[str] | Config,
+              what: str = "configure()") -> Config:
+    """A validated Config from a dict, a path to a pydron.conf, or a Config."""
+    if isinstance(conf, Config):
+        return conf
+    if isinstance(conf, Mapping):
+        return parse_config(conf, "<dict>")
+    if isinstance(conf, (str, os.PathLike)):
+        return load_config(conf)
+    raise TypeError(f"{what} takes a dict, a path or a Config as its configuration, "
+                    f"not {type(conf).__name__}")
+
+
 def configure(conf: Mapping[str, object] | str | os.PathLike[str] | Config | None) -> None:
     """Replace the configuration: a dict, a path to a pydron.conf, a Config, or None.
 
@@ -224,17 +251,10 @@ def configure(conf: Mapping[str, object] | str | os.PathLike[str] | Config | Non
     before ``configure`` returns.
     """
     global _config, _pool
-    if conf is None:
-        new = None
-    elif isinstance(conf, Config):
-        new = conf
-    elif isinstance(conf, Mapping):
-        new = parse_config(conf, "<dict>")
-    elif isinstance(conf, (str, os.PathLike)):
-        new = load_config(conf)
-    else:
+    if conf is not None and not isinstance(conf, (Config, Mapping, str, os.PathLike)):
         raise TypeError("configure() takes a dict, a path, a Config or None, "
                         f"not {type(conf).__name__}")
+    new = None if conf is None else as_config(conf)
     with _lock:
         pool, _pool = _pool, None
         _config = new

@@ -1,0 +1,323 @@
+"""``pydron.map``, ``pydron.reduce`` and ``pydron.map_reduce``: many calls of one function.
+
+A map is a :class:`MapRun`: it reads its inputs in the caller's thread, groups them into
+chunks, keeps a bounded window of chunks on the pool and hands the outcomes back one
+item at a time. Memory is bounded both ways: inputs are read only as far as the window
+reaches beyond the results already consumed, and a result is let go as soon as it has
+been yielded, so a map over ten million generated items holds a few chunks at a time.
+
+Chunk sizes (``chunksize="auto"``) come from measured call times: the first chunk holds
+one item, each later one at most twice the one before, aiming at :data:`TARGET_SECONDS`
+of work per chunk (as timed on the worker), so a map of 10 µs calls pays the round trip
+to a worker once per few thousand items while a map of one-second calls sends them one
+by one and keeps every worker busy.
+
+Failures: with ``errors="raise"`` an item's exception is raised at its position, after
+every earlier result has been yielded (calls of later items are then cancelled: queued
+ones dropped, running ones stopped); with ``errors="return"`` the exception object is
+yielded in the failed item's place and the map goes on.
+
+A tree reduction is a map whose chunks each reduce their items, then a map over those
+partial results, and so on until one value is left: every level runs on the workers, the
+order of the operands is kept (``fn`` must be associative, not commutative).
+"""
+from __future__ import annotations
+
+import builtins
+import collections
+import concurrent.futures as cf
+import functools
+import itertools
+import queue
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from pydron.explicit.dispatch import Dispatcher
+from pydron.explicit.outcomes import ChunkOutcome, Failure, run_chunk
+
+__all__ = ["MapRun", "ChunkSizer", "map", "reduce", "map_reduce", "TARGET_SECONDS"]
+
+TARGET_SECONDS = 0.03
+"""Work per chunk that ``chunksize="auto"`` aims at: long enough that a round trip to a
+worker (about 0.1-1 ms) costs a few percent, short enough to spread work evenly."""
+
+MAX_AUTO_CHUNK = 16384
+"""The largest chunk ``"auto"`` forms (memory: the window holds a few of them)."""
+
+ERRORS = ("raise", "return")
+_NO_INITIAL = object()
+
+
+class ChunkSizer:
+    """Picks each chunk's size from the item times measured so far (see the module
+    docstring); a fixed integer when the user gave one."""
+
+    def __init__(self, chunksize: int | str, minimum: int = 1) -> None:
+        self.fixed = None if chunksize == "auto" else int(chunksize)
+        self.minimum = minimum
+        self._next = max(1, minimum)
+        self._per_item: float | None = None
+
+    def size(self) -> int:
+        return self.fixed if self.fixed is not None else self._next
+
+    def learn(self, items: int, elapsed: float) -> None:
+        """A chunk of ``items`` took ``elapsed`` seconds on its worker."""
+        if self.fixed is not None or items <= 0:
+            return
+        per_item = max(elapsed / items, 1e-7)
+        # An exponential average: one slow item (a cold cache, a page fault) must not
+        # shrink the chunks at once, nor one fast one make them huge.
+        self._per_item = per_item if self._per_item is None else \
+            0.7 * self._per_item + 0.3 * per_item
+        wanted = int(TARGET_SECONDS / self._per_item)
+        self._next = max(self.minimum, 1, min(wanted, 2 * max(items, self._next),
+                                              MAX_AUTO_CHUNK))
+
+
+def _check_chunksize(chunksize: object, what: str) -> int | str:
+    if chunksize == "auto":
+        return "auto"
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"{what}: chunksize must be \"auto\" or an integer >= 1, got "
+                        f"{chunksize!r}")
+    if chunksize < 1:
+        raise ValueError(f"{what}: chunksize must be \"auto\" or an integer >= 1, got "
+                         f"{chunksize!r}")
+    return chunksize
+
+
+class _Chunk:
+    __slots__ = ("future", "size", "outcomes", "index")
+
+    def __init__(self, future: cf.Future, size: int) -> None:
+        self.future = future
+        self.size = size
+        self.outcomes: list[Any] | None = None
+        self.index = 0
+
+
+class MapRun:
+    """One map in progress (see the module docstring). ``results()`` is its generator;
+    the first window of chunks is submitted at once, before the first ``next()``."""
+
+    def __init__(self, dispatcher: Dispatcher, fn: Callable[..., Any],
+                 iterables: tuple[Iterable[Any], ...], *, ordered: bool = True,
+                 chunksize: int | str = "auto", errors: str = "raise",
+                 timeout: float | None = None, runner: Callable[..., ChunkOutcome] = run_chunk,
+                 runner_args: tuple = (), minimum_chunk: int = 1,
+                 window: int | None = None, star: bool | None = None) -> None:
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        self.dispatcher = dispatcher
+        self.fn = fn
+        zipped = len(iterables) != 1
+        self._inputs: Iterator[Any] = zip(*iterables) if zipped else iter(iterables[0])
+        self.star = zipped if star is None else star
+        self.ordered = ordered
+        self.errors = errors
+        self.stop_on_error = errors == "raise"
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.sizer = ChunkSizer(chunksize, minimum_chunk)
+        self.runner = runner
+        self.runner_args = runner_args
+        self.window = window or dispatcher.limit
+        self._chunks: collections.deque[_Chunk] = collections.deque()  # submitted, in order
+        self._done: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()  # unordered: finished
+        self._exhausted = False
+        self._closed = False
+        self.items_read = 0
+        self._top_up()
+
+    # -- feeding -----------------------------------------------------------------------------
+    def _top_up(self) -> None:
+        """Submit chunks until the window is full or the inputs are exhausted."""
+        while not self._exhausted and len(self._chunks) < self.window:
+            size = self.sizer.size()
+            items = list(itertools.islice(self._inputs, size))
+            if len(items) < size:
+                self._exhausted = True
+                if not items:
+                    return
+            self.items_read += len(items)
+            future = self.dispatcher.submit(
+                self.runner, (self.fn, items, self.star, self.stop_on_error,
+                              *self.runner_args), {})
+            chunk = _Chunk(future, len(items))
+            self._chunks.append(chunk)
+            if not self.ordered:
+                future.add_done_callback(functools.partial(_finished, self._done, chunk))
+            del items
+
+    # -- consuming ---------------------------------------------------------------------------
+    def _wait(self, future: cf.Future) -> Any:
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        return future.result(timeout=left)
+
+    def _next_finished(self) -> _Chunk:
+        if self.ordered:
+            return self._chunks[0]
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        try:
+            return self._done.get(timeout=left)
+        except queue.Empty:
+            raise cf.TimeoutError() from None
+
+    def results(self) -> Iterator[Any]:
+        """The outcomes, one per item: in input order, or in completion order."""
+        gen = self._results()
+        weakref.finalize(gen, self.close)  # a map dropped before its first next()
+        return gen
+
+    def _results(self) -> Iterator[Any]:
+        try:
+            while self._chunks:
+                chunk = self._next_finished()
+                outcome: ChunkOutcome = self._wait(chunk.future)
+                outcomes, elapsed = outcome
+                del outcome
+                self.sizer.learn(len(outcomes), elapsed)
+                self._chunks.remove(chunk) if not self.ordered else self._chunks.popleft()
+                self._top_up()
+                for i in range(len(outcomes)):
+                    value = outcomes[i]
+                    outcomes[i] = None      # dropped once yielded
+                    if type(value) is Failure:
+                        exc = value.exception
+                        del value
+                        if self.stop_on_error:
+                            self.close()
+                            try:
+                                raise exc
+                            finally:
+                                del exc
+                        value = exc
+                        del exc
+                    yield value
+                    del value
+                del outcomes, chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop: queued chunks are cancelled, running ones withdrawn from the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        self._exhausted = True
+        chunks, self._chunks = list(self._chunks), collections.deque()
+        for chunk in chunks:
+            if not chunk.future.cancel():
+                self.dispatcher.withdraw(chunk.future)
+
+
+def _finished(done: queue.SimpleQueue, chunk: _Chunk, future: cf.Future) -> None:
+    done.put(chunk)
+
+
+# ------------------------------------------------------------------------------ public faces
+
+
+def _dispatcher_of(executor: Any) -> Dispatcher:
+    if executor is None:
+        from pydron.explicit.executor import default_dispatcher
+        return default_dispatcher()
+    dispatcher = getattr(executor, "dispatcher", None)
+    if not isinstance(dispatcher, Dispatcher):
+        raise TypeError(f"executor must be a pydron.Executor, not {type(executor).__name__}")
+    return dispatcher
+
+
+def map(fn: Callable[..., Any], *iterables: Iterable[Any], ordered: bool = True,
+        chunksize: int | str = "auto", errors: str = "raise",
+        executor: Any = None, timeout: float | None = None) -> Iterator[Any]:
+    """``fn`` over the items of ``iterables`` (several: ``fn(a, b)`` for zipped items), on
+    the pool: a generator of the results. See the module docstring for ``ordered``,
+    ``chunksize`` and ``errors``; ``executor``: a :class:`pydron.Executor` whose pool to
+    use (default: the process-wide pool); ``timeout``: seconds from this call after which
+    waiting for a result raises TimeoutError."""
+    if not callable(fn):
+        raise TypeError(f"pydron.map() needs a callable, got {type(fn).__name__}")
+    if errors not in ERRORS:
+        raise ValueError(f"pydron.map(): errors must be \"raise\" or \"return\", got "
+                         f"{errors!r}")
+    chunksize = _check_chunksize(chunksize, "pydron.map()")
+    return MapRun(_dispatcher_of(executor), fn, iterables, ordered=bool(ordered),
+                  chunksize=chunksize, errors=errors, timeout=timeout).results()
+
+
+def reduce_chunk(fn: Callable[[Any, Any], Any], items: list[Any], star: bool,
+                 stop_on_error: bool, mapper: Callable[..., Any] | None = None
+                 ) -> ChunkOutcome:
+    """One node of a tree reduction: ``functools.reduce(fn, items)`` (after ``mapper`` on
+    each item, for map_reduce); its one outcome is the value or a Failure."""
+    start = time.perf_counter()
+    try:
+        if mapper is not None:
+            values = (mapper(*item) for item in items) if star else builtins.map(mapper, items)
+            value = functools.reduce(fn, values)
+        else:
+            value = functools.reduce(fn, items)
+    except BaseException as exc:  # noqa: B902 -- the node's outcome
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code in _OWN_CODES:
+            tb = tb.tb_next
+        exc.__traceback__ = tb
+        value = Failure(exc)
+        del exc, tb
+    return ChunkOutcome([value], time.perf_counter() - start)
+
+
+_OWN_CODES = {reduce_chunk.__code__}
+
+
+def _tree(dispatcher: Dispatcher, fn: Callable[[Any, Any], Any], level: Iterable[Any],
+          mapper: Callable[..., Any] | None, star: bool) -> Any:
+    """Reduce level by level until one value is left; the first failure is raised."""
+    first = True
+    while True:
+        source: Iterable[Any] = level
+        run = MapRun(dispatcher, fn, (source,), chunksize="auto", errors="raise",
+                     runner=reduce_chunk, runner_args=(mapper if first else None,),
+                     minimum_chunk=1 if first else 2, star=star and first)
+        partials = list(run.results())
+        if first and not partials:
+            return _NO_INITIAL
+        first, mapper = False, None
+        if len(partials) == 1:
+            return partials[0]
+        level = partials
+
+
+def reduce(fn: Callable[[Any, Any], Any], iterable: Iterable[Any],
+           initial: Any = _NO_INITIAL, *, executor: Any = None) -> Any:
+    """``functools.reduce(fn, iterable[, initial])`` as a tree whose levels run on the
+    workers. ``fn`` must be associative (``fn(fn(a, b), c) == fn(a, fn(b, c))``); the order
+    of operands is kept, so it need not be commutative."""
+    if not callable(fn):
+        raise TypeError(f"pydron.reduce() needs a callable, got {type(fn).__name__}")
+    items: Iterable[Any] = iterable if initial is _NO_INITIAL else \
+        itertools.chain((initial,), iterable)
+    value = _tree(_dispatcher_of(executor), fn, items, None, False)
+    if value is _NO_INITIAL:
+        raise TypeError("reduce() of empty iterable with no initial value")
+    return value
+
+
+def map_reduce(mapper: Callable[..., Any], reducer: Callable[[Any, Any], Any],
+               *iterables: Iterable[Any], executor: Any = None) -> Any:
+    """``functools.reduce(reducer, map(mapper, *iterables))``: each chunk maps and
+    reduces its items on a worker, then the partial results are reduced as a tree
+    (``reducer`` must be associative). TypeError for empty input, as reduce() has it."""
+    if not callable(mapper) or not callable(reducer):
+        raise TypeError("pydron.map_reduce() needs a callable mapper and reducer")
+    if not iterables:
+        raise TypeError("pydron.map_reduce() needs at least one iterable")
+    star = len(iterables) != 1
+    source = iterables[0] if not star else zip(*iterables)
+    value = _tree(_dispatcher_of(executor), reducer, source, mapper, star)
+    if value is _NO_INITIAL:
+        raise TypeError("map_reduce() of empty iterable")
+    return value
