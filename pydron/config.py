@@ -111,6 +111,8 @@ class Config:
     """Seconds a connected worker waits for a silent caller (None: the pool's default)."""
     max_frame: int = 1 << 30
     prefetch_bytes: int = 256 << 20
+    shared_cache: int = 2 << 30
+    """Bytes of shared objects each worker process keeps (least recently used out)."""
 
     @property
     def capacity(self) -> int:
@@ -227,6 +229,7 @@ MAX_RESPAWNS_PER_MINUTE = 10_000
 _respawns = _int_between(1, MAX_RESPAWNS_PER_MINUTE)
 _max_frame = _int_between(8192, (1 << 32) - 1)  # wire.MIN_FRAME, MAX_FRAME_LIMIT
 _prefetch_bytes = _int_between(0, 1 << 50)
+_shared_cache = _int_between(0, 1 << 50)
 
 
 def _string(value: object) -> str:
@@ -534,6 +537,7 @@ _TOP_LEVEL: dict[str, Check] = {
     "master_timeout": _positive_seconds,  # absent: the pool's default (300 s)
     "max_frame": _max_frame,
     "prefetch_bytes": _prefetch_bytes,
+    "shared_cache": _shared_cache,
 }
 
 
@@ -634,7 +638,7 @@ def parse_config(data: object, source: str = "<dict>") -> Config:
     if "window" in data:
         window = problems.check("window", _TOP_LEVEL["window"], data["window"])[1]
     sizes = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
-             for key in ("max_frame", "prefetch_bytes") if key in data}
+             for key in ("max_frame", "prefetch_bytes", "shared_cache") if key in data}
     limits = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
               for key in ("call_timeout", "respawns_per_minute", "master_timeout")
               if key in data}

@@ -195,6 +195,8 @@ class WorkerProtocol(Protocol):
             pass
         elif kind == wire.MODULE_REQUEST:
             self._module_request(payload)
+        elif kind == wire.SHARED_REQUEST:
+            self._shared_request(bytes(payload))
         else:
             self.drop(f"unexpected frame kind {kind}")
 
@@ -214,6 +216,33 @@ class WorkerProtocol(Protocol):
                          "than the frame limit", name, self.proc.index)
             reply = wire.encode_module_reply(name, False)
         self.send([wire.frame(wire.MODULE_REPLY, reply)])
+
+    def _shared_request(self, digest: bytes) -> None:
+        """Send a shared object the worker lacks (see :mod:`pydron.backend.sharing`):
+        its buffers, then the SHARED_REPLY, through :meth:`send`, so they keep their
+        order with the other frames on their way; "not found" if nothing holds it."""
+        from pydron.backend import sharing
+        entry = sharing.lookup(digest)
+        if entry is None:
+            why = "the caller holds no such shared object any more"
+            self.send([wire.frame(wire.SHARED_REPLY, wire.encode_shared_reply(
+                digest, False, 0, why.encode()))])
+            return
+        if len(entry.blob) + 256 > self.pool.max_frame:
+            why = (f"its pickle of {len(entry.blob)} bytes is larger than the frame limit "
+                   f"of {self.pool.max_frame} bytes; {wire.frame_advice(len(entry.blob))}")
+            self.send([wire.frame(wire.SHARED_REPLY, wire.encode_shared_reply(
+                digest, False, 0, why.encode()))])
+            return
+        pieces: list[bytes | memoryview] = []
+        for buffer in entry.buffers:
+            pieces += wire.buffer_frames(buffer, self.pool.max_frame)
+        pieces.append(wire.frame(wire.SHARED_REPLY, wire.encode_shared_reply(
+            digest, True, len(entry.buffers), entry.blob)))
+        self.send(pieces)
+        served = getattr(self.pool, "shared_served", None)
+        if served is not None:
+            served(self.proc, entry.nbytes)
 
     # -- sending -------------------------------------------------------------------------
     def send(self, pieces: list[bytes | memoryview]) -> None:

@@ -24,6 +24,13 @@ each other on one worker while another is idle. Prefetching is bounded by bytes 
 (``prefetch_bytes``): a large argument passed to many short calls is not copied to every
 worker several times over.
 
+Shared data (:mod:`pydron.backend.sharing`): a handle in the arguments travels as a
+reference, and the worker asks for the object once; the call keeps the handles it
+pickled (``_Call.pins``) until it is done, so a worker can still fetch them after the
+caller dropped its handle, and after a retry. An argument whose pickle is at least
+``AUTO_SHARE_MIN`` bytes is shared that way without being asked (each call still gets its
+own copy): the same large array passed to many calls reaches each worker once.
+
 Results are unpickled in decoding threads, not in the reactor thread: unpickling runs the
 user's code, which may block or raise anything (see :meth:`MulticorePool._decode_loop`).
 """
@@ -47,13 +54,14 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from pydron.backend import wire
+from pydron.backend import sharing, wire
 from pydron.backend.pool import OnDone, Pool
 from pydron.backend.reactor import (
     before_twisted, call_soon, get_reactor, in_reactor_thread, watch_exit,
 )
 from pydron.backend.shipping import (
-    PROTOCOL, FunctionShipper, callable_name, callable_site, dumps_args, loads_exception,
+    PROTOCOL, FunctionShipper, callable_name, callable_site, dumps_args, dumps_value,
+    loads_exception, type_name,
 )
 from pydron.backend.worker import FUNCTION_CACHE_SIZE, MASTER_TIMEOUT
 from pydron.errors import CallTimeoutError, SerializationError, WorkerLostError
@@ -122,10 +130,11 @@ class _Call:
     """One submitted call; also its handle."""
 
     __slots__ = ("id", "fn", "digest", "fn_blob", "args", "buffers", "on_done", "state",
-                 "proc", "attempts", "size", "deaths")
+                 "proc", "attempts", "size", "deaths", "pins")
 
     def __init__(self, call_id: int, fn: Callable[..., Any], digest: bytes, fn_blob: bytes,
-                 args: bytes, buffers: list[memoryview], on_done: OnDone) -> None:
+                 args: bytes, buffers: list[memoryview], on_done: OnDone,
+                 pins: list[Any] | None = None) -> None:
         self.id = call_id
         self.fn = fn
         self.digest = digest
@@ -138,11 +147,13 @@ class _Call:
         self.attempts = 0
         self.deaths: list[str] = []  # how its workers died, each while running it, in a row
         self.size = len(args) + sum(b.nbytes for b in buffers)  # bytes a worker receives
+        self.pins = pins  # the shared objects its arguments refer to (kept for the worker)
 
     def clear(self) -> None:
         """Drop the data, so that a handle the runtime keeps pins nothing large."""
         self.fn_blob = self.args = self.on_done = None  # type: ignore[assignment]
         self.buffers = []
+        self.pins = None
 
 
 class _Proc:
@@ -202,7 +213,8 @@ class MulticorePool(Pool):
                  start_timeout: float = 60.0, max_frame: int = wire.MAX_FRAME,
                  master_timeout: float = MASTER_TIMEOUT,
                  prefetch_bytes: int = PREFETCH_BYTES, call_timeout: float | None = None,
-                 respawns_per_minute: int | None = None) -> None:
+                 respawns_per_minute: int | None = None,
+                 shared_cache: int | None = None) -> None:
         if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
             raise ValueError(f"MulticorePool needs an integer cores >= 1, got {cores!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or \
@@ -244,6 +256,13 @@ class MulticorePool(Pool):
             raise ValueError(f"respawns_per_minute must be an integer >= 1, got "
                              f"{respawns_per_minute!r}")
         self.respawns_per_minute = respawns_per_minute
+        if shared_cache is None:
+            shared_cache = _configured_shared_cache()
+        if isinstance(shared_cache, bool) or not isinstance(shared_cache, int) or \
+                shared_cache < 0:
+            raise ValueError(f"shared_cache must be an integer >= 0 (bytes), got "
+                             f"{shared_cache!r}")
+        self.shared_cache = shared_cache
         self.secret = wire.new_secret()
 
         # Shared between the callers' threads and the reactor thread, under _lock.
@@ -260,6 +279,10 @@ class MulticorePool(Pool):
         self._shipper = FunctionShipper()
         self.functions_sent = 0
         """How many function blobs have been sent, all workers together (statistics)."""
+        self.shared_sent = 0
+        """How many shared objects have been sent, all workers together (statistics)."""
+        self.shared_bytes_sent = 0
+        """Their pickled bytes, all workers together (statistics)."""
 
         # Reactor thread only.
         self._queue: collections.deque[_Call] = collections.deque()
@@ -309,17 +332,23 @@ class MulticorePool(Pool):
             raise RuntimeError("cannot submit to a pool that has been shut down"
                                if not self._forked else _FORKED)
         digest, fn_blob = self._shipper.prepare(fn)
-        blob, raw = dumps_args(fn, args, kwargs)
-        if len(blob) + len(fn_blob) > self.max_frame - 256:
-            raise SerializationError(
-                f"the arguments of {callable_name(fn)}(){_at(fn)} pickle to {len(blob)} "
-                f"bytes (and the function to {len(fn_blob)}), more than the frame limit "
-                f"of {self.max_frame} bytes; {wire.frame_advice(len(blob) + len(fn_blob))}",
-                item="the arguments", value_type="tuple")
+        with sharing.pinning() as pins:
+            blob, raw = dumps_args(fn, args, kwargs)
+            if len(blob) + len(fn_blob) > self.max_frame - 256:
+                raise SerializationError(
+                    f"the arguments of {callable_name(fn)}(){_at(fn)} pickle to "
+                    f"{len(blob)} bytes (and the function to {len(fn_blob)}), more than the "
+                    f"frame limit of {self.max_frame} bytes; "
+                    f"{wire.frame_advice(len(blob) + len(fn_blob))}",
+                    item="the arguments", value_type="tuple")
+            if raw or len(blob) >= sharing.AUTO_SHARE_MIN:  # else small: no more to do
+                shared = _auto_share(fn, args, kwargs, len(blob) + sum(b.nbytes for b in raw))
+                if shared is not None:
+                    blob, raw = shared
         # The buffers are views of the arguments' own memory, sent from there: no copy.
         # Like the other pools, this relies on the caller not to change an argument
         # before its call is done (the runtime orders a mutation after earlier readers).
-        call = _Call(next(self._ids), fn, digest, fn_blob, blob, raw, on_done)
+        call = _Call(next(self._ids), fn, digest, fn_blob, blob, raw, on_done, pins or None)
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot submit to a pool that has been shut down")
@@ -502,7 +531,8 @@ class MulticorePool(Pool):
     def _protocol_options(self) -> list[str]:
         """The worker's command-line options for the protocol's settings."""
         return ["--heartbeat", str(self.heartbeat), "--timeout", str(self.heartbeat_timeout),
-                "--max-frame", str(self.max_frame), "--master-timeout", str(self.master_timeout)]
+                "--max-frame", str(self.max_frame), "--master-timeout", str(self.master_timeout),
+                "--shared-cache", str(self.shared_cache)]
 
     def _watch_exit(self, popen: Any, callback: Callable[[int], None]) -> Callable[[], None]:
         """Call ``callback(returncode)`` in the reactor thread when ``popen`` exits."""
@@ -705,6 +735,11 @@ class MulticorePool(Pool):
             size += cost
         pieces.append(wire.frame(wire.TASKS, pickle.dumps(entries, PROTOCOL)))
         proc.conn.send(pieces)
+
+    def shared_served(self, proc: _Proc, nbytes: int) -> None:
+        """A worker was sent a shared object it asked for (statistics; reactor thread)."""
+        self.shared_sent += 1
+        self.shared_bytes_sent += nbytes
 
     # -- outcomes ------------------------------------------------------------------------
     def results(self, proc: _Proc, entries: list[tuple], buffers: list[Any]) -> None:
@@ -1064,6 +1099,52 @@ class MulticorePool(Pool):
                 proc.popen.wait(timeout=2)
             except (subprocess.TimeoutExpired, OSError):
                 pass
+
+
+def _configured_shared_cache() -> int:
+    """The ``shared_cache`` of the current configuration (the one the shared pool is
+    being built from), or the default if none can be had."""
+    try:
+        from pydron import backend
+        value = getattr(backend.current_config(), "shared_cache", None)
+    except Exception:
+        value = None
+    return sharing.DEFAULT_CACHE if value is None else value
+
+
+def _auto_share(fn: Callable[..., Any], args: tuple, kwargs: dict, total: int
+                ) -> tuple[bytes, list[memoryview]] | None:
+    """The arguments pickled again with each large top-level one (its pickle at least
+    ``AUTO_SHARE_MIN`` bytes) replaced by a content-hashed handle, so that it travels to
+    each worker once; None if none is large (or the call's pickle is not).
+
+    The content is hashed every time: the caller may have changed an object in place
+    between calls, so knowing it by identity would not be enough."""
+    if total < sharing.AUTO_SHARE_MIN:
+        return None
+    new_args = [_share_large(value) for value in args]
+    new_kwargs = {key: _share_large(value) for key, value in kwargs.items()}
+    if all(a is b for a, b in zip(new_args, args)) and \
+            all(new_kwargs[k] is v for k, v in kwargs.items()):
+        return None
+    return dumps_args(fn, tuple(new_args), new_kwargs)
+
+
+def _share_large(value: Any) -> Any:
+    """A fresh handle for ``value`` if its pickle is large, else ``value`` itself."""
+    if type(value) in _SMALL or isinstance(value, sharing.Shared):
+        return value
+    try:
+        blob, buffers = dumps_value(value)
+    except Exception:
+        return value  # it pickled as part of the whole; leave it there
+    if len(blob) + sum(b.nbytes for b in buffers) < sharing.AUTO_SHARE_MIN:
+        return value
+    return sharing.auto_share(blob, buffers, type_name(value))
+
+
+_SMALL = frozenset({int, float, bool, complex, type(None)})
+"""Types whose pickle is never large (not pickled again to find out)."""
 
 
 def _decode(call: _Call, entry: tuple, buffers: list[Any]) -> tuple[bool, Any]:

@@ -4,6 +4,11 @@ It is deliberately callback-based rather than future-based: the scheduler loop g
 completions from many calls through one queue, and a callback lets every kind of pool
 (threads, processes, remote hosts) feed that queue without allocating a Future per call
 or needing a thread per wait.
+
+Shared data (:func:`pydron.backend.sharing.shared`): whatever the pool, the function
+receives the object a :class:`~pydron.backend.sharing.Shared` handle in its arguments
+stands for, never the handle. Process pools get that from unpickling; in-process pools
+from :func:`run_call`.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import abc
 import logging
 from collections.abc import Callable
 from typing import Any
+
+from pydron.backend import sharing
 
 __all__ = ["Pool", "OnDone", "run_call"]
 
@@ -57,8 +64,14 @@ def run_call(fn: Callable[..., Any], args: tuple, kwargs: dict, on_done: OnDone)
     An exception raised by ``on_done`` itself is a bug in the runtime, not in the user's
     call; it is logged instead of propagated so that it cannot kill a worker thread or be
     mistaken for the call's own failure.
+
+    Shared handles in the arguments (nested in tuples, lists, dicts, sets and frozensets
+    too) are replaced by their objects first; while no shared object exists in this
+    process, that is one truth test.
     """
     try:
+        if sharing._entries:
+            args, kwargs = sharing.resolve_args(args, kwargs)
         value = fn(*args, **kwargs)
         ok = True
     except BaseException as exc:  # noqa: B902 -- every failure must reach the caller

@@ -25,7 +25,10 @@ parses the JSON and compares versions. Handshake frames are limited to
 
 After the handshake, a worker that cannot import a module may ask for it
 (``MODULE_REQUEST``, the name) and the master answers with its source or "not found"
-(``MODULE_REPLY``, JSON); see :mod:`pydron.backend.modules`.
+(``MODULE_REPLY``, JSON); see :mod:`pydron.backend.modules`. Likewise for a shared object
+it does not hold (``SHARED_REQUEST``, its digest): the master answers ``SHARED_REPLY``
+(digest, found, the in-band pickle), its out-of-band buffers in BUFFER frames just before
+it, as for TASKS; see :mod:`pydron.backend.sharing`.
 """
 from __future__ import annotations
 
@@ -43,14 +46,15 @@ __all__ = [
     "HEADER", "MAX_FRAME", "HANDSHAKE_MAX_FRAME", "NONCE_SIZE", "MAC_SIZE",
     "HELLO", "AUTH", "WELCOME", "REFUSE", "TASKS", "RESULTS", "BUFFER", "BUFFER_PART",
     "BUFFER_SIZE", "CANCEL", "HEARTBEAT", "OUTPUT", "BYE", "MODULE_REQUEST", "MODULE_REPLY",
-    "KIND_NAMES",
+    "SHARED_REQUEST", "SHARED_REPLY", "KIND_NAMES",
     "EXIT_OK", "EXIT_MASTER_LOST", "EXIT_REFUSED", "EXIT_CANCELLED", "EXIT_BAD_START",
     "EXIT_REASONS",
     "FrameError", "HandshakeError", "FrameDecoder", "BufferCollector", "frame", "buffer_frames",
     "frame_advice", "MAX_FRAME_LIMIT", "MIN_FRAME",
     "new_secret", "new_nonce", "sign", "verify", "local_info", "version_mismatch",
     "encode_auth", "decode_auth", "encode_welcome", "decode_welcome",
-    "encode_module_reply", "decode_module_reply", "cpu_ticks",
+    "encode_module_reply", "decode_module_reply", "encode_shared_reply",
+    "decode_shared_reply", "cpu_ticks",
     "Liveness",
 ]
 
@@ -95,6 +99,8 @@ OUTPUT = 16      # worker -> master: 1 byte stream (1 stdout, 2 stderr) + utf-8 
 BYE = 17         # master -> worker: the pool is done with you; exit normally
 MODULE_REQUEST = 18  # worker -> master: utf-8 name of a module the worker cannot import
 MODULE_REPLY = 19    # master -> worker: JSON {name, found, is_package, filename, source}
+SHARED_REQUEST = 21  # worker -> master: the digest of a shared object the worker lacks
+SHARED_REPLY = 22    # master -> worker: digest, found, buffer count, pickle (or reason)
 
 KIND_NAMES = {
     HELLO: "HELLO", AUTH: "AUTH", WELCOME: "WELCOME", REFUSE: "REFUSE", TASKS: "TASKS",
@@ -102,6 +108,7 @@ KIND_NAMES = {
     BUFFER_SIZE: "BUFFER_SIZE", CANCEL: "CANCEL",
     HEARTBEAT: "HEARTBEAT", OUTPUT: "OUTPUT", BYE: "BYE",
     MODULE_REQUEST: "MODULE_REQUEST", MODULE_REPLY: "MODULE_REPLY",
+    SHARED_REQUEST: "SHARED_REQUEST", SHARED_REPLY: "SHARED_REPLY",
 }
 
 # Worker exit codes: the master turns them into words in WorkerLostError messages.
@@ -475,6 +482,31 @@ def decode_module_reply(payload: bytes | bytearray) -> dict[str, Any]:
     if not isinstance(reply, dict) or not isinstance(reply.get("name"), str):
         raise FrameError("a MODULE_REPLY frame without a module name")
     return reply
+
+
+# --------------------------------------------------------------------------- shared data
+
+_SHARED_HEAD = struct.Struct(">B?I")  # digest length, found, out-of-band buffer count
+
+
+def encode_shared_reply(digest: bytes, found: bool, nbuf: int = 0,
+                        body: bytes = b"") -> bytes:
+    """The SHARED_REPLY payload: the in-band pickle of the shared object ``digest``,
+    whose ``nbuf`` out-of-band buffers came just before it; or, not ``found``, why not
+    (UTF-8), for the worker's error message."""
+    return _SHARED_HEAD.pack(len(digest), found, nbuf) + digest + body
+
+
+def decode_shared_reply(payload: bytes | bytearray) -> tuple[bytes, bool, int, bytes]:
+    """``(digest, found, nbuf, body)`` of a SHARED_REPLY; FrameError if malformed."""
+    size = _SHARED_HEAD.size
+    if len(payload) < size:
+        raise FrameError("a SHARED_REPLY frame that is too short")
+    length, found, nbuf = _SHARED_HEAD.unpack_from(payload)
+    if len(payload) < size + length:
+        raise FrameError("a SHARED_REPLY frame shorter than its digest")
+    digest = bytes(payload[size:size + length])
+    return digest, found, nbuf, bytes(payload[size + length:])
 
 
 # --------------------------------------------------------------------------- liveness

@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pydron.backend import modules, wire
+from pydron.backend import modules, sharing, wire
 from pydron.backend.shipping import (
     PROTOCOL, callable_name, dumps_exception, dumps_result, type_name,
 )
@@ -165,7 +165,8 @@ class Worker:
 
     def __init__(self, sock: socket.socket, index: int, decoder: wire.FrameDecoder,
                  max_frame: int, heartbeat: float, timeout: float,
-                 master_pid: int = 0, master_timeout: float | None = None) -> None:
+                 master_pid: int = 0, master_timeout: float | None = None,
+                 shared_cache: int = sharing.DEFAULT_CACHE) -> None:
         self.sock = sock
         self.master = wire.Liveness(master_pid)  # pid 0: not on this machine
         self.index = index
@@ -185,6 +186,8 @@ class Worker:
         self.buffers = wire.BufferCollector()
         self.last_rx = time.monotonic()
         self.module_replies: queue.SimpleQueue = queue.SimpleQueue()
+        self.shared_replies: queue.SimpleQueue = queue.SimpleQueue()
+        self.shared = sharing.SharedCache(shared_cache, self.ask_shared)
 
     # -- sending (any thread) ------------------------------------------------------------
     def send(self, pieces: list[bytes | memoryview]) -> None:
@@ -251,6 +254,13 @@ class Worker:
             pass
         elif kind == wire.MODULE_REPLY:
             self.module_replies.put(wire.decode_module_reply(payload))
+        elif kind == wire.SHARED_REPLY:
+            digest, found, nbuf, body = wire.decode_shared_reply(payload)
+            buffers = self.buffers.take()
+            if len(buffers) != nbuf:
+                raise wire.FrameError(f"a SHARED_REPLY with {len(buffers)} buffers before "
+                                      f"it, announced {nbuf}")
+            self.shared_replies.put((digest, found, buffers, body))
         elif kind == wire.BYE:
             os._exit(wire.EXIT_OK)
         else:
@@ -290,6 +300,29 @@ class Worker:
                 return None
             if reply["name"] == name:  # not a late answer to a request that timed out
                 return reply
+
+    def ask_shared(self, digest: bytes) -> tuple[bytes, list[Any]] | str:
+        """Ask the master for a shared object this worker does not hold (see
+        :mod:`pydron.backend.sharing`), from the serving thread while it unpickles a
+        call's arguments: ``(blob, buffers)``, or why not (the master has no such object,
+        or no answer came within ``modules.REQUEST_TIMEOUT`` seconds: the call then fails
+        rather than wait for ever)."""
+        self.send([wire.frame(wire.SHARED_REQUEST, digest)])
+        deadline = time.monotonic() + modules.REQUEST_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise queue.Empty
+                got, found, buffers, body = self.shared_replies.get(timeout=left)
+            except queue.Empty:
+                return (f"worker {self.index} asked the master for it and got no answer "
+                        f"within {modules.REQUEST_TIMEOUT:g} s")
+            if got != digest:
+                continue  # a late answer to a request that timed out
+            if not found:
+                return body.decode("utf-8", "replace")
+            return body, buffers
 
     def serve(self) -> None:
         """Run calls forever (the process ends from the reader thread)."""
@@ -373,10 +406,12 @@ class Worker:
     def _load_failed(self, call_id: int, what: str, exc: BaseException,
                      fn: Any = None) -> list[bytes | memoryview]:
         where = f" of {callable_name(fn)}()" if fn is not None else ""
+        hint = ("" if isinstance(exc, SerializationError) else
+                " (a module the caller imported may not be importable in the worker, whose "
+                "sys.path is the caller's)")
         error = SerializationError(
-            f"worker {self.index} cannot load {what}{where}: {type(exc).__name__}: {exc} "
-            f"(a module the caller imported may not be importable in the worker, whose "
-            f"sys.path is the caller's)", item=what, value_type=type_name(exc))
+            f"worker {self.index} cannot load {what}{where}: {type(exc).__name__}: {exc}"
+            f"{hint}", item=what, value_type=type_name(exc))
         blob, name, message, _ = dumps_exception(error, None, self._exception_limit())
         return [_results([(call_id, False, blob, 0, 0.0, name, message, None)])]
 
@@ -516,6 +551,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--master-timeout", type=float, default=MASTER_TIMEOUT)
     parser.add_argument("--max-frame", type=int, default=wire.MAX_FRAME)
+    parser.add_argument("--shared-cache", type=int, default=sharing.DEFAULT_CACHE)
     return parser.parse_args(argv)
 
 
@@ -550,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     backend.configure({"workers": [{"type": "inline"}]})  # no pool inside the pool
 
     worker = Worker(sock, options.index, decoder, options.max_frame, options.heartbeat,
-                    options.timeout, options.master_pid, options.master_timeout)
+                    options.timeout, options.master_pid, options.master_timeout,
+                    options.shared_cache)
+    sharing.set_fetcher(worker.shared.fetch)  # handles in arguments resolve from its cache
     sys.stdout = _Forward(worker.send_output, 1)
     sys.stderr = _Forward(worker.send_output, 2)
     # Last: the worker's own finders always go first; the master is asked only for what

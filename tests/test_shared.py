@@ -1,0 +1,371 @@
+"""Shared data (pydron.backend.sharing): an object sent to each worker once.
+
+Real worker processes (a MulticorePool of 1 or 2), plus the threads and inline pools. What
+crossed the wire is counted twice: by the pool (``shared_sent``, ``shared_bytes_sent``:
+objects served on request) and by each worker (``sharing.fetch_count()``, which the test
+functions return with their pid).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import pydron
+import pydron.backend as backend
+from pydron.backend import sharing
+from pydron.backend.inline import InlinePool
+from pydron.backend.threads import ThreadPool
+from pydron.errors import SerializationError
+
+from test_multicore import Outcomes, make_pool  # noqa: F401
+from waiting import runs, wait_for
+
+MB = 1 << 20
+
+
+# --------------------------------------------------------------------------- functions
+# Module-level, so that they travel to the workers by reference.
+
+
+def describe(x, nested, k=None):
+    """What the function received: the object itself, wherever the handle was."""
+    return (type(x).__name__, x == nested[0][0], x == nested[1]["key"][0],
+            x in nested[2], x == k, os.getpid())
+
+
+def checksum(arr):
+    """(pid, fetches so far in this worker, the array's sum)."""
+    return os.getpid(), sharing.fetch_count(), float(arr.sum())
+
+
+def first(arr):
+    return os.getpid(), sharing.fetch_count(), float(arr[0])
+
+
+def nap_then_sum(path, arr, seconds):
+    """Note which process runs this attempt, wait, then sum."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid(), sharing.fetch_count(), float(arr.sum())
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def bump_in_place(arr):
+    """Changes its argument: each call must still get its own copy."""
+    arr += 1
+    return float(arr[0])
+
+
+def identity_of(x):
+    return id(x)
+
+
+@pydron.functional
+def total(arr, i):
+    return float(arr.sum()) + i, os.getpid(), sharing.fetch_count()
+
+
+@pydron.schedule
+def same_array_loop(arr):
+    out = []
+    for i in range(20):
+        out.append(total(arr, i))
+    return out
+
+
+@pydron.schedule
+def mutating_loop(arr):
+    out = []
+    for i in range(20):
+        arr[0] = i
+        out.append(total(arr, i))
+    return out
+
+
+def run_all(pool, calls, timeout=60):
+    """Submit ``(fn, args, kwargs)`` calls; their outcomes in submission order."""
+    seen = Outcomes()
+    for i, (fn, args, kwargs) in enumerate(calls):
+        pool.submit(fn, args, kwargs, seen.callback(i))
+    items = sorted(seen.wait(len(calls), timeout), key=lambda item: item[0])
+    return [(ok, value) for _, ok, value in items]
+
+
+def run_one(pool, fn, *args, **kwargs):
+    (ok, value), = run_all(pool, [(fn, args, kwargs)])
+    assert ok, value
+    return value
+
+
+def per_worker_fetches(values):
+    """pid -> the most fetches that worker had made when it ran one of the calls."""
+    most: dict[int, int] = {}
+    for pid, fetches, *_ in values:
+        most[pid] = max(most.get(pid, 0), fetches)
+    return most
+
+
+# --------------------------------------------------------------------------- handles
+
+
+def test_equal_content_gives_one_digest_and_one_entry():
+    before = sharing.live_entries()
+    a = sharing.shared(np.arange(1000))
+    b = sharing.shared(np.arange(1000))
+    c = sharing.shared(np.arange(1001))
+    assert a.digest == b.digest != c.digest
+    assert a._entry is b._entry
+    assert sharing.live_entries() == before + 2
+    assert a.label == "numpy.ndarray" and a.nbytes >= 8000
+    digest = a.digest
+    del a, b
+    gc.collect()
+    assert sharing.lookup(digest) is None  # dropped when nothing holds it
+    assert sharing.live_entries() == before + 1
+    del c
+
+
+def test_unpicklable_object_fails_at_shared_naming_its_type():
+    with pytest.raises(SerializationError, match=r"cannot share a _thread\.lock"):
+        sharing.shared(threading.Lock())
+
+
+def test_the_object_is_captured_when_shared():
+    arr = np.zeros(200_000)  # large enough for out-of-band buffers
+    handle = sharing.shared(arr)
+    arr[0] = 5
+    assert handle.get()[0] == 0
+    assert pickle.loads(pickle.dumps(handle))[0] == 0  # not a worker: the registry
+
+
+def test_a_handle_loaded_outside_a_worker_is_the_object():
+    handle = sharing.shared({"a": [1, 2, 3]})
+    assert pickle.loads(pickle.dumps(handle)) == {"a": [1, 2, 3]}
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+@pytest.mark.parametrize("kind", ["threads", "inline"])
+def test_in_process_pools_pass_the_object_nested_too(kind):
+    pool = ThreadPool(2) if kind == "threads" else InlinePool()
+    try:
+        obj = (1, "two", 3.0)
+        h = sharing.shared(obj)
+        nested = ([h], {"key": (h,)}, frozenset([h]))
+        name, *same, pid = run_one(pool, describe, h, nested, k=h)
+        assert name == "tuple" and all(same), same
+        # An explicit handle is one object for every call (as on a worker).
+        ids = {run_one(pool, identity_of, h) for _ in range(3)}
+        assert len(ids) == 1
+        plain = [1, [2]]  # without handles the arguments are passed untouched
+        assert run_one(pool, identity_of, plain) == id(plain)
+    finally:
+        pool.shutdown()
+
+
+def test_resolve_args_keeps_containers_without_handles():
+    h = sharing.shared([5])
+    inner = [1, 2]
+    args, kwargs = sharing.resolve_args((inner, {"a": h}), {"z": 3})
+    assert args[0] is inner and args[1] == {"a": [5]} and kwargs == {"z": 3}
+    loop: list = [h]
+    loop.append(loop)
+    (resolved,), _ = sharing.resolve_args((loop,), {})
+    assert resolved[0] == [5]
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def test_worker_receives_the_object_nested_too(make_pool):
+    pool = make_pool(2)
+    obj = (1, "two", 3.0)
+    h = sharing.shared(obj)
+    nested = ([h], {"key": (h,)}, frozenset([h]))
+    results = run_all(pool, [(describe, (h, nested), {"k": h})] * 4)
+    for ok, value in results:
+        assert ok, value
+        name, *same, pid = value
+        assert name == "tuple" and all(same), same
+    assert 1 <= pool.shared_sent <= 2
+
+
+def test_a_large_array_crosses_the_wire_once_per_worker(make_pool):
+    pool = make_pool(2)
+    pool.start()
+    arr = np.random.default_rng(1).random(50 * MB // 8)
+    h = sharing.shared(arr)
+    results = run_all(pool, [(checksum, (h,), {})] * 16)
+    values = [value for ok, value in results if ok]
+    assert len(values) == 16, results
+    assert all(v[2] == float(arr.sum()) for v in values)
+    fetches = per_worker_fetches(values)
+    assert all(n == 1 for n in fetches.values()), fetches
+    assert 1 <= pool.shared_sent <= 2
+    assert pool.shared_bytes_sent == pool.shared_sent * h.nbytes
+    assert h.nbytes >= 50 * MB
+    print(f"50 MB array, 16 calls: {pool.shared_sent} sends, "
+          f"{pool.shared_bytes_sent} bytes")
+
+
+def test_lru_eviction_fetches_again(make_pool):
+    pool = make_pool(1, shared_cache=3 * MB)  # room for one 2 MB array, not two
+    a = sharing.shared(np.full(2 * MB // 8, 1.0))
+    b = sharing.shared(np.full(2 * MB // 8, 2.0))
+    order = [a, a, b, a]
+    values = [run_one(pool, first, h) for h in order]
+    assert [v[2] for v in values] == [1.0, 1.0, 2.0, 1.0]
+    assert [v[1] for v in values] == [1, 1, 2, 3]  # a, (cached), b evicts a, a again
+    assert pool.shared_sent == 3
+
+
+def test_a_large_cache_keeps_both(make_pool):
+    pool = make_pool(1)
+    a = sharing.shared(np.full(2 * MB // 8, 1.0))
+    b = sharing.shared(np.full(2 * MB // 8, 2.0))
+    values = [run_one(pool, first, h) for h in [a, b, a, b]]
+    assert [v[1] for v in values] == [1, 2, 2, 2]
+    assert pool.shared_sent == 2
+
+
+def test_an_object_larger_than_the_cache_still_works(make_pool):
+    pool = make_pool(1, shared_cache=1000)
+    h = sharing.shared(np.arange(300_000.0))
+    values = [run_one(pool, checksum, h) for _ in range(2)]
+    assert [v[2] for v in values] == [float(np.arange(300_000.0).sum())] * 2
+    assert [v[1] for v in values] == [1, 1]  # the entry just added is never evicted
+
+
+def test_handle_dropped_right_after_submit_still_works(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    seen = Outcomes()
+    pool.submit(nap, (0.5,), {}, seen.callback("nap"))  # the worker is busy meanwhile
+    arr = np.arange(500_000.0)
+    expected = float(arr.sum())
+    h = sharing.shared(arr)
+    digest = h.digest
+    pool.submit(checksum, (h,), {}, seen.callback("sum"))
+    del h, arr
+    gc.collect()
+    assert sharing.lookup(digest) is not None  # the call in flight holds it
+    outcomes = dict((tag, (ok, value)) for tag, ok, value in seen.wait(2))
+    ok, value = outcomes["sum"]
+    assert ok, value
+    assert value[2] == expected
+    gc.collect()
+    wait_for(lambda: sharing.lookup(digest) is None, timeout=5,
+             what="the entry to be dropped after its call")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_retry_after_sigkill_fetches_again_on_the_new_worker(make_pool, tmp_path):
+    pool = make_pool(1)
+    pool.start()
+    arr = np.random.default_rng(2).random(1_000_000)
+    expected = float(arr.sum())
+    path = tmp_path / "runs"
+    seen = Outcomes()
+    h = sharing.shared(arr)
+    pool.submit(nap_then_sum, (str(path), h, 2.0), {}, seen.callback())
+    del h  # only the call in flight holds the entry now
+    gc.collect()
+    victim, = wait_for(lambda: runs(path), what="the call to start")
+    os.kill(victim, signal.SIGKILL)
+    (_, ok, value), = seen.wait(1)
+    assert ok, value
+    pid, fetches, total_ = value
+    assert pid != victim and runs(path) == [victim, pid]
+    assert fetches == 1 and total_ == expected  # exact
+    assert pool.shared_sent == 2  # once to the victim, once to its replacement
+
+
+def test_an_object_the_master_lacks_fails_the_call_naming_it(make_pool):
+    pool = make_pool(1)
+
+    class Dangling:
+        def __reduce__(self):
+            return sharing._resolve, (b"\x07" * 20, "my.Thing", 10, False)
+
+    start = time.monotonic()
+    (ok, error), = run_all(pool, [(identity_of, (Dangling(),), {})])
+    assert not ok and isinstance(error, SerializationError), error
+    assert "my.Thing" in str(error) and "070707070707" in str(error), error
+    assert time.monotonic() - start < 20  # answered, not waited out
+
+
+def test_a_fresh_copy_per_call_for_automatic_sharing(make_pool):
+    pool = make_pool(1)
+    arr = np.zeros(2 * MB // 8)
+    values = run_all(pool, [(bump_in_place, (arr,), {})] * 4)
+    assert values == [(True, 1.0)] * 4  # no call sees another's change
+    assert pool.shared_sent == 1  # but the array travelled once
+    assert arr[0] == 0
+
+
+def test_small_arguments_are_not_shared(make_pool):
+    pool = make_pool(1)
+    arr = np.zeros(1000)
+    values = run_all(pool, [(first, (arr,), {})] * 3)
+    assert [(ok, v[1:]) for ok, v in values] == [(True, (0, 0.0))] * 3  # no fetch
+    assert pool.shared_sent == 0
+
+
+# --------------------------------------------------------------------------- @schedule
+
+
+@pytest.fixture
+def multicore2():
+    previous = backend._config
+    pydron.configure({"workers": [{"type": "multicore", "cores": 2}]})
+    yield backend.get_pool()
+    backend.configure(previous)
+
+
+def test_schedule_loop_sends_a_large_argument_once_per_worker(multicore2):
+    pool = multicore2
+    arr = np.random.default_rng(3).random(8 * MB // 8)
+    expected = float(arr.sum())
+    out = same_array_loop(arr)
+    assert [v[0] for v in out] == [expected + i for i in range(20)]
+    assert 1 <= pool.shared_sent <= 2, pool.shared_sent
+    fetches = per_worker_fetches([(pid, n) for _, pid, n in out])
+    assert all(n == 1 for n in fetches.values()), fetches
+    print(f"8 MB array, 20 calls: {pool.shared_sent} sends, {pool.shared_bytes_sent} bytes")
+
+
+def test_schedule_loop_mutating_between_calls_is_exact(multicore2):
+    arr = np.random.default_rng(4).random(8 * MB // 8)
+    copy = arr.copy()
+    expected = []
+    for i in range(20):
+        copy[0] = i
+        expected.append(float(copy.sum()) + i)
+    out = mutating_loop(arr)
+    assert [v[0] for v in out] == expected
+    assert arr[0] == 19
+
+
+def test_shared_cache_setting_reaches_the_pool():
+    previous = backend._config
+    pydron.configure({"workers": [{"type": "multicore", "cores": 1}], "shared_cache": 12345})
+    try:
+        pool = backend.get_pool()
+        assert pool.shared_cache == 12345
+        assert "12345" in pool._protocol_options()
+    finally:
+        backend.configure(previous)
