@@ -369,3 +369,69 @@ def test_shared_cache_setting_reaches_the_pool():
         assert "12345" in pool._protocol_options()
     finally:
         backend.configure(previous)
+
+
+# --------------------------------------------------------------------------- the worker's end
+
+
+@pytest.fixture
+def lone_worker(monkeypatch):
+    """A Worker object on one end of a socket pair (no master: the test plays it)."""
+    from pydron.backend import modules, wire
+    from pydron.backend.worker import Worker
+    monkeypatch.setattr(modules, "REQUEST_TIMEOUT", 0.3)
+    import socket
+    mine, theirs = socket.socketpair()
+    worker = Worker(mine, 7, wire.FrameDecoder(wire.MAX_FRAME), wire.MAX_FRAME, 1.0, 5.0)
+    yield worker
+    mine.close()
+    theirs.close()
+
+
+def test_worker_gives_up_on_a_silent_master(lone_worker):
+    start = time.monotonic()
+    answer = lone_worker.ask_shared(b"\x01" * 20)
+    assert isinstance(answer, str) and "no answer within 0.3 s" in answer, answer
+    assert time.monotonic() - start < 5
+
+
+def test_worker_waits_while_a_large_reply_is_arriving(lone_worker):
+    stop = time.monotonic() + 1.2
+
+    def arriving():  # what the reader thread does while a big frame comes in
+        while time.monotonic() < stop:
+            lone_worker.bulk_rx = time.monotonic()
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=arriving)
+    feeder.start()
+    start = time.monotonic()
+    answer = lone_worker.ask_shared(b"\x01" * 20)
+    feeder.join()
+    assert isinstance(answer, str) and time.monotonic() - start >= 1.2
+
+
+def test_worker_takes_a_reply_and_its_buffers(lone_worker):
+    from pydron.backend import wire
+    digest = b"\x02" * 20
+    lone_worker._handle(wire.SHARED_REPLY, wire.encode_shared_reply(b"\x03" * 20, True, 0,
+                                                                     b"late"))
+    lone_worker._handle(wire.BUFFER, bytearray(b"data"))
+    lone_worker._handle(wire.SHARED_REPLY, wire.encode_shared_reply(digest, True, 1, b"blob"))
+    assert lone_worker.ask_shared(digest) == (b"blob", [bytearray(b"data")])
+    with pytest.raises(wire.FrameError, match="announced 2"):
+        lone_worker._handle(wire.SHARED_REPLY, wire.encode_shared_reply(digest, True, 2))
+
+
+def test_shared_reply_round_trip_and_kind_names():
+    from pydron.backend import wire
+    payload = wire.encode_shared_reply(b"\x09" * 20, True, 3, b"pickle")
+    assert wire.decode_shared_reply(payload) == (b"\x09" * 20, True, 3, b"pickle")
+    assert wire.decode_shared_reply(wire.encode_shared_reply(b"d", False, 0, b"why")) == \
+        (b"d", False, 0, b"why")
+    for bad in (b"", payload[:8]):
+        with pytest.raises(wire.FrameError):
+            wire.decode_shared_reply(bad)
+    assert wire.KIND_NAMES[wire.SHARED_REQUEST] == "SHARED_REQUEST"
+    assert wire.KIND_NAMES[wire.SHARED_REPLY] == "SHARED_REPLY"
+    assert len(set(wire.KIND_NAMES)) == len(wire.KIND_NAMES.values())

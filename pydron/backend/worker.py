@@ -185,6 +185,7 @@ class Worker:
         self.functions: collections.OrderedDict[bytes, list[Any]] = collections.OrderedDict()
         self.buffers = wire.BufferCollector()
         self.last_rx = time.monotonic()
+        self.bulk_rx = 0.0  # when bytes of a large frame last arrived (see ask_shared)
         self.module_replies: queue.SimpleQueue = queue.SimpleQueue()
         self.shared_replies: queue.SimpleQueue = queue.SimpleQueue()
         self.shared = sharing.SharedCache(shared_cache, self.ask_shared)
@@ -236,6 +237,8 @@ class Worker:
                     return
                 frames = decoder.feed(data)
             self.last_rx = time.monotonic()
+            if view is not None or decoder.pending_view() is not None:
+                self.bulk_rx = self.last_rx
             for kind, payload in frames:
                 self._handle(kind, payload)
 
@@ -305,19 +308,23 @@ class Worker:
         """Ask the master for a shared object this worker does not hold (see
         :mod:`pydron.backend.sharing`), from the serving thread while it unpickles a
         call's arguments: ``(blob, buffers)``, or why not (the master has no such object,
-        or no answer came within ``modules.REQUEST_TIMEOUT`` seconds: the call then fails
-        rather than wait for ever)."""
+        or no answer came: the call then fails rather than wait for ever).
+
+        The wait is bounded by ``modules.REQUEST_TIMEOUT`` seconds *without progress*:
+        while the bytes of a large frame keep arriving (the object itself, maybe
+        gigabytes over a slow link) the answer is on its way and is waited for."""
         self.send([wire.frame(wire.SHARED_REQUEST, digest)])
-        deadline = time.monotonic() + modules.REQUEST_TIMEOUT
+        start = time.monotonic()
+        timeout = modules.REQUEST_TIMEOUT
         while True:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise queue.Empty
-                got, found, buffers, body = self.shared_replies.get(timeout=left)
-            except queue.Empty:
+            left = max(start, self.bulk_rx) + timeout - time.monotonic()
+            if left <= 0:
                 return (f"worker {self.index} asked the master for it and got no answer "
-                        f"within {modules.REQUEST_TIMEOUT:g} s")
+                        f"within {timeout:g} s")
+            try:
+                got, found, buffers, body = self.shared_replies.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
             if got != digest:
                 continue  # a late answer to a request that timed out
             if not found:
