@@ -33,7 +33,9 @@ def graph(func):  # noqa: ANN001,ANN201
 
 __all__ = [
     "schedule", "functional", "explain", "graph", "configure", "shutdown",
-    "Executor", "map", "reduce", "map_reduce", "wait", "as_completed",
+    # map and reduce are left out on purpose: `from pydron import *` must not replace the
+    # builtins of the same names. They are pydron.map and pydron.reduce.
+    "Executor", "map_reduce", "wait", "as_completed",
     "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
     "PydronError", "TranslationError", "ConfigError", "WorkerLostError", "SerializationError",
     "RemoteError", "CallTimeoutError",

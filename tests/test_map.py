@@ -354,3 +354,42 @@ def nested_map(n):
     from pydron.backend.context import in_worker
     assert in_worker()
     return list(pydron.map(square, range(n)))
+
+
+def test_an_unsendable_item_inside_a_chunk_fails_only_at_its_position():
+    """A chunk that fails as a whole (here: an item that cannot be pickled) is split, so
+    the items before the bad one still yield and the error lands on that one."""
+    pydron.configure(POOLS["multicore"])
+    try:
+        items = list(range(50)) + [threading.Lock()] + list(range(50, 100))
+        got = []
+        with pytest.raises(pydron.SerializationError, match="lock"):
+            for value in pydron.map(noop, items, chunksize=64):
+                got.append(value)
+        assert got == list(range(50))
+        returned = list(pydron.map(noop, items, chunksize=64, errors="return"))
+        assert returned[:50] == list(range(50)) and returned[51:] == list(range(50, 100))
+        assert isinstance(returned[50], pydron.SerializationError)
+    finally:
+        pydron.configure(None)
+
+
+def test_call_timeout_stops_one_item_and_the_map_goes_on():
+    pydron.configure(POOLS["multicore"])
+    try:
+        items = [0.05, 30, 0.05, 0.2, 0.05]
+        start = time.monotonic()
+        got = list(pydron.map(nap, items, call_timeout=1.5, errors="return"))
+        assert time.monotonic() - start < 20
+        assert [g for i, g in enumerate(got) if i != 1] == [0.05, 0.05, 0.2, 0.05]
+        assert isinstance(got[1], pydron.CallTimeoutError)
+        assert "nap()" in str(got[1])
+        with pytest.raises(ValueError, match="call_timeout"):
+            pydron.map(nap, [1], call_timeout=0)
+    finally:
+        pydron.configure(None)
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds

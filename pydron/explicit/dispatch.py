@@ -166,7 +166,8 @@ class Dispatcher:
     pool before its future fails with :class:`~pydron.errors.CallTimeoutError` and the
     pool is told to stop it (a worker process running it is killed and replaced; a
     thread cannot be stopped and runs on unobserved). None: no limit of its own (the
-    pools enforce ``call_timeout`` of ``pydron.conf`` themselves).
+    pools enforce ``call_timeout`` of ``pydron.conf`` themselves). The time counts from
+    the hand-off to the pool, which then happens only while a worker is free.
     """
 
     EXTRA = 4
@@ -203,6 +204,10 @@ class Dispatcher:
         (the standard executors keep about as many in their call queues), more while
         calls are short (see :attr:`SHORT_CALL`)."""
         parallelism = self.source.parallelism()
+        if self.call_timeout is not None:
+            # A call's time counts from its hand-off, so it must not wait on the pool
+            # behind others: only as many as can run at once.
+            return parallelism
         base = 2 * parallelism + self.EXTRA
         if self._turnaround is not None and self._turnaround < self.SHORT_CALL:
             return max(base, self.SHORT_CALLS_PER_WORKER * parallelism)
@@ -219,11 +224,14 @@ class Dispatcher:
             return len(self._pending)
 
     # -- submitting ----------------------------------------------------------------------
-    def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> cf.Future:
+    def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
+               origin: Callable[..., Any] | None = None) -> cf.Future:
         """A future for ``fn(*args, **kwargs)``; RuntimeError after :meth:`shutdown`,
-        BrokenExecutor once the initializer has failed."""
+        BrokenExecutor once the initializer has failed. ``origin``: the user's function
+        that ``fn`` runs (a map's chunk runner runs it), named in a timeout's message."""
         future: cf.Future = cf.Future()
         work = _Work(future, fn, args, kwargs)
+        work.origin = origin
         with self._lock:
             if self._broken is not None:
                 raise self._broken
@@ -259,7 +267,10 @@ class Dispatcher:
     def _start(self, work: _Work) -> None:
         fn, args, kwargs = work.fn, work.args, work.kwargs
         work.fn = work.args = work.kwargs = None  # type: ignore[assignment]
-        work.origin = fn if self.call_timeout is not None else None
+        if self.call_timeout is None:
+            work.origin = None
+        elif work.origin is None:
+            work.origin = fn
         work.started = time.monotonic()
         if self.initializer is not None:
             fn, args, kwargs = run_initialized, (self.initializer, fn, args, kwargs), {}

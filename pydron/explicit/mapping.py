@@ -90,13 +90,14 @@ def _check_chunksize(chunksize: object, what: str) -> int | str:
 
 
 class _Chunk:
-    __slots__ = ("future", "size", "outcomes", "index")
+    """Consecutive items sent as one call; the items are kept until its outcome is in,
+    so that a chunk that fails as a whole can be split (see :meth:`MapRun._failed`)."""
 
-    def __init__(self, future: cf.Future, size: int) -> None:
+    __slots__ = ("future", "items")
+
+    def __init__(self, future: cf.Future, items: list[Any]) -> None:
         self.future = future
-        self.size = size
-        self.outcomes: list[Any] | None = None
-        self.index = 0
+        self.items: list[Any] | None = items
 
 
 class MapRun:
@@ -142,14 +143,36 @@ class MapRun:
                 if not items:
                     return
             self.items_read += len(items)
-            future = self.dispatcher.submit(
-                self.runner, (self.fn, items, self.star, self.stop_on_error,
-                              *self.runner_args), {})
-            chunk = _Chunk(future, len(items))
-            self._chunks.append(chunk)
-            if not self.ordered:
-                future.add_done_callback(functools.partial(_finished, self._done, chunk))
+            self._chunks.append(self._submit(items))
             del items
+
+    def _submit(self, items: list[Any]) -> _Chunk:
+        future = self.dispatcher.submit(
+            self.runner, (self.fn, items, self.star, self.stop_on_error, *self.runner_args),
+            {}, origin=self.fn)
+        chunk = _Chunk(future, items)
+        if not self.ordered:
+            future.add_done_callback(functools.partial(_finished, self._done, chunk))
+        return chunk
+
+    def _failed(self, chunk: _Chunk, error: BaseException) -> list[Any] | None:
+        """A chunk failed as a whole: an item could not be sent, its worker was lost past
+        the retries, it ran out of time, the pool was shut down. A chunk of one item:
+        that is the item's outcome. A longer one is split into single items sent again
+        in its place, so that the failure lands on the item it belongs to and the items
+        before it still yield their results. Returns the outcomes to yield, or None
+        after a split."""
+        items, chunk.items = chunk.items or [], None
+        if len(items) <= 1:
+            return [Failure(error)]
+        singles = [self._submit([item]) for item in items]
+        if self.ordered:
+            self._chunks.popleft()
+            self._chunks.extendleft(reversed(singles))
+        else:
+            self._chunks.remove(chunk)
+            self._chunks.extend(singles)
+        return None
 
     # -- consuming ---------------------------------------------------------------------------
     def _wait(self, future: cf.Future) -> Any:
@@ -175,10 +198,21 @@ class MapRun:
         try:
             while self._chunks:
                 chunk = self._next_finished()
-                outcome: ChunkOutcome = self._wait(chunk.future)
-                outcomes, elapsed = outcome
+                try:
+                    outcome: ChunkOutcome = self._wait(chunk.future)
+                except BaseException as exc:  # noqa: B902
+                    if not chunk.future.done():
+                        raise             # this map's own timeout, or a KeyboardInterrupt
+                    failed = self._failed(chunk, exc)
+                    del exc
+                    if failed is None:
+                        continue          # split: its items come again one by one
+                    outcome = ChunkOutcome(failed, 0.0)
+                else:
+                    self.sizer.learn(len(outcome[0]), outcome[1])
+                chunk.items = None
+                outcomes = outcome[0]
                 del outcome
-                self.sizer.learn(len(outcomes), elapsed)
                 self._chunks.remove(chunk) if not self.ordered else self._chunks.popleft()
                 self._top_up()
                 for i in range(len(outcomes)):
@@ -232,20 +266,36 @@ def _dispatcher_of(executor: Any) -> Dispatcher:
 
 def map(fn: Callable[..., Any], *iterables: Iterable[Any], ordered: bool = True,
         chunksize: int | str = "auto", errors: str = "raise",
-        executor: Any = None, timeout: float | None = None) -> Iterator[Any]:
+        executor: Any = None, timeout: float | None = None,
+        call_timeout: float | None = None) -> Iterator[Any]:
     """``fn`` over the items of ``iterables`` (several: ``fn(a, b)`` for zipped items), on
     the pool: a generator of the results. See the module docstring for ``ordered``,
     ``chunksize`` and ``errors``; ``executor``: a :class:`pydron.Executor` whose pool to
     use (default: the process-wide pool); ``timeout``: seconds from this call after which
-    waiting for a result raises TimeoutError."""
+    waiting for a result raises TimeoutError; ``call_timeout``: seconds one call may run
+    before it is stopped and fails with :class:`pydron.CallTimeoutError` (it then applies
+    to each item: ``"auto"`` chunks are single items; with an integer chunksize, to each
+    chunk)."""
     if not callable(fn):
         raise TypeError(f"pydron.map() needs a callable, got {type(fn).__name__}")
     if errors not in ERRORS:
         raise ValueError(f"pydron.map(): errors must be \"raise\" or \"return\", got "
                          f"{errors!r}")
     chunksize = _check_chunksize(chunksize, "pydron.map()")
-    return MapRun(_dispatcher_of(executor), fn, iterables, ordered=bool(ordered),
+    dispatcher = _dispatcher_of(executor)
+    if call_timeout is not None:
+        _check_timeout(call_timeout)
+        dispatcher = Dispatcher(dispatcher.source, dispatcher.initializer, call_timeout)
+        if chunksize == "auto":
+            chunksize = 1
+    return MapRun(dispatcher, fn, iterables, ordered=bool(ordered),
                   chunksize=chunksize, errors=errors, timeout=timeout).results()
+
+
+def _check_timeout(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0 < value < float("inf"):
+        raise ValueError(f"call_timeout must be a number of seconds > 0, got {value!r}")
 
 
 def reduce_chunk(fn: Callable[[Any, Any], Any], items: list[Any], star: bool,
