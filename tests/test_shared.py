@@ -127,7 +127,7 @@ def test_equal_content_gives_one_digest_and_one_entry():
     b = sharing.shared(np.arange(1000))
     c = sharing.shared(np.arange(1001))
     assert a.digest == b.digest != c.digest
-    assert a._entry is b._entry
+    assert a._entry is b._entry and a == b and hash(a) == hash(b) and a != c
     assert sharing.live_entries() == before + 2
     assert a.label == "numpy.ndarray" and a.nbytes >= 8000
     digest = a.digest
@@ -220,6 +220,22 @@ def test_a_large_array_crosses_the_wire_once_per_worker(make_pool):
     assert h.nbytes >= 50 * MB
     print(f"50 MB array, 16 calls: {pool.shared_sent} sends, "
           f"{pool.shared_bytes_sent} bytes")
+
+
+def dot(shared_arr, own):
+    return float(shared_arr[: len(own)] @ own)
+
+
+def test_replies_and_tasks_with_buffers_interleave_in_order(make_pool):
+    pool = make_pool(2)
+    rng = np.random.default_rng(5)
+    arrays = [rng.random(3 * MB // 8) for _ in range(3)]
+    handles = [sharing.shared(a) for a in arrays]
+    owns = [rng.random(30_000) for _ in range(30)]  # out of band, below AUTO_SHARE_MIN
+    calls = [(dot, (handles[i % 3], owns[i]), {}) for i in range(30)]
+    results = run_all(pool, calls)
+    assert results == [(True, float(arrays[i % 3][:30_000] @ owns[i])) for i in range(30)]
+    assert 3 <= pool.shared_sent <= 6
 
 
 def test_lru_eviction_fetches_again(make_pool):

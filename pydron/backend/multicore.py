@@ -1102,13 +1102,11 @@ class MulticorePool(Pool):
 
 
 def _configured_shared_cache() -> int:
-    """The ``shared_cache`` of the current configuration (the one the shared pool is
-    being built from), or the default if none can be had."""
-    try:
-        from pydron import backend
-        value = getattr(backend.current_config(), "shared_cache", None)
-    except Exception:
-        value = None
+    """The ``shared_cache`` of the configuration in force (the one the shared pool is
+    being built from), or the default. It is only read, never loaded here: a pool made
+    directly must not make the process discover its ``pydron.conf`` as a side effect."""
+    from pydron import backend
+    value = getattr(getattr(backend, "_config", None), "shared_cache", None)
     return sharing.DEFAULT_CACHE if value is None else value
 
 

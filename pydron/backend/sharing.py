@@ -137,6 +137,13 @@ class Shared:
         self.fresh = fresh  # each call gets its own copy (automatic sharing)
         self._entry = entry
 
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Shared and other.digest == self.digest and \
+            other.fresh == self.fresh
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
     def __repr__(self) -> str:
         return f"<pydron.Shared {self.label} {self.digest.hex()[:12]} {self.nbytes} bytes>"
 
