@@ -3,6 +3,7 @@
     python benchmarks/peers.py                  # everything, 2 workers each (a few minutes)
     python benchmarks/peers.py --quick          # fewer repetitions
     python benchmarks/peers.py --pydron-pool threads   # compare another Pydron pool
+    python benchmarks/peers.py --only F,G       # some workloads alone
 
 Workloads (the worker-process issue's):
   A  5,000 no-op calls                        -> calls per second (higher is better)
@@ -11,14 +12,26 @@ Workloads (the worker-process issue's):
   D  20 calls each taking a 10 MB numpy array -> MB per second shipped (higher is better)
   E  a fresh process, from start to the first result -> seconds (lower is better)
 
+Workloads of the explicit API (pydron.map, pydron.Executor, pydron.shared; the Pydron side
+always runs on the multicore pool):
+  F  100,000 no-op items through map           -> items per second (higher is better);
+     and a 10 us-per-item function, pydron.map against a plain loop
+  G  10,000 submit + as_completed of a no-op   -> calls per second (higher is better)
+  H  one large numpy array (1 GB; 256 MB with --quick) used by 64 calls -> seconds
+  I  sum(map(f, a generator of 10,000,000 items)) -> the caller's peak RSS in MB
+
 Peers: multiprocessing.Pool (apply_async), concurrent.futures.ProcessPoolExecutor and, if
-installed (``pip install 'dask[distributed]'``), Dask distributed on a LocalCluster.
+installed (``pip install -e '.[bench]'``: Dask distributed on a LocalCluster, loky,
+joblib), the others; a peer that is not installed is skipped with a note.
 Each row ends with Pydron's figure as a ratio to each peer's (>1 means Pydron is better).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
+import functools
+import gc
 import multiprocessing
 import os
 import subprocess
@@ -212,52 +225,454 @@ def e_fresh(name, conf, repeat):
 
 # --------------------------------------------------------------------------- Pydron
 
-def pydron_figures(conf, args, arrays, serial_c):
+def pydron_figures(conf, args, arrays, serial_c, sections):
     pydron.configure(conf)
     w.chain(2)                                   # start the workers
     w.many_noops(50)
     r = {}
-    r["A"] = args.calls / best(lambda: w.many_noops(args.calls), args.repeat)
-    r["B"] = best(lambda: w.chain(args.links), args.repeat) / args.links * 1e6
-    r["C"] = serial_c / best(lambda: w.spins(args.cpu_calls, args.rounds), args.repeat)
-    size = sum(a.nbytes for a in arrays) / 1e6
-    r["D"] = size / best(lambda: w.checksums(arrays), args.repeat)
+    if "A" in sections:
+        r["A"] = args.calls / best(lambda: w.many_noops(args.calls), args.repeat)
+    if "B" in sections:
+        r["B"] = best(lambda: w.chain(args.links), args.repeat) / args.links * 1e6
+    if "C" in sections:
+        r["C"] = serial_c / best(lambda: w.spins(args.cpu_calls, args.rounds), args.repeat)
+    if "D" in sections:
+        size = sum(a.nbytes for a in arrays) / 1e6
+        r["D"] = size / best(lambda: w.checksums(arrays), args.repeat)
     pydron.shutdown()
-    r["E"] = e_fresh("Pydron", conf, args.repeat)
+    if "E" in sections:
+        r["E"] = e_fresh("Pydron", conf, args.repeat)
     return r
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--pydron-pool", default="multicore",
-                        help="Pydron worker type to measure (default: multicore)")
-    args = parser.parse_args()
-    args.repeat = 2 if args.quick else 3
-    args.calls, args.links = 5000, 200
-    args.cpu_calls, args.cpu_seconds = 32, 0.05
-    conf = {"workers": [{"type": args.pydron_pool,
-                         ("cores" if args.pydron_pool == "multicore" else "count"): WORKERS}]}
-    arrays = [np.full(10 * 1024 * 1024 // 8, float(i)) for i in range(20)]
-    args.rounds = w.rounds_for(args.cpu_seconds)
-    serial_c = best(lambda: [w.spin(args.rounds) for _ in range(args.cpu_calls)], args.repeat)
+# --------------------------------------------------------------------------- explicit API
+
+def _have(module, what):
+    """Whether ``module`` imports; a printed note when not (the row is skipped)."""
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        print(f"({what} is not installed, skipped: pip install -e '.[bench]')", flush=True)
+        return False
+
+
+def drain(iterable):
+    """Consume ``iterable`` without keeping its items (as a loop over results would)."""
+    collections.deque(iterable, maxlen=0)
+
+
+def _ask(label, value, target, met):
+    print(f"target {label}: {value} (target: {target}) -> {'met' if met else 'NOT met'}",
+          flush=True)
+
+
+def _rate_table(unit, rows, mine):
+    """rows: (system, how, count, seconds); ``mine``: Pydron's rate, for the ratio."""
+    print(f"\n| system | how | {unit} | seconds | {unit}/s | Pydron's ratio |")
+    print("|---|---|---|---|---|---|")
+    for system, how, count, seconds in rows:
+        rate = count / seconds
+        print(f"| {system} | {how} | {count:,} | {seconds:.3f} | {rate:,.0f} | "
+              f"{mine / rate:.2f}x |")
+    print(flush=True)
+
+
+F_CHUNKS = (100, 1000, 10_000)   # the tuned chunksize: the best of these
+
+
+def _tuned(run, repeat):
+    """(chunksize, seconds): the best of F_CHUNKS for ``run(chunksize)``."""
+    times = {c: best(lambda: run(c), repeat) for c in F_CHUNKS}
+    chunk = min(times, key=times.get)
+    return chunk, times[chunk]
+
+
+def section_f(conf, args):
+    n = 100_000
+    fast = 3 if args.quick else 5                 # repetitions of the sub-second rows
+    slow = 1                                      # rows of chunksize 1 (seconds each)
+    n_dask = 2_000 if args.quick else 10_000      # Dask: ~1-2 ms per task
+    n_busy = 20_000 if args.quick else 100_000
+    rows = []
+    rounds = w.busy_rounds_for(10e-6)             # first, while no pool runs
+    fn = functools.partial(w.busy, rounds=rounds)
+
+    pydron.configure(conf)
+    drain(pydron.map(w.noop, range(100)))        # start the workers
+    mine = best(lambda: drain(pydron.map(w.noop, range(n))), fast)
+    rows.append(("Pydron", 'pydron.map, chunksize "auto"', n, mine))
+    mine_rate = n / mine
+    print("measured Pydron", flush=True)
+
+    default_chunk, extra = divmod(n, WORKERS * 4)
+    default_chunk += bool(extra)
+    with multiprocessing.Pool(WORKERS) as pool:
+        pool.map(w.noop, range(100))
+        mp_default = best(lambda: pool.map(w.noop, range(n)), fast)
+        rows.append(("multiprocessing.Pool", f"map, default chunksize ({default_chunk:,})",
+                     n, mp_default))
+        c, t = _tuned(lambda c: pool.map(w.noop, range(n), chunksize=c), fast)
+        rows.append(("multiprocessing.Pool", f"map, chunksize {c:,}", n, t))
+        t = best(lambda: drain(pool.imap(w.noop, range(n))), slow)
+        rows.append(("multiprocessing.Pool", "imap, default chunksize (1)", n, t))
+        c, t = _tuned(lambda c: drain(pool.imap(w.noop, range(n), chunksize=c)), fast)
+        rows.append(("multiprocessing.Pool", f"imap, chunksize {c:,}", n, t))
+    print("measured multiprocessing.Pool", flush=True)
+
+    with concurrent.futures.ProcessPoolExecutor(WORKERS) as ex:
+        drain(ex.map(w.noop, range(100)))
+        t = best(lambda: drain(ex.map(w.noop, range(n))), slow)
+        rows.append(("ProcessPoolExecutor", "map, chunksize 1 (default)", n, t))
+        c, t = _tuned(lambda c: drain(ex.map(w.noop, range(n), chunksize=c)), fast)
+        rows.append(("ProcessPoolExecutor", f"map, chunksize {c:,}", n, t))
+    print("measured ProcessPoolExecutor", flush=True)
+
+    if _have("loky", "loky"):
+        import loky
+        ex = loky.get_reusable_executor(max_workers=WORKERS)
+        drain(ex.map(w.noop, range(100)))
+        t = best(lambda: drain(ex.map(w.noop, range(n))), slow)
+        rows.append(("loky", "get_reusable_executor(2).map, chunksize 1 (default)", n, t))
+        c, t = _tuned(lambda c: drain(ex.map(w.noop, range(n), chunksize=c)), fast)
+        rows.append(("loky", f"get_reusable_executor(2).map, chunksize {c:,}", n, t))
+        ex.shutdown(wait=True)
+        print("measured loky", flush=True)
+
+    if _have("dask.distributed", "Dask distributed"):
+        peer = DaskPeer()
+        try:
+            client = peer.client
+            client.gather(client.map(w.noop, range(100), pure=False))
+            t = best(lambda: client.gather(client.map(w.noop, range(n_dask), pure=False)),
+                     2)
+            rows.append(("Dask distributed", f"client.map + gather ({n_dask:,} items, "
+                         "not 100,000: about 1 ms each)", n_dask, t))
+        finally:
+            peer.close()
+        print("measured Dask distributed", flush=True)
+
+    print(f"\nF: {n:,} no-op items, {WORKERS} workers each; best of {fast} "
+          f"(of {slow} for chunksize 1 rows); tuned chunksize: the best of "
+          f"{', '.join(f'{c:,}' for c in F_CHUNKS)}; {_machine()}")
+    _rate_table("items", rows, mine_rate)
+    _ask("F (pydron.map >= multiprocessing.Pool.map, default chunksize)",
+         f"{mine_rate:,.0f} vs {n / mp_default:,.0f} items/s, "
+         f"{mp_default / mine:.2f}x", "1.00x or more", mine <= mp_default)
+
+    # A 10 us function: pydron.map against a plain loop (and Pool.map, for reference).
+    def loop():
+        for x in range(n_busy):
+            fn(x)
+
+    plain = best(loop, 3)
+    pydron.configure(conf)
+    drain(pydron.map(fn, range(100)))
+    mine10 = best(lambda: drain(pydron.map(fn, range(n_busy))), 3)
+    pydron.shutdown()
+    with multiprocessing.Pool(WORKERS) as pool:
+        pool.map(fn, range(100))
+        mp10 = best(lambda: pool.map(fn, range(n_busy)), 3)
+    print(f"F, 10 us: {n_busy:,} calls of busy(x, rounds={rounds}), "
+          f"{plain / n_busy * 1e6:.1f} us each in the loop; best of 3")
+    rows = [("plain loop", "for x in items: f(x)", n_busy, plain),
+            ("Pydron", 'pydron.map, chunksize "auto"', n_busy, mine10),
+            ("multiprocessing.Pool", "map, default chunksize", n_busy, mp10)]
+    _rate_table("items", rows, n_busy / mine10)
+    _ask("F, 10 us (pydron.map not slower than a plain loop)",
+         f"{mine10:.3f} s vs {plain:.3f} s, {plain / mine10:.2f}x",
+         "1.00x or more", mine10 <= plain)
+
+
+def _submit_all(ex, n, as_completed=concurrent.futures.as_completed):
+    futures = [ex.submit(w.noop, i) for i in range(n)]
+    for f in as_completed(futures):
+        f.result()
+
+
+def section_g(conf, args):
+    n = 10_000
+    n_dask = 1_000 if args.quick else 2_000
+    rows = []
+    pydron.configure(conf)
+    ex = pydron.Executor()                         # the process-wide pool
+    _submit_all(ex, 100)
+    mine = best(lambda: _submit_all(ex, n), args.repeat)
+    rows.append(("Pydron", "pydron.Executor() (process-wide pool)", n, mine))
+    ex.shutdown()
+    pydron.shutdown()
+    with concurrent.futures.ProcessPoolExecutor(WORKERS) as ex:
+        _submit_all(ex, 100)
+        ppe = best(lambda: _submit_all(ex, n), args.repeat)
+        rows.append(("ProcessPoolExecutor", f"ProcessPoolExecutor({WORKERS})", n, ppe))
+    if _have("loky", "loky"):
+        import loky
+        ex = loky.get_reusable_executor(max_workers=WORKERS)
+        _submit_all(ex, 100)
+        t = best(lambda: _submit_all(ex, n), args.repeat)
+        rows.append(("loky", f"get_reusable_executor({WORKERS})", n, t))
+        ex.shutdown(wait=True)
+    if _have("dask.distributed", "Dask distributed"):
+        from dask.distributed import as_completed
+        peer = DaskPeer()
+        try:
+            def run(k):
+                futures = [peer.client.submit(w.noop, i, pure=False) for i in range(k)]
+                for f in as_completed(futures):
+                    f.result()
+            run(100)
+            t = best(lambda: run(n_dask), 2)
+            rows.append(("Dask distributed", f"client.submit + as_completed ({n_dask:,} "
+                         f"calls, not {n:,}: about 1 ms each)", n_dask, t))
+        finally:
+            peer.close()
+    print(f"G: {n:,} submit + as_completed of a no-op, {WORKERS} workers each; "
+          f"best of {args.repeat}; {_machine()}")
+    _rate_table("calls", rows, n / mine)
+    _ask("G (pydron.Executor >= 2x ProcessPoolExecutor)",
+         f"{n / mine:,.0f} vs {n / ppe:,.0f} calls/s, {ppe / mine:.2f}x",
+         "2.00x or more", ppe / mine >= 2)
+
+
+def _shared_function():
+    share = getattr(pydron, "shared", None)
+    if share is None:
+        try:
+            from pydron.backend.sharing import shared as share
+        except ImportError:
+            return None
+    return share
+
+
+def section_h(conf, args):
+    mib = 256 if args.quick else 1024
+    calls = 64
+    ppe_calls = 8 if args.quick else calls
+    repeat = 2
+    arr = np.arange(mib * (1 << 20) // 8, dtype=np.float64)
+    expected = [w.part(arr, i) for i in range(calls)]
+    rows = []
+
+    def check(values):
+        if list(values) != expected:
+            raise RuntimeError("H: wrong results")
+
+    def timed(label, how, setup, body, teardown, repeat=repeat, count=calls):
+        """The best of ``repeat`` runs of ``body(state)``, each on fresh workers."""
+        times = []
+        for _ in range(repeat):
+            state = setup()
+            try:
+                t = time.perf_counter()
+                body(state)
+                times.append(time.perf_counter() - t)
+            finally:
+                teardown(state)
+                gc.collect()
+        seconds = min(times) * calls / count
+        rows.append((label, how, seconds, count))
+        print(f"measured {label}: {how}", flush=True)
+        return seconds
+
+    def pydron_up():
+        pydron.shutdown()
+        pydron.configure(conf)
+        ex = pydron.Executor()
+        ex.submit(w.noop, 0).result()              # the workers are up
+        return ex
+
+    def pydron_down(ex):
+        ex.shutdown()
+        pydron.shutdown()
+
+    share = _shared_function()
+    mine = None
+    if share is None:
+        print("(pydron.shared does not exist in this tree: its rows are left out)")
+    else:
+        def by_submit(ex):
+            handle = share(arr)
+            check([f.result() for f in [ex.submit(w.part, handle, i) for i in range(calls)]])
+
+        def by_map(ex):
+            handle = share(arr)
+            check(pydron.map(functools.partial(w.part, handle), range(calls), executor=ex))
+
+        mine = timed("Pydron", "pydron.shared(arr) to 64 Executor.submit", pydron_up,
+                     by_submit, pydron_down)
+        mine_map = timed("Pydron", "pydron.shared(arr) to pydron.map (64 items)", pydron_up,
+                         by_map, pydron_down)
+        mine = min(mine, mine_map)
+
+    def by_argument(ex):
+        check([f.result() for f in [ex.submit(w.part, arr, i) for i in range(calls)]])
+
+    argument = timed("Pydron", "arr itself as the argument of 64 Executor.submit",
+                     pydron_up, by_argument, pydron_down)
+    if mine is None:
+        mine = argument
+
+    joblib_time = None
+    if _have("joblib", "joblib"):
+        import joblib
+        from joblib.externals.loky import get_reusable_executor
+
+        def joblib_up():
+            joblib.Parallel(n_jobs=WORKERS, backend="loky")(
+                joblib.delayed(w.noop)(i) for i in range(4))
+
+        def joblib_body(_):
+            check(joblib.Parallel(n_jobs=WORKERS, backend="loky", max_nbytes="1M")(
+                joblib.delayed(w.part)(arr, i) for i in range(calls)))
+
+        joblib_time = timed("joblib", 'Parallel(n_jobs=2, backend="loky", max_nbytes="1M"),'
+                            " memmapped", joblib_up, joblib_body,
+                            lambda _: get_reusable_executor().shutdown(wait=True))
+
+    def ppe_up():
+        ex = concurrent.futures.ProcessPoolExecutor(WORKERS)
+        ex.submit(w.noop, 0).result()
+        return ex
+
+    def ppe_body(ex):
+        values = [f.result() for f in [ex.submit(w.part, arr, i) for i in range(ppe_calls)]]
+        if values != expected[:ppe_calls]:
+            raise RuntimeError("H: wrong results")
+
+    how = "arr as the argument of each submit"
+    if ppe_calls < calls:
+        how += f" ({ppe_calls} calls timed, x{calls // ppe_calls}: --quick)"
+    timed("ProcessPoolExecutor", how, ppe_up, ppe_body, lambda ex: ex.shutdown(),
+          repeat=1, count=ppe_calls)
+    arr = expected = None          # free the array before the next section
+    gc.collect()
+
+    print(f"\nH: one numpy array of {mib:,} MiB ({mib * (1 << 20) / 1e9:.2f} GB, float64) "
+          f"used by {calls} calls (each sums every 4096th element of its 1/64 slice); "
+          f"{WORKERS} workers each, started before the clock; the time includes sharing "
+          f"or dumping the array; best of {repeat} (of 1 for ProcessPoolExecutor); "
+          f"{_machine()}")
+    print("\n| system | how | seconds for 64 calls | Pydron's ratio |")
+    print("|---|---|---|---|")
+    for label, how, seconds, _ in rows:
+        print(f"| {label} | {how} | {seconds:.2f} | {seconds / mine:.2f}x |")
+    print(flush=True)
+    if joblib_time is not None:
+        _ask("H (Pydron's time <= joblib's)", f"{mine:.2f} s vs {joblib_time:.2f} s, "
+             f"{joblib_time / mine:.2f}x", "1.00x or more", mine <= joblib_time)
+
+
+_MEMORY = {
+    "pydron.map": """
+        import resource, pydron, workloads
+        if __name__ == "__main__":
+            pydron.configure({conf!r})
+            base = hwm()
+            total = sum(pydron.map(workloads.noop, (i for i in range({n}))))
+    """,
+    "multiprocessing.Pool.imap": """
+        import multiprocessing, resource, workloads
+        if __name__ == "__main__":
+            base = hwm()
+            with multiprocessing.Pool({workers}) as pool:
+                total = sum(pool.imap(workloads.noop, (i for i in range({n})), chunksize=1000))
+    """,
+    "ProcessPoolExecutor.map": """
+        import concurrent.futures, resource, workloads
+        if __name__ == "__main__":
+            base = hwm()
+            with concurrent.futures.ProcessPoolExecutor({workers}) as ex:
+                total = sum(ex.map(workloads.noop, (i for i in range({n})), chunksize=1000))
+    """,
+}
+_MEMORY_START = """
+        def hwm():
+            # The peak RSS of this process's own memory, in kB. getrusage's ru_maxrss
+            # would do on a process of its own, but Linux carries the high-water mark
+            # across exec: a subprocess of a large benchmark process starts with its
+            # parent's peak. Both are printed; VmHWM is the figure.
+            with open("/proc/self/status") as f:
+                return int(next(x for x in f if x.startswith("VmHWM:")).split()[1])
+"""
+_MEMORY_END = """
+            assert total == {n} * ({n} - 1) // 2, total
+            print(base, hwm(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def section_i(conf, args):
+    n = 10_000_000
+    rows = []
+    for name, count, how in (
+            ("pydron.map", n, 'chunksize "auto"'),
+            ("multiprocessing.Pool.imap", n, "chunksize=1000"),
+            ("ProcessPoolExecutor.map", 1_000_000,
+             "chunksize=1000; 1,000,000 items, not 10,000,000: it submits every chunk "
+             "before the first result")):
+        code = (textwrap.dedent(_MEMORY_START) + textwrap.dedent(_MEMORY[name])
+                + textwrap.dedent(_MEMORY_END)[1:])
+        code = code.format(conf=conf, n=count, workers=WORKERS)
+        path = os.path.join(HERE, "_memory_peers.py")
+        with open(path, "w") as fh:
+            fh.write(textwrap.dedent(code))
+        try:
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, path], capture_output=True, text=True,
+                                 cwd=HERE, timeout=900)
+            seconds = time.perf_counter() - t
+        finally:
+            os.unlink(path)
+        try:
+            base, peak, rusage = (int(x) / 1024 for x in out.stdout.split())
+        except ValueError:
+            raise RuntimeError(f"I, {name}: {out.stdout} {out.stderr}") from None
+        rows.append((name, how, count, base, peak, rusage, seconds))
+        print(f"measured {name}", flush=True)
+    print(f"\nI: sum(map(noop, (i for i in range(N)))) in a fresh process, {WORKERS} workers; "
+          f"the caller's peak RSS (VmHWM; getrusage's ru_maxrss also shown: on Linux it "
+          f"includes the high-water mark of the process that started it, this script), "
+          f"and its peak before the map (after the imports); {_machine()}")
+    print("\n| system | how | N | MB before the map | peak MB | ru_maxrss MB | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for name, how, count, base, peak, rusage, seconds in rows:
+        print(f"| {name} | {how} | {count:,} | {base:.0f} | {peak:.0f} | {rusage:.0f} | "
+              f"{seconds:.1f} |")
+    print(flush=True)
+    _ask("I (pydron.map's caller peak under 200 MB)", f"{rows[0][4]:.0f} MB",
+         "under 200 MB", rows[0][4] < 200)
+
+
+def abcde(conf, args, sections):
+    """Workloads A-E: every peer, then Pydron; one table of the selected rows."""
+    arrays = [np.full(10 * 1024 * 1024 // 8, float(i)) for i in range(20)] \
+        if "D" in sections else []
+    serial_c = 0.0
+    if "C" in sections:
+        args.rounds = w.rounds_for(args.cpu_seconds)
+        serial_c = best(lambda: [w.spin(args.rounds) for _ in range(args.cpu_calls)],
+                        args.repeat)
 
     results: dict[str, dict[str, float]] = {}
     for cls in _peers():
         peer = cls()
+        r = results[cls.name] = {}
         try:
             peer.gather([peer.submit(w.inc, i) for i in range(10)])      # warm up
-            results[cls.name] = {
-                "A": a_peer(peer, args.calls, args.repeat),
-                "B": b_peer(peer, args.links, args.repeat),
-                "C": serial_c / c_peer(peer, args.cpu_calls, args.rounds, args.repeat),
-                "D": d_peer(peer, arrays, args.repeat),
-            }
+            if "A" in sections:
+                r["A"] = a_peer(peer, args.calls, args.repeat)
+            if "B" in sections:
+                r["B"] = b_peer(peer, args.links, args.repeat)
+            if "C" in sections:
+                r["C"] = serial_c / c_peer(peer, args.cpu_calls, args.rounds, args.repeat)
+            if "D" in sections:
+                r["D"] = d_peer(peer, arrays, args.repeat)
         finally:
             peer.close()
-        results[cls.name]["E"] = e_fresh(cls.name, conf, args.repeat)
+        if "E" in sections:
+            r["E"] = e_fresh(cls.name, conf, args.repeat)
         print(f"measured {cls.name}", flush=True)
-    results["Pydron"] = pydron_figures(conf, args, arrays, serial_c)
+    results["Pydron"] = pydron_figures(conf, args, arrays, serial_c, sections)
+    del arrays
 
     rows = [("A", "no-op calls/s", True), ("B", "us per chained call", False),
             ("C", "speed-up, 32 x 50 ms CPU", True), ("D", "MB/s, 10 MB arrays", True),
@@ -268,6 +683,8 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for key, label, higher in rows:
+        if key not in sections:
+            continue
         mine = results["Pydron"][key]
         cells = [f"{key}: {label}", _fmt(mine)] + [_fmt(results[p][key]) for p in peers]
         for p in peers:
@@ -276,8 +693,46 @@ def main() -> None:
             cells.append(f"{ratio:.2f}x")
         print("| " + " | ".join(cells) + " |")
     print(f"\n{WORKERS} workers each; Pydron pool: {args.pydron_pool}; best of {args.repeat}; "
-          f"python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')}. Ratios: >1 means Pydron is better.")
+          f"{_machine()}. Ratios: >1 means Pydron is better.", flush=True)
+
+
+SECTIONS = "ABCDEFGHI"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pydron-pool", default="multicore",
+                        help="Pydron worker type to measure in A-E (default: multicore)")
+    parser.add_argument("--only", default=SECTIONS,
+                        help="the workloads to run, e.g. F,G (default: all, A-I)")
+    args = parser.parse_args()
+    sections = {x.strip().upper() for x in args.only.split(",") if x.strip()}
+    if len(sections) == 1 and len(next(iter(sections))) > 1:     # --only FGHI
+        sections = set(next(iter(sections)))
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown workloads {','.join(sorted(unknown))} "
+                     f"(choose from {','.join(SECTIONS)})")
+    args.repeat = 2 if args.quick else 3
+    args.calls, args.links = 5000, 200
+    args.cpu_calls, args.cpu_seconds = 32, 0.05
+    conf = {"workers": [{"type": args.pydron_pool,
+                         ("cores" if args.pydron_pool == "multicore" else "count"): WORKERS}]}
+    multicore = {"workers": [{"type": "multicore", "cores": WORKERS}]}
+    print(f"workloads {','.join(sorted(sections))}; {_machine()}", flush=True)
+    if sections & set("ABCDE"):
+        abcde(conf, args, sections)
+    for key, run in (("F", section_f), ("G", section_g), ("H", section_h),
+                     ("I", section_i)):
+        if key in sections:
+            print(f"\n## {key}", flush=True)
+            run(multicore, args)
+
+
+def _machine() -> str:
+    return (f"python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+            f"{time.strftime('%Y-%m-%d %H:%M')}")
 
 
 def _fmt(x: float) -> str:

@@ -1,4 +1,5 @@
 """The functions every system in benchmarks/peers.py runs (importable by all workers)."""
+import functools
 import time
 
 import pydron
@@ -65,3 +66,35 @@ def spins(n, rounds):
 @pydron.schedule
 def checksums(arrays):
     return [checksum(a) for a in arrays]
+
+
+# --------------------------------------------------------------------------- explicit API (F-I)
+
+@pydron.functional
+def busy(x, rounds):
+    """spin(rounds), then ``x``: a per-item function of fixed CPU cost (workload F)."""
+    total = 0
+    for i in range(rounds):
+        total += i * i % 7
+    return x
+
+
+def busy_rounds_for(seconds, calls=20_000):
+    """How many busy() rounds make one call take about ``seconds`` (call overhead
+    included), measured over ``calls`` calls in a loop."""
+    rounds = 50
+    for _ in range(4):
+        fn = functools.partial(busy, rounds=rounds)    # as workload F calls it
+        t = time.perf_counter()
+        for i in range(calls):
+            fn(i)
+        per_call = (time.perf_counter() - t) / calls
+        rounds = max(1, round(rounds * seconds / per_call))
+    return rounds
+
+
+@pydron.functional
+def part(array, i, parts=64):
+    """A cheap reduction of the i-th of ``parts`` slices of a large 1-D array (H)."""
+    step = len(array) // parts
+    return float(array[i * step:(i + 1) * step:4096].sum())
