@@ -324,13 +324,29 @@ def test_an_object_the_master_lacks_fails_the_call_naming_it(make_pool):
     assert time.monotonic() - start < 20  # answered, not waited out
 
 
-def test_a_fresh_copy_per_call_for_automatic_sharing(make_pool):
+def peek(arr):
+    return float(arr[0])
+
+
+def test_automatic_sharing_gives_each_call_its_own_object(make_pool):
     pool = make_pool(1)
     arr = np.zeros(2 * MB // 8)
-    values = run_all(pool, [(bump_in_place, (arr,), {})] * 4)
-    assert values == [(True, 1.0)] * 4  # no call sees another's change
-    assert pool.shared_sent == 1  # but the array travelled once
+    calls = [peek, peek, bump_in_place, peek, bump_in_place, bump_in_place, peek]
+    values = [run_one(pool, fn, arr) for fn in calls]  # one at a time, in this order
+    assert values == [0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]  # no call sees another's change
+    # Sent once, and again after each call that changed it (the worker dropped it).
+    assert pool.shared_sent == 4
     assert arr[0] == 0
+
+
+def test_automatic_sharing_can_be_turned_off(make_pool):
+    pool = make_pool(1, auto_share=None)
+    arr = np.zeros(2 * MB // 8)
+    values = run_all(pool, [(first, (arr,), {})] * 3)
+    assert [(ok, v[1:]) for ok, v in values] == [(True, (0, 0.0))] * 3  # no fetch
+    assert pool.shared_sent == 0
+    with pytest.raises(ValueError, match="auto_share"):
+        make_pool(1, auto_share=0)
 
 
 def test_small_arguments_are_not_shared(make_pool):

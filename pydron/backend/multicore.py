@@ -205,7 +205,11 @@ class MulticorePool(Pool):
     the bytes of arguments waiting on one worker behind the call it runs (a large
     argument passed to many short calls must not pile up copies of itself on every
     worker); the in-band pickle of one call's arguments or result must fit in
-    ``max_frame``.
+    ``max_frame``. ``shared_cache`` bounds the bytes of shared objects each worker keeps
+    (None: the configuration's ``"shared_cache"``). ``auto_share``: an argument whose
+    pickle has at least this many bytes (default ``AUTO_SHARE_MIN``, 1 MiB) travels to
+    each worker once, as if passed with ``shared()``; None: never (for tests of the
+    plain path).
     """
 
     def __init__(self, cores: int, *, max_retries: int = 3, heartbeat: float = 1.0,
@@ -214,7 +218,8 @@ class MulticorePool(Pool):
                  master_timeout: float = MASTER_TIMEOUT,
                  prefetch_bytes: int = PREFETCH_BYTES, call_timeout: float | None = None,
                  respawns_per_minute: int | None = None,
-                 shared_cache: int | None = None) -> None:
+                 shared_cache: int | None = None,
+                 auto_share: int | None = sharing.AUTO_SHARE_MIN) -> None:
         if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
             raise ValueError(f"MulticorePool needs an integer cores >= 1, got {cores!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or \
@@ -263,6 +268,11 @@ class MulticorePool(Pool):
             raise ValueError(f"shared_cache must be an integer >= 0 (bytes), got "
                              f"{shared_cache!r}")
         self.shared_cache = shared_cache
+        if auto_share is not None and (isinstance(auto_share, bool) or
+                                       not isinstance(auto_share, int) or auto_share < 1):
+            raise ValueError(f"auto_share must be an integer >= 1 (bytes) or None, got "
+                             f"{auto_share!r}")
+        self.auto_share = auto_share
         self.secret = wire.new_secret()
 
         # Shared between the callers' threads and the reactor thread, under _lock.
@@ -341,8 +351,10 @@ class MulticorePool(Pool):
                     f"frame limit of {self.max_frame} bytes; "
                     f"{wire.frame_advice(len(blob) + len(fn_blob))}",
                     item="the arguments", value_type="tuple")
-            if raw or len(blob) >= sharing.AUTO_SHARE_MIN:  # else small: no more to do
-                shared = _auto_share(fn, args, kwargs, len(blob) + sum(b.nbytes for b in raw))
+            least = self.auto_share
+            if least is not None and (raw or len(blob) >= least):  # else: nothing to share
+                shared = _auto_share(fn, args, kwargs, len(blob) + sum(b.nbytes for b in raw),
+                                     least)
                 if shared is not None:
                     blob, raw = shared
         # The buffers are views of the arguments' own memory, sent from there: no copy.
@@ -1110,25 +1122,25 @@ def _configured_shared_cache() -> int:
     return sharing.DEFAULT_CACHE if value is None else value
 
 
-def _auto_share(fn: Callable[..., Any], args: tuple, kwargs: dict, total: int
+def _auto_share(fn: Callable[..., Any], args: tuple, kwargs: dict, total: int, least: int
                 ) -> tuple[bytes, list[memoryview]] | None:
     """The arguments pickled again with each large top-level one (its pickle at least
-    ``AUTO_SHARE_MIN`` bytes) replaced by a content-hashed handle, so that it travels to
-    each worker once; None if none is large (or the call's pickle is not).
+    ``least`` bytes) replaced by a content-hashed handle, so that it travels to each
+    worker once; None if none is large (or the call's pickle is not).
 
     The content is hashed every time: the caller may have changed an object in place
     between calls, so knowing it by identity would not be enough."""
-    if total < sharing.AUTO_SHARE_MIN:
+    if total < least:
         return None
-    new_args = [_share_large(value) for value in args]
-    new_kwargs = {key: _share_large(value) for key, value in kwargs.items()}
+    new_args = [_share_large(value, least) for value in args]
+    new_kwargs = {key: _share_large(value, least) for key, value in kwargs.items()}
     if all(a is b for a, b in zip(new_args, args)) and \
             all(new_kwargs[k] is v for k, v in kwargs.items()):
         return None
     return dumps_args(fn, tuple(new_args), new_kwargs)
 
 
-def _share_large(value: Any) -> Any:
+def _share_large(value: Any, least: int) -> Any:
     """A fresh handle for ``value`` if its pickle is large, else ``value`` itself."""
     if type(value) in _SMALL or isinstance(value, sharing.Shared):
         return value
@@ -1136,7 +1148,7 @@ def _share_large(value: Any) -> Any:
         blob, buffers = dumps_value(value)
     except Exception:
         return value  # it pickled as part of the whole; leave it there
-    if len(blob) + sum(b.nbytes for b in buffers) < sharing.AUTO_SHARE_MIN:
+    if len(blob) + sum(b.nbytes for b in buffers) < least:
         return value
     return sharing.auto_share(blob, buffers, type_name(value))
 

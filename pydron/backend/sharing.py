@@ -25,7 +25,13 @@ can make the caller pickle chosen data can make it run chosen code anyway).
 A process pool also shares, without any handle, every argument whose pickle is at least
 :data:`AUTO_SHARE_MIN` bytes (:func:`auto_share`): calibrate(frame, dark, flat) in a loop
 sends dark and flat to each worker once. Those handles are *fresh*: each call gets its
-own copy, rebuilt from the worker's cached bytes, exactly as without sharing. An explicit
+own object, rebuilt from the worker's cached bytes, as without sharing. Its large buffers
+(a numpy array's data) are the cached bytes themselves, not a copy (a copy per call would
+double a worker's memory for the largest arguments, and copying is no faster than
+checking): after the call the worker checks them (CRC-32, 4 GB/s here) and drops from its
+cache an object the call changed in place, so the next call fetches it afresh. (A change
+that keeps the CRC-32 would go unnoticed: odds of 2**-32 for a call that breaks the rule
+that functional calls do not change their arguments anyway.) An explicit
 ``shared()`` object is unpickled once per worker and the same object is passed to every
 call there: a function must not change it in place (later calls on that worker would
 see the change; the caller's object and other workers' copies would not).
@@ -37,6 +43,7 @@ import hashlib
 import pickle
 import threading
 import weakref
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -304,7 +311,8 @@ class SharedCache:
 
     The entry just added is never evicted, so an object larger than the limit still
     works (alone). Objects from explicit handles are unpickled once and kept; fresh ones
-    (automatic sharing) are kept as bytes and rebuilt for each call.
+    (automatic sharing) are kept as bytes and rebuilt for each call over the cached
+    buffers, which :meth:`settle` checks after the call (see the module docstring).
     """
 
     def __init__(self, limit: int, ask: Callable[[bytes], tuple[bytes, list[Any]] | str]
@@ -312,9 +320,10 @@ class SharedCache:
         self.limit = limit
         self.ask = ask
         self.size = 0
-        # digest -> [blob, buffers, object or None, bytes]
+        # digest -> [blob, buffers, object or None, bytes, CRC-32 of each buffer]
         self._items: collections.OrderedDict[bytes, list[Any]] = collections.OrderedDict()
         self._lock = threading.RLock()  # a shared object may hold handles itself
+        self._lent: dict[bytes, list[Any]] = {}  # fresh items over whose buffers a call runs
 
     def __len__(self) -> int:
         return len(self._items)
@@ -330,9 +339,11 @@ class SharedCache:
                 item = self._add(digest, label)
             else:
                 self._items.move_to_end(digest)
-            blob, buffers, obj, _ = item
+            blob, buffers, obj = item[:3]
             if fresh:
-                return pickle.loads(blob, buffers=_copies(buffers))
+                if buffers:
+                    self._lent[digest] = item
+                return pickle.loads(blob, buffers=buffers)
             if obj is None:
                 obj = item[2] = pickle.loads(blob, buffers=buffers)
             return obj
@@ -346,10 +357,25 @@ class SharedCache:
         blob, buffers = answer
         _fetches += 1
         size = len(blob) + sum(memoryview(b).nbytes for b in buffers)
-        item = [blob, buffers, None, size]
+        item = [blob, buffers, None, size, [zlib.crc32(b) for b in buffers]]
         self._items[digest] = item
         self.size += size
         while self.size > self.limit and len(self._items) > 1:
             _, old = self._items.popitem(last=False)
             self.size -= old[3]
         return item
+
+    def settle(self) -> list[bytes]:
+        """After a call: drop each fresh object whose buffers the call changed in place
+        (its next user fetches it again); the digests dropped."""
+        with self._lock:
+            lent, self._lent = self._lent, {}
+            dropped = []
+            for digest, item in lent.items():
+                if [zlib.crc32(b) for b in item[1]] == item[4]:
+                    continue
+                dropped.append(digest)
+                if self._items.get(digest) is item:
+                    del self._items[digest]
+                    self.size -= item[3]
+            return dropped

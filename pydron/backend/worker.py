@@ -347,8 +347,9 @@ class Worker:
                 _flush_streams()
                 with self.state_lock:
                     self.current = None
-                self.send(pieces)
+                self.send(pieces)  # before settling: a result may be a view of a buffer
                 del task, pieces
+                self.shared.settle()  # a shared argument the call changed is fetched anew
 
     def _run(self, call_id: int, entry: list[Any] | None, args_blob: bytes,
              buffers: list[Any]) -> list[bytes | memoryview]:
