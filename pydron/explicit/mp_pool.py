@@ -678,8 +678,10 @@ class Pool:
             jobs = list(self._cache)
         for job in jobs:
             job._terminate()
-        self._dispatcher.stop_all()
+        # Refuse new calls first: a map's thread may still top up its window or re-send
+        # a failed chunk's items, and those must not start after the calls are stopped.
         self._dispatcher.shutdown(wait=False, cancel_futures=True)
+        self._dispatcher.stop_all()
 
     def join(self) -> None:
         """Wait for every result (and its callback) and for this pool's own workers to
