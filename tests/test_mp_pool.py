@@ -8,11 +8,14 @@ master); waits inside them poll a "gate" file the test creates, never a fixed ti
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -25,6 +28,7 @@ from pydron.explicit.mp_pool import Pool, PoolTerminatedError
 from waiting import runs, wait_for, wait_gone
 
 TIMEOUT = 60
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFS = {
     "threads": {"workers": [{"type": "threads", "count": 4}]},
@@ -99,6 +103,18 @@ def nap_and_record(path, x):
         f.write(f"{os.getpid()}\n")
     time.sleep(0.03)
     return x * x
+
+
+def nested_map(n):
+    """A Pool made inside a worker: its calls run right there, one after the other."""
+    from pydron.explicit.mp_pool import Pool as InnerPool
+    inner = InnerPool()
+    try:
+        return inner.map(square, range(n)), sorted(inner.imap_unordered(square, range(n))), \
+            inner.apply(add, (n, 1))
+    finally:
+        inner.close()
+        inner.join()
 
 
 def raises_base(x):
@@ -205,6 +221,13 @@ def test_single_calls_equal_multiprocessing(make, mp):
     value = pool.apply(gives_exception, (4,))
     assert type(value) is ValueError and value.args == (4,)
     assert [v.args for v in pool.map(gives_exception, range(3))] == [(0,), (1,), (2,)]
+
+
+def test_a_pool_inside_a_worker_runs_its_calls_there(make):
+    pool = make()
+    squares = [i * i for i in range(5)]
+    assert pool.apply(nested_map, (5,)) == (squares, squares, 6)
+    assert pool.map(nested_map, [2, 3]) == [([0, 1], [0, 1], 3), ([0, 1, 4], [0, 1, 4], 4)]
 
 
 # ------------------------------------------------------------------------------ exceptions
@@ -559,6 +582,53 @@ def test_imap_reads_its_inputs_lazily(make, ordered):
     assert produced[0] - 300 <= bound
     iterator.next(TIMEOUT)
     assert produced[0] - 301 <= bound
+
+
+def test_an_imap_dropped_unconsumed_stops_reading(make):
+    pool = make()
+    produced = [0]
+
+    def endless():
+        for i in itertools.count():
+            produced[0] += 1
+            yield i
+
+    iterator = pool.imap(square, endless())
+    assert [iterator.next(TIMEOUT) for _ in range(5)] == [0, 1, 4, 9, 16]
+    del iterator
+    gc.collect()
+    wait_for(lambda: not pool._cache, TIMEOUT, "the map to stop")
+    wait_for(lambda: pool._dispatcher.in_flight() == 0, TIMEOUT, "its calls to end")
+    stopped_at = produced[0]
+    assert pool.map(square, range(3)) == [0, 1, 4]
+    assert produced[0] == stopped_at
+
+
+SCRIPT = """
+import os
+from pydron.explicit.mp_pool import Pool
+def f(x):
+    return x * x, os.getpid()
+if __name__ == "__main__":
+    with Pool(2) as p:
+        out = p.map(f, range(20))
+    print(" ".join(str(pid) for pid in sorted({pid for _, pid in out})))
+    print([v for v, _ in out] == [x * x for x in range(20)])
+"""
+
+
+def test_a_multiprocessing_script_runs_and_exits(kind, tmp_path):
+    if kind != "processes":
+        pytest.skip("once")
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=TIMEOUT, env=env, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    pids, same = done.stdout.split("\n")[:2]
+    assert same == "True"
+    assert wait_gone([int(p) for p in pids.split()]) == []
 
 
 # ---------------------------------------------------------------------- a worker killed
