@@ -105,7 +105,7 @@ def lookup(digest: bytes) -> _Entry | None:
 def _digest(blob: bytes, buffers: list[Any]) -> bytes:
     hasher = hashlib.sha1(blob)
     for buffer in buffers:
-        hasher.update(len(memoryview(buffer)).to_bytes(8, "big"))
+        hasher.update(memoryview(buffer).nbytes.to_bytes(8, "big"))
         hasher.update(buffer)
     return hasher.digest()
 
@@ -141,7 +141,7 @@ class Shared:
         self.digest = entry.digest
         self.nbytes = entry.nbytes
         self.label = entry.label
-        self.fresh = fresh  # each call gets its own copy (automatic sharing)
+        self.fresh = fresh  # each call gets its own object (automatic sharing)
         self._entry = entry
 
     def __eq__(self, other: object) -> bool:
