@@ -117,6 +117,11 @@ def nested_map(n):
         inner.join()
 
 
+def lock_at_4(x):
+    """A result that cannot be pickled for item 4."""
+    return threading.Lock() if x == 4 else x
+
+
 def raises_base(x):
     if x == 2:
         raise SystemExit(x)
@@ -290,6 +295,19 @@ def test_a_base_exception_of_an_item_is_its_outcome(make):
     assert outcomes(pool.imap(raises_base, range(4))) == [0, 1, ("raised", SystemExit, (2,)),
                                                           3]
     assert pool.map(square, range(3)) == [0, 1, 4]   # the pool goes on
+
+
+def test_an_item_whose_call_cannot_run_ends_its_map_at_its_position(make, kind):
+    if not processes(kind):
+        pytest.skip("nothing is pickled on the threads pool")
+    from pydron.errors import SerializationError
+    pool = make()
+    seen = outcomes(pool.imap(lock_at_4, range(8), 3))
+    assert seen[:4] == [0, 1, 2, 3] and len(seen) == 5
+    assert seen[4][:2] == ("raised", SerializationError) and "_thread.lock" in seen[4][2][0]
+    with pytest.raises(SerializationError):
+        pool.map(lock_at_4, range(8))
+    assert pool.map(lock_at_4, [1, 2]) == [1, 2]
 
 
 # ------------------------------------------------------------------------------- callbacks

@@ -14,8 +14,9 @@ Which pool it uses:
 Every method has ``multiprocessing.Pool``'s signature, and its semantics except where
 this list says otherwise (each difference is deliberate):
 
-* ``map``/``map_async``/``starmap``/``starmap_async``: the inputs are read in the caller
-  (a list is made of an iterable without ``len``, as multiprocessing does). Every item
+* ``map``/``map_async``/``starmap``/``starmap_async``: an iterable without ``len`` is
+  made a list in the caller, as multiprocessing does (so its exceptions are raised by the
+  call itself); the items are then read in a thread of the pool. Every item
   runs, and the result is ready once every item is done, as in multiprocessing; if items
   raised, the one raised is the *first failing item in input order* (multiprocessing: the
   first failing chunk to arrive), with its own type, args, attributes, ``__cause__`` and
