@@ -11,7 +11,9 @@ from pydron.api import PydronWarning, schedule
 from pydron.backend import configure, shutdown
 from pydron.errors import (CallTimeoutError, ConfigError, PydronError, RemoteError,
                            SerializationError, TranslationError, WorkerLostError)
-from pydron.explicit import Executor, map, map_reduce, reduce
+from pydron.backend.sharing import Shared, shared
+from pydron.explicit import Executor, map, map_reduce, reduce  # noqa: F401 (see __all__)
+from pydron.explicit.mp_pool import Pool
 from pydron.purity import functional
 
 __version__ = "0.1.0"
@@ -35,7 +37,7 @@ __all__ = [
     "schedule", "functional", "explain", "graph", "configure", "shutdown",
     # map and reduce are left out on purpose: `from pydron import *` must not replace the
     # builtins of the same names. They are pydron.map and pydron.reduce.
-    "Executor", "map_reduce", "wait", "as_completed",
+    "Executor", "map_reduce", "wait", "as_completed", "shared", "Shared", "Pool",
     "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
     "PydronError", "TranslationError", "ConfigError", "WorkerLostError", "SerializationError",
     "RemoteError", "CallTimeoutError",

@@ -3,5 +3,6 @@ instead of decorating a function (DESIGN.md section 10). Every face here runs it
 through :mod:`pydron.explicit.dispatch`, on the same pools as ``@schedule``."""
 from pydron.explicit.executor import Executor
 from pydron.explicit.mapping import map, map_reduce, reduce
+from pydron.explicit.mp_pool import Pool
 
-__all__ = ["Executor", "map", "reduce", "map_reduce"]
+__all__ = ["Executor", "map", "reduce", "map_reduce", "Pool"]
