@@ -189,6 +189,7 @@ class Dispatcher:
         self._idle = threading.Condition(self._lock)
         self._pending: collections.deque[_Work] = collections.deque()
         self._running: dict[cf.Future, _Work] = {}
+        self._delivering = 0      # outcomes claimed whose futures' callbacks still run
         self._feeding = False
         self._closed = False
         self._broken: cf.BrokenExecutor | None = None
@@ -301,34 +302,47 @@ class Dispatcher:
                 return False
             work.settled = True
             self._running.pop(work.future, None)
+            self._delivering += 1   # shutdown(wait=True) waits for the callbacks too
             if work.started:
                 took = time.monotonic() - work.started
                 old = self._turnaround
                 self._turnaround = took if old is None else 0.9 * old + 0.1 * took
-            idle = not self._running and not self._pending
-        pool, work.pool, work.handle = work.pool, None, None
-        if pool is not None:
-            self.source.release(pool)
-        broken = not ok and isinstance(value, InitializerFailed)
-        depth = getattr(_delivering, "depth", 0)
-        _delivering.depth = depth + 1
+        # Let go of everything the call held: the work stays referenced (by a pending
+        # timeout, by the pool's call) after its future has been dropped.
+        future, work.future = work.future, None  # type: ignore[assignment]
+        pool, work.pool, work.handle, work.origin = work.pool, None, None, None
         try:
-            if ok:
-                work.future.set_result(value)
-            elif broken:
-                self._break(work, value)
-            else:
-                work.future.set_exception(value)
+            if pool is not None:
+                self.source.release(pool)
+            broken = not ok and isinstance(value, InitializerFailed)
+            depth = getattr(_delivering, "depth", 0)
+            _delivering.depth = depth + 1
+            try:
+                if ok:
+                    future.set_result(value)
+                elif broken:
+                    self._break(future, value)
+                else:
+                    future.set_exception(value)
+            finally:
+                _delivering.depth = depth
+                del value, future
         finally:
-            _delivering.depth = depth
-            del value
-        if idle:
             with self._lock:
-                self._idle.notify_all()
+                self._delivering -= 1
         self._feed()
+        self._notify_if_idle()
         return True
 
-    def _break(self, work: _Work, failure: InitializerFailed) -> None:
+    def _is_idle(self) -> bool:
+        return not self._running and not self._pending and not self._delivering
+
+    def _notify_if_idle(self) -> None:
+        with self._lock:
+            if self._is_idle():
+                self._idle.notify_all()
+
+    def _break(self, future: cf.Future, failure: InitializerFailed) -> None:
         """The initializer failed on a worker: every queued call fails with
         BrokenExecutor, and so does every later submit (as the standard executors do)."""
         error = cf.BrokenExecutor(f"a worker's initializer failed, so this executor is "
@@ -339,7 +353,7 @@ class Dispatcher:
                 self._broken = error
             dropped = list(self._pending)
             self._pending.clear()
-        work.future.set_exception(error)
+        future.set_exception(error)
         for other in dropped:
             if other.future.set_running_or_notify_cancel():
                 other.future.set_exception(error)
@@ -430,6 +444,7 @@ class Dispatcher:
         for work in dropped:
             if work.future.cancel():
                 count += 1
+        self._notify_if_idle()
         return count
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
@@ -444,7 +459,7 @@ class Dispatcher:
         self._feed()
         if wait and not in_delivery():
             with self._lock:
-                while self._running or self._pending:
+                while not self._is_idle():
                     self._idle.wait()
             self.source.close(wait=True)
         else:
@@ -453,6 +468,6 @@ class Dispatcher:
 
     def _close_when_idle(self) -> None:
         with self._lock:
-            while self._running or self._pending:
+            while not self._is_idle():
                 self._idle.wait()
         self.source.close(wait=False)

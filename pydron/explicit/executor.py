@@ -19,10 +19,13 @@ other in that worker: no pool inside a pool.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import dataclasses
 import os
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -98,6 +101,7 @@ class Executor(cf.Executor):
             init = Initializer(uuid.uuid4().hex, initializer, tuple(initargs))
         self._dispatcher = Dispatcher(source, init, call_timeout)
         self._max_workers = max_workers
+        _wait_at_exit_for(self._dispatcher)
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -106,6 +110,8 @@ class Executor(cf.Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
         """Schedule ``fn(*args, **kwargs)``; its Future. RuntimeError after shutdown."""
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         return self._dispatcher.submit(fn, args, kwargs)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
@@ -127,6 +133,44 @@ class Executor(cf.Executor):
         until every call is done and the pool this executor owns has stopped. From inside
         a future's callback it does not block (it could be waiting for itself)."""
         self._dispatcher.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+# -- interpreter exit ---------------------------------------------------------------------
+# "Regardless of the value of wait, the entire Python program will not exit until all
+# pending futures are done executing" (the concurrent.futures documentation): as the
+# standard executors do, a hook that threading runs at interpreter exit, before the atexit
+# handlers (which stop the process-wide pool), shuts every live executor down and waits
+# for its calls, queued ones included. A second Ctrl-C interrupts that wait.
+_live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+_exit_lock = threading.Lock()
+_exiting = False
+_hooked = False
+
+
+def _wait_at_exit_for(dispatcher: Dispatcher) -> None:
+    global _hooked
+    with _exit_lock:
+        if _exiting:
+            raise RuntimeError("cannot create an executor after interpreter shutdown")
+        if not _hooked:
+            register = getattr(threading, "_register_atexit", None)
+            try:
+                if register is None:
+                    raise RuntimeError
+                register(_wait_for_executors)
+            except RuntimeError:   # threading is shutting down already, or no hook
+                atexit.register(_wait_for_executors)
+            _hooked = True
+        _live.add(dispatcher)
+
+
+def _wait_for_executors() -> None:
+    global _exiting
+    with _exit_lock:
+        _exiting = True
+        dispatchers = list(_live)
+    for dispatcher in dispatchers:
+        dispatcher.shutdown(wait=True)
 
 
 _default: Dispatcher | None = None
