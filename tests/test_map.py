@@ -393,3 +393,31 @@ def test_call_timeout_stops_one_item_and_the_map_goes_on():
 def nap(seconds):
     time.sleep(seconds)
     return seconds
+
+
+def broken_source(n):
+    yield from range(n)
+    raise LookupError("the input broke")
+
+
+def locked(x):
+    return threading.Lock() if x == 4 else x
+
+
+def test_an_input_that_raises_is_raised_after_the_earlier_results(pool_kind):
+    got = []
+    with pytest.raises(LookupError, match="the input broke"):
+        for value in pydron.map(square, broken_source(100)):
+            got.append(value)
+    assert got == [x * x for x in range(100)]
+
+
+def test_an_unsendable_result_is_named_by_the_users_function():
+    pydron.configure(POOLS["multicore"])
+    try:
+        got = list(pydron.map(locked, range(8), errors="return"))
+        assert got[:4] == [0, 1, 2, 3] and got[5:] == [5, 6, 7]
+        assert isinstance(got[4], pydron.SerializationError)
+        assert "locked()" in str(got[4]) and "run_chunk" not in str(got[4])
+    finally:
+        pydron.configure(None)

@@ -34,6 +34,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from pydron.errors import SerializationError
 from pydron.explicit.dispatch import Dispatcher
 from pydron.explicit.outcomes import ChunkOutcome, Failure, run_chunk
 
@@ -93,11 +94,12 @@ class _Chunk:
     """Consecutive items sent as one call; the items are kept until its outcome is in,
     so that a chunk that fails as a whole can be split (see :meth:`MapRun._failed`)."""
 
-    __slots__ = ("future", "items")
+    __slots__ = ("future", "items", "direct")
 
-    def __init__(self, future: cf.Future, items: list[Any]) -> None:
+    def __init__(self, future: cf.Future, items: list[Any], direct: bool) -> None:
         self.future = future
         self.items: list[Any] | None = items
+        self.direct = direct   # one item, sent as a plain call of the user's function
 
 
 class MapRun:
@@ -128,6 +130,7 @@ class MapRun:
         self._chunks: collections.deque[_Chunk] = collections.deque()  # submitted, in order
         self._done: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()  # unordered: finished
         self._exhausted = False
+        self._input_error: Exception | None = None
         self._closed = False
         self.items_read = 0
         self._top_up()
@@ -137,7 +140,15 @@ class MapRun:
         """Submit chunks until the window is full or the inputs are exhausted."""
         while not self._exhausted and len(self._chunks) < self.window:
             size = self.sizer.size()
-            items = list(itertools.islice(self._inputs, size))
+            items: list[Any] = []
+            try:
+                items.extend(itertools.islice(self._inputs, size))
+            except Exception as exc:
+                # The input itself failed: raised after the results of the items read
+                # before it, as the builtin map() has it.
+                self._input_error = exc
+                self._exhausted = True
+                del exc
             if len(items) < size:
                 self._exhausted = True
                 if not items:
@@ -146,11 +157,15 @@ class MapRun:
             self._chunks.append(self._submit(items))
             del items
 
-    def _submit(self, items: list[Any]) -> _Chunk:
-        future = self.dispatcher.submit(
-            self.runner, (self.fn, items, self.star, self.stop_on_error, *self.runner_args),
-            {}, origin=self.fn)
-        chunk = _Chunk(future, items)
+    def _submit(self, items: list[Any], direct: bool = False) -> _Chunk:
+        if direct:
+            args = tuple(items[0]) if self.star else (items[0],)
+            future = self.dispatcher.submit(self.fn, args, {})
+        else:
+            future = self.dispatcher.submit(
+                self.runner, (self.fn, items, self.star, self.stop_on_error,
+                              *self.runner_args), {}, origin=self.fn)
+        chunk = _Chunk(future, items, direct)
         if not self.ordered:
             future.add_done_callback(functools.partial(_finished, self._done, chunk))
         return chunk
@@ -160,12 +175,21 @@ class MapRun:
         the retries, it ran out of time, the pool was shut down. A chunk of one item:
         that is the item's outcome. A longer one is split into single items sent again
         in its place, so that the failure lands on the item it belongs to and the items
-        before it still yield their results. Returns the outcomes to yield, or None
+        before it still yield their results (they run a second time: functional calls
+        may, as after a lost worker). Returns the outcomes to yield, or None
         after a split."""
         items, chunk.items = chunk.items or [], None
+        # Items sent again go as plain calls of the user's function (a map's; a reduction
+        # must keep reducing), so that the pool's own error message names that function.
+        direct = self.runner is run_chunk
         if len(items) <= 1:
-            return [Failure(error)]
-        singles = [self._submit([item]) for item in items]
+            redo = direct and not chunk.direct and isinstance(error, SerializationError) \
+                and error.item == "the result"
+            if not redo:
+                return [Failure(error)]
+            singles = [self._submit(items, direct=True)]  # its message named run_chunk
+        else:
+            singles = [self._submit([item], direct=direct) for item in items]
         if self.ordered:
             self._chunks.popleft()
             self._chunks.extendleft(reversed(singles))
@@ -209,7 +233,10 @@ class MapRun:
                         continue          # split: its items come again one by one
                     outcome = ChunkOutcome(failed, 0.0)
                 else:
-                    self.sizer.learn(len(outcome[0]), outcome[1])
+                    if chunk.direct:
+                        outcome = ChunkOutcome([outcome], 0.0)
+                    else:
+                        self.sizer.learn(len(outcome[0]), outcome[1])
                 chunk.items = None
                 outcomes = outcome[0]
                 del outcome
@@ -232,6 +259,12 @@ class MapRun:
                     yield value
                     del value
                 del outcomes, chunk
+            if self._input_error is not None:
+                error, self._input_error = self._input_error, None
+                try:
+                    raise error
+                finally:
+                    del error
         finally:
             self.close()
 
