@@ -39,7 +39,7 @@ import pytest
 import pydron
 from pydron.errors import CallTimeoutError, WorkerLostError
 
-from waiting import runs, wait_for, wait_gone
+from waiting import alive, runs, wait_for, wait_gone
 
 THREADS = {"workers": [{"type": "threads", "count": 4}]}
 PROCESSES = {"workers": [{"type": "multicore", "cores": 2}]}
@@ -81,6 +81,15 @@ def gate_wait(gate, started=None, value=None, limit=LONG):
             raise TimeoutError(f"the gate {gate} was never opened")
         time.sleep(0.005)
     return value
+
+
+def nap(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def worker_pid(_=None):
+    return os.getpid()
 
 
 def pid_and_thread(x):
@@ -329,6 +338,34 @@ def test_arguments_released_after_call(env):
 
 
 # -------------------------------------------------------------------------------- shutdown
+
+
+def test_shutdown_stops_owned_workers(env):
+    """test_processes_terminate: shutdown() of an executor with a pool of its own stops
+    its worker processes; the process-wide pool is left running for others."""
+    ex = env.executor()
+    busy = [ex.submit(nap, 0.2) for _ in range(2 * env.parallelism)]  # every worker
+    pids = set(results([ex.submit(worker_pid) for _ in range(10)]))
+    results(busy)
+    ex.shutdown(wait=True)
+    if env.kind == "owned":
+        assert wait_gone(pids, 30) == []
+    else:
+        assert all(alive(pid) for pid in pids)
+        with pydron.Executor() as other:
+            assert other.submit(square, 4).result(timeout=LONG) == 16
+
+
+def test_dropped_executor_stops_owned_workers(env):
+    """test_del_shutdown: an executor with a pool of its own, dropped without shutdown,
+    stops its workers once collected."""
+    if env.kind != "owned":
+        pytest.skip("only an executor with a pool of its own has workers to stop")
+    ex = pydron.Executor(max_workers=2)
+    pids = set(ex.map(worker_pid, range(20)))
+    del ex
+    gc.collect()
+    assert wait_gone(pids, 30) == []
 
 
 def test_submit_after_shutdown(env):
@@ -826,6 +863,14 @@ def test_call_timeout(env):
     assert list(ex.map(square, range(10))) == [i * i for i in range(10)]
 
 
+def test_call_timeout_counts_from_start(env):
+    """Time waiting for a free worker is not running time: 4 calls per worker of 0.6 s
+    each, under call_timeout=2.5, all succeed."""
+    ex = env.executor(call_timeout=2.5)
+    count = 4 * env.parallelism
+    assert results([ex.submit(nap, 0.6, i) for i in range(count)]) == list(range(count))
+
+
 def test_unpicklable_argument(env):
     """test_deadlock (error at pickling the call): the future fails, the executor works
     on. (The threads pool pickles nothing: the call simply runs.)"""
@@ -906,6 +951,42 @@ def test_executor_with_conf():
 
 # ------------------------------------------------------------------------ interpreter exit
 
+ATEXIT_SCRIPT = textwrap.dedent("""
+    import atexit
+    import pydron
+
+    pydron.configure({conf!r})
+    ex = pydron.Executor()
+    assert ex.submit(pow, 2, 3).result() == 8
+
+    def late():
+        try:
+            ex.submit(pow, 2, 3)
+        except RuntimeError as exc:
+            print("refused:", exc, flush=True)
+        else:
+            print("accepted", flush=True)
+
+    atexit.register(late)
+""")
+
+
+@pytest.mark.parametrize("which", ["threads", "processes"])
+def test_submit_after_interpreter_shutdown(which, tmp_path):
+    """test_submit_after_interpreter_shutdown: an atexit handler that submits gets
+    RuntimeError."""
+    conf = PROCESSES if which == "processes" else THREADS
+    proc = subprocess.run([sys.executable, "-c", ATEXIT_SCRIPT.format(conf=conf)],
+                          env=_script_env(), timeout=LONG, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: cannot schedule new futures" in proc.stdout, (proc.stdout, proc.stderr)
+
+
+def _script_env():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 EXIT_SCRIPT = textwrap.dedent("""
     import os, sys, time
     import pydron
@@ -931,9 +1012,7 @@ def test_interpreter_exit_waits_for_pending_calls(which, tmp_path):
     conf = PROCESSES if which == "processes" else THREADS
     script = EXIT_SCRIPT.format(conf=conf, args="max_workers=2" if which == "owned" else "",
                                 folder=str(tmp_path))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, timeout=LONG,
+    proc = subprocess.run([sys.executable, "-c", script], env=_script_env(), timeout=LONG,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out"))
