@@ -204,8 +204,24 @@ def test_worker_receives_the_object_nested_too(make_pool):
     assert 1 <= pool.shared_sent <= 2
 
 
-def test_a_large_array_crosses_the_wire_once_per_worker(make_pool):
-    pool = make_pool(2)
+@pytest.fixture(params=["mapped", "socket"])
+def transport(request):
+    """How a worker gets a shared object: mapped from the caller's memory (a worker on
+    this machine) or its bytes through the socket (as a remote worker does)."""
+    return request.param
+
+
+def configured(pool, transport):
+    pool.share_memory = transport == "mapped"
+    return pool
+
+
+def check_transport(pool, transport):
+    assert pool.shared_mapped == (pool.shared_sent if transport == "mapped" else 0)
+
+
+def test_a_large_array_crosses_the_wire_once_per_worker(make_pool, transport):
+    pool = configured(make_pool(2), transport)
     pool.start()
     arr = np.random.default_rng(1).random(50 * MB // 8)
     h = sharing.shared(arr)
@@ -218,7 +234,8 @@ def test_a_large_array_crosses_the_wire_once_per_worker(make_pool):
     assert 1 <= pool.shared_sent <= 2
     assert pool.shared_bytes_sent == pool.shared_sent * h.nbytes
     assert h.nbytes >= 50 * MB
-    print(f"50 MB array, 16 calls: {pool.shared_sent} sends, "
+    check_transport(pool, transport)
+    print(f"50 MB array, 16 calls ({transport}): {pool.shared_sent} sends, "
           f"{pool.shared_bytes_sent} bytes")
 
 
@@ -226,8 +243,8 @@ def dot(shared_arr, own):
     return float(shared_arr[: len(own)] @ own)
 
 
-def test_replies_and_tasks_with_buffers_interleave_in_order(make_pool):
-    pool = make_pool(2)
+def test_replies_and_tasks_with_buffers_interleave_in_order(make_pool, transport):
+    pool = configured(make_pool(2), transport)
     rng = np.random.default_rng(5)
     arrays = [rng.random(3 * MB // 8) for _ in range(3)]
     handles = [sharing.shared(a) for a in arrays]
@@ -238,8 +255,9 @@ def test_replies_and_tasks_with_buffers_interleave_in_order(make_pool):
     assert 3 <= pool.shared_sent <= 6
 
 
-def test_lru_eviction_fetches_again(make_pool):
-    pool = make_pool(1, shared_cache=3 * MB)  # room for one 2 MB array, not two
+def test_lru_eviction_fetches_again(make_pool, transport):
+    # Room for one 2 MB array, not two.
+    pool = configured(make_pool(1, shared_cache=3 * MB), transport)
     a = sharing.shared(np.full(2 * MB // 8, 1.0))
     b = sharing.shared(np.full(2 * MB // 8, 2.0))
     order = [a, a, b, a]
@@ -247,6 +265,7 @@ def test_lru_eviction_fetches_again(make_pool):
     assert [v[2] for v in values] == [1.0, 1.0, 2.0, 1.0]
     assert [v[1] for v in values] == [1, 1, 2, 3]  # a, (cached), b evicts a, a again
     assert pool.shared_sent == 3
+    check_transport(pool, transport)
 
 
 def test_a_large_cache_keeps_both(make_pool):
@@ -289,8 +308,9 @@ def test_handle_dropped_right_after_submit_still_works(make_pool):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
-def test_retry_after_sigkill_fetches_again_on_the_new_worker(make_pool, tmp_path):
-    pool = make_pool(1)
+def test_retry_after_sigkill_fetches_again_on_the_new_worker(make_pool, tmp_path,
+                                                            transport):
+    pool = configured(make_pool(1), transport)
     pool.start()
     arr = np.random.default_rng(2).random(1_000_000)
     expected = float(arr.sum())
@@ -308,6 +328,7 @@ def test_retry_after_sigkill_fetches_again_on_the_new_worker(make_pool, tmp_path
     assert pid != victim and runs(path) == [victim, pid]
     assert fetches == 1 and total_ == expected  # exact
     assert pool.shared_sent == 2  # once to the victim, once to its replacement
+    check_transport(pool, transport)
 
 
 def test_an_object_the_master_lacks_fails_the_call_naming_it(make_pool):
@@ -328,14 +349,15 @@ def peek(arr):
     return float(arr[0])
 
 
-def test_automatic_sharing_gives_each_call_its_own_object(make_pool):
-    pool = make_pool(1)
+def test_automatic_sharing_gives_each_call_its_own_object(make_pool, transport):
+    pool = configured(make_pool(1), transport)
     arr = np.zeros(2 * MB // 8)
     calls = [peek, peek, bump_in_place, peek, bump_in_place, bump_in_place, peek]
     values = [run_one(pool, fn, arr) for fn in calls]  # one at a time, in this order
     assert values == [0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]  # no call sees another's change
     # Sent once, and again after each call that changed it (the worker dropped it).
     assert pool.shared_sent == 4
+    check_transport(pool, transport)
     assert arr[0] == 0
 
 
@@ -451,6 +473,14 @@ def test_worker_takes_a_reply_and_its_buffers(lone_worker):
     lone_worker._handle(wire.BUFFER, bytearray(b"data"))
     lone_worker._handle(wire.SHARED_REPLY, wire.encode_shared_reply(digest, True, 1, b"blob"))
     assert lone_worker.ask_shared(digest) == (b"blob", [bytearray(b"data")])
+    # A mapping that cannot be opened: the worker asks again, for the bytes.
+    lone_worker.master.pid = os.getpid()
+    lone_worker._handle(wire.SHARED_REPLY, wire.encode_shared_reply(
+        digest, True, 0, b"blob", {"pid": 1 << 30, "fd": 3, "layout": [[0, 4]]}))
+    lone_worker._handle(wire.BUFFER, bytearray(b"again"))
+    lone_worker._handle(wire.SHARED_REPLY, wire.encode_shared_reply(digest, True, 1, b"blob"))
+    assert lone_worker.ask_shared(digest) == (b"blob", [bytearray(b"again")])
+    assert not lone_worker.map_shared
     with pytest.raises(wire.FrameError, match="announced 2"):
         lone_worker._handle(wire.SHARED_REPLY, wire.encode_shared_reply(digest, True, 2))
 
@@ -458,9 +488,12 @@ def test_worker_takes_a_reply_and_its_buffers(lone_worker):
 def test_shared_reply_round_trip_and_kind_names():
     from pydron.backend import wire
     payload = wire.encode_shared_reply(b"\x09" * 20, True, 3, b"pickle")
-    assert wire.decode_shared_reply(payload) == (b"\x09" * 20, True, 3, b"pickle")
+    assert wire.decode_shared_reply(payload) == (b"\x09" * 20, True, 3, None, b"pickle")
     assert wire.decode_shared_reply(wire.encode_shared_reply(b"d", False, 0, b"why")) == \
-        (b"d", False, 0, b"why")
+        (b"d", False, 0, None, b"why")
+    mapping = {"pid": 5, "fd": 7, "layout": [[0, 10], [4096, 20]]}
+    assert wire.decode_shared_reply(wire.encode_shared_reply(b"d", True, 0, b"p", mapping)) \
+        == (b"d", True, 0, mapping, b"p")
     for bad in (b"", payload[:8]):
         with pytest.raises(wire.FrameError):
             wire.decode_shared_reply(bad)

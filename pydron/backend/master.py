@@ -217,11 +217,14 @@ class WorkerProtocol(Protocol):
             reply = wire.encode_module_reply(name, False)
         self.send([wire.frame(wire.MODULE_REPLY, reply)])
 
-    def _shared_request(self, digest: bytes) -> None:
+    def _shared_request(self, payload: bytes) -> None:
         """Send a shared object the worker lacks (see :mod:`pydron.backend.sharing`):
         its buffers, then the SHARED_REPLY, through :meth:`send`, so they keep their
-        order with the other frames on their way; "not found" if nothing holds it."""
+        order with the other frames on their way; "not found" if nothing holds it. A
+        worker on this machine that says it can map our memory is sent where its buffers
+        lie in a memory file instead (see ``sharing.memory_file``)."""
         from pydron.backend import sharing
+        local, digest = payload[:1] == b"\x01", payload[1:]
         entry = sharing.lookup(digest)
         if entry is None:
             why = "the caller holds no such shared object any more"
@@ -234,15 +237,19 @@ class WorkerProtocol(Protocol):
             self.send([wire.frame(wire.SHARED_REPLY, wire.encode_shared_reply(
                 digest, False, 0, why.encode()))])
             return
+        mapping = None
+        if local and getattr(self.pool, "share_memory", False):
+            mapping = sharing.memory_file(entry)
         pieces: list[bytes | memoryview] = []
-        for buffer in entry.buffers:
-            pieces += wire.buffer_frames(buffer, self.pool.max_frame)
+        if mapping is None:
+            for buffer in entry.buffers:
+                pieces += wire.buffer_frames(buffer, self.pool.max_frame)
         pieces.append(wire.frame(wire.SHARED_REPLY, wire.encode_shared_reply(
-            digest, True, len(entry.buffers), entry.blob)))
+            digest, True, 0 if mapping else len(entry.buffers), entry.blob, mapping)))
         self.send(pieces)
         served = getattr(self.pool, "shared_served", None)
         if served is not None:
-            served(self.proc, entry.nbytes)
+            served(self.proc, entry.nbytes, mapping is not None)
 
     # -- sending -------------------------------------------------------------------------
     def send(self, pieces: list[bytes | memoryview]) -> None:

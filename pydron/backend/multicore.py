@@ -293,6 +293,12 @@ class MulticorePool(Pool):
         """How many shared objects have been sent, all workers together (statistics)."""
         self.shared_bytes_sent = 0
         """Their pickled bytes, all workers together (statistics)."""
+        self.share_memory = True
+        """Whether a worker on this machine may map a shared object from the caller's
+        memory rather than receive its bytes (False: always the bytes; for tests)."""
+        self.shared_mapped = 0
+        """Of shared_sent, how many were mapped from the caller's memory by a worker on
+        this machine rather than sent through the socket (statistics)."""
 
         # Reactor thread only.
         self._queue: collections.deque[_Call] = collections.deque()
@@ -748,10 +754,12 @@ class MulticorePool(Pool):
         pieces.append(wire.frame(wire.TASKS, pickle.dumps(entries, PROTOCOL)))
         proc.conn.send(pieces)
 
-    def shared_served(self, proc: _Proc, nbytes: int) -> None:
-        """A worker was sent a shared object it asked for (statistics; reactor thread)."""
+    def shared_served(self, proc: _Proc, nbytes: int, mapped: bool = False) -> None:
+        """A worker was sent a shared object it asked for, as bytes or (``mapped``)
+        where it lies in memory (statistics; reactor thread)."""
         self.shared_sent += 1
         self.shared_bytes_sent += nbytes
+        self.shared_mapped += mapped
 
     # -- outcomes ------------------------------------------------------------------------
     def results(self, proc: _Proc, entries: list[tuple], buffers: list[Any]) -> None:

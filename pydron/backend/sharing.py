@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import mmap
+import os
 import pickle
 import threading
 import weakref
@@ -65,7 +67,8 @@ DEFAULT_CACHE = 2 << 30
 class _Entry:
     """One pickled object in the master's registry: what a worker is sent on request."""
 
-    __slots__ = ("digest", "blob", "buffers", "nbytes", "label", "copied", "__weakref__")
+    __slots__ = ("digest", "blob", "buffers", "nbytes", "label", "copied", "mapping",
+                 "__weakref__")
 
     def __init__(self, digest: bytes, blob: bytes, buffers: list[Any], label: str,
                  copied: bool) -> None:
@@ -75,6 +78,75 @@ class _Entry:
         self.nbytes = len(blob) + sum(memoryview(b).nbytes for b in buffers)
         self.label = label
         self.copied = copied   # buffers are our own copy (a snapshot), not views
+        self.mapping: dict[str, Any] | None = None  # see memory_file
+
+
+def _snapshot(entry: _Entry) -> None:
+    """Give the entry its own copy of its buffers (under _lock): in a memory file where
+    there can be one (the copy local workers will map), else as bytes."""
+    if entry.buffers and hasattr(os, "memfd_create") and entry.mapping is None:
+        try:
+            _make_memory_file(entry)
+            return
+        except (OSError, ValueError):
+            pass
+    entry.buffers = [bytes(b) for b in entry.buffers]
+    entry.copied = True
+
+
+def memory_file(entry: _Entry) -> dict[str, Any] | None:
+    """The entry's buffers in a memory file of this process (Linux ``memfd``), made on
+    first use: ``{"pid", "fd", "layout": [[offset, size], ...]}``, for a worker on this
+    machine to map (``/proc/<pid>/fd/<fd>``) instead of receiving the bytes: one copy in
+    memory for all local workers, and no copy through a socket. None where there are
+    none (not Linux, out of memory, no buffers). The entry's buffers are then views of
+    the file (its own copy, so a snapshot: the caller's object may change afterwards);
+    the file is closed when the entry goes."""
+    if entry.mapping is not None or not entry.buffers or not hasattr(os, "memfd_create"):
+        return entry.mapping
+    with _lock:
+        if entry.mapping is None:
+            try:
+                _make_memory_file(entry)
+            except (OSError, ValueError):
+                return None
+    return entry.mapping
+
+
+def _make_memory_file(entry: _Entry) -> None:
+    layout, end = [], 0
+    for buffer in entry.buffers:
+        size = memoryview(buffer).nbytes
+        layout.append([end, size])
+        end += -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+    fd = os.memfd_create(f"pydron-shared-{entry.digest.hex()[:12]}", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, end)
+        memory = mmap.mmap(fd, end, flags=mmap.MAP_SHARED,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        for (offset, size), buffer in zip(layout, entry.buffers):
+            memory[offset:offset + size] = memoryview(buffer).cast("B")
+    except BaseException:
+        os.close(fd)
+        raise
+    view = memoryview(memory)
+    entry.buffers = [view[offset:offset + size] for offset, size in layout]
+    entry.copied = True
+    weakref.finalize(entry, os.close, fd)
+    entry.mapping = {"pid": os.getpid(), "fd": fd, "layout": layout}
+
+
+def map_memory_file(mapping: dict[str, Any]) -> list[memoryview]:
+    """A worker's side of :func:`memory_file`: the buffers, mapped copy-on-write (an
+    array over them is writable; what a call writes stays in this process). OSError if
+    the file cannot be opened or mapped (another machine after all, no permission)."""
+    layout = mapping["layout"]
+    end = max(offset + size for offset, size in layout)
+    with open(f"/proc/{int(mapping['pid'])}/fd/{int(mapping['fd'])}", "rb") as f:
+        memory = mmap.mmap(f.fileno(), end, flags=mmap.MAP_PRIVATE,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    view = memoryview(memory)
+    return [view[offset:offset + size] for offset, size in layout]
 
 
 # digest -> weak reference to its entry. A plain dict, so that "is anything shared in this
@@ -117,13 +189,12 @@ def _register(blob: bytes, buffers: list[Any], label: str, copy: bool) -> _Entry
     with _lock:
         entry = lookup(digest)
         if entry is None:
+            entry = _Entry(digest, blob, buffers, label, False)
             if copy:
-                buffers = [bytes(b) for b in buffers]
-            entry = _Entry(digest, blob, buffers, label, copy)
+                _snapshot(entry)
             _entries[digest] = weakref.ref(entry, lambda ref, d=digest: _forget(d, ref))
         elif copy and not entry.copied:
-            entry.buffers = [bytes(b) for b in entry.buffers]
-            entry.copied = True
+            _snapshot(entry)
     return entry
 
 
@@ -320,7 +391,7 @@ class SharedCache:
         self.limit = limit
         self.ask = ask
         self.size = 0
-        # digest -> [blob, buffers, object or None, bytes, CRC-32 of each buffer]
+        # digest -> [blob, buffers, object or None, bytes, CRC-32 of each buffer or None]
         self._items: collections.OrderedDict[bytes, list[Any]] = collections.OrderedDict()
         self._lock = threading.RLock()  # a shared object may hold handles itself
         self._lent: dict[bytes, list[Any]] = {}  # fresh items over whose buffers a call runs
@@ -342,6 +413,8 @@ class SharedCache:
             blob, buffers, obj = item[:3]
             if fresh:
                 if buffers:
+                    if item[4] is None:  # the CRCs of the pristine bytes, before any call
+                        item[4] = [zlib.crc32(b) for b in buffers]
                     self._lent[digest] = item
                 return pickle.loads(blob, buffers=buffers)
             if obj is None:
@@ -357,7 +430,7 @@ class SharedCache:
         blob, buffers = answer
         _fetches += 1
         size = len(blob) + sum(memoryview(b).nbytes for b in buffers)
-        item = [blob, buffers, None, size, [zlib.crc32(b) for b in buffers]]
+        item = [blob, buffers, None, size, None]
         self._items[digest] = item
         self.size += size
         while self.size > self.limit and len(self._items) > 1:

@@ -99,8 +99,8 @@ OUTPUT = 16      # worker -> master: 1 byte stream (1 stdout, 2 stderr) + utf-8 
 BYE = 17         # master -> worker: the pool is done with you; exit normally
 MODULE_REQUEST = 18  # worker -> master: utf-8 name of a module the worker cannot import
 MODULE_REPLY = 19    # master -> worker: JSON {name, found, is_package, filename, source}
-SHARED_REQUEST = 21  # worker -> master: the digest of a shared object the worker lacks
-SHARED_REPLY = 22    # master -> worker: digest, found, buffer count, pickle (or reason)
+SHARED_REQUEST = 21  # worker -> master: 1 byte (1: I can map your memory), then a digest
+SHARED_REPLY = 22    # master -> worker: digest, found, buffers or mapping, pickle (or why not)
 
 KIND_NAMES = {
     HELLO: "HELLO", AUTH: "AUTH", WELCOME: "WELCOME", REFUSE: "REFUSE", TASKS: "TASKS",
@@ -486,27 +486,38 @@ def decode_module_reply(payload: bytes | bytearray) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- shared data
 
-_SHARED_HEAD = struct.Struct(">B?I")  # digest length, found, out-of-band buffer count
+_SHARED_HEAD = struct.Struct(">B?II")  # digest length, found, buffer count, mapping length
 
 
-def encode_shared_reply(digest: bytes, found: bool, nbuf: int = 0,
-                        body: bytes = b"") -> bytes:
+def encode_shared_reply(digest: bytes, found: bool, nbuf: int = 0, body: bytes = b"",
+                        mapping: dict[str, Any] | None = None) -> bytes:
     """The SHARED_REPLY payload: the in-band pickle of the shared object ``digest``,
-    whose ``nbuf`` out-of-band buffers came just before it; or, not ``found``, why not
+    whose ``nbuf`` out-of-band buffers came just before it, or, for a worker on the
+    master's machine, lie in the master's memory file ``mapping`` describes (JSON:
+    ``pid``, ``fd``, ``layout`` [[offset, size], ...]); or, not ``found``, why not
     (UTF-8), for the worker's error message."""
-    return _SHARED_HEAD.pack(len(digest), found, nbuf) + digest + body
+    raw = json.dumps(mapping).encode() if mapping is not None else b""
+    return _SHARED_HEAD.pack(len(digest), found, nbuf, len(raw)) + digest + raw + body
 
 
-def decode_shared_reply(payload: bytes | bytearray) -> tuple[bytes, bool, int, bytes]:
-    """``(digest, found, nbuf, body)`` of a SHARED_REPLY; FrameError if malformed."""
+def decode_shared_reply(payload: bytes | bytearray
+                        ) -> tuple[bytes, bool, int, dict[str, Any] | None, bytes]:
+    """``(digest, found, nbuf, mapping or None, body)`` of a SHARED_REPLY; FrameError if
+    it is malformed."""
     size = _SHARED_HEAD.size
     if len(payload) < size:
         raise FrameError("a SHARED_REPLY frame that is too short")
-    length, found, nbuf = _SHARED_HEAD.unpack_from(payload)
-    if len(payload) < size + length:
-        raise FrameError("a SHARED_REPLY frame shorter than its digest")
+    length, found, nbuf, raw = _SHARED_HEAD.unpack_from(payload)
+    if len(payload) < size + length + raw:
+        raise FrameError("a SHARED_REPLY frame shorter than its header says")
     digest = bytes(payload[size:size + length])
-    return digest, found, nbuf, bytes(payload[size + length:])
+    mapping = None
+    if raw:
+        try:
+            mapping = json.loads(bytes(payload[size + length:size + length + raw]))
+        except ValueError:
+            raise FrameError("a SHARED_REPLY frame with a malformed mapping") from None
+    return digest, found, nbuf, mapping, bytes(payload[size + length + raw:])
 
 
 # --------------------------------------------------------------------------- liveness

@@ -189,6 +189,7 @@ class Worker:
         self.module_replies: queue.SimpleQueue = queue.SimpleQueue()
         self.shared_replies: queue.SimpleQueue = queue.SimpleQueue()
         self.shared = sharing.SharedCache(shared_cache, self.ask_shared)
+        self.map_shared = True  # try mapping shared objects from a local master's memory
 
     # -- sending (any thread) ------------------------------------------------------------
     def send(self, pieces: list[bytes | memoryview]) -> None:
@@ -258,12 +259,12 @@ class Worker:
         elif kind == wire.MODULE_REPLY:
             self.module_replies.put(wire.decode_module_reply(payload))
         elif kind == wire.SHARED_REPLY:
-            digest, found, nbuf, body = wire.decode_shared_reply(payload)
+            digest, found, nbuf, mapping, body = wire.decode_shared_reply(payload)
             buffers = self.buffers.take()
             if len(buffers) != nbuf:
                 raise wire.FrameError(f"a SHARED_REPLY with {len(buffers)} buffers before "
                                       f"it, announced {nbuf}")
-            self.shared_replies.put((digest, found, buffers, body))
+            self.shared_replies.put((digest, found, buffers, body, mapping))
         elif kind == wire.BYE:
             os._exit(wire.EXIT_OK)
         else:
@@ -312,8 +313,25 @@ class Worker:
 
         The wait is bounded by ``modules.REQUEST_TIMEOUT`` seconds *without progress*:
         while the bytes of a large frame keep arriving (the object itself, maybe
-        gigabytes over a slow link) the answer is on its way and is waited for."""
-        self.send([wire.frame(wire.SHARED_REQUEST, digest)])
+        gigabytes over a slow link) the answer is on its way and is waited for.
+
+        A worker on the master's machine (it knows the master's pid) offers to map the
+        object from the master's memory; if that fails, it asks again for the bytes."""
+        local = self.map_shared and self.master.pid > 0
+        answer = self._ask_shared(digest, local)
+        if isinstance(answer, tuple) and isinstance(answer[1], dict):
+            try:
+                return answer[0], sharing.map_memory_file(answer[1])
+            except (OSError, ValueError, KeyError, TypeError):
+                self.map_shared = False  # not here, after all: the bytes, from now on
+                answer = self._ask_shared(digest, False)
+        return answer  # type: ignore[return-value]
+
+    def _ask_shared(self, digest: bytes, local: bool
+                    ) -> tuple[bytes, list[Any] | dict[str, Any]] | str:
+        """One SHARED_REQUEST and its answer: (blob, buffers or the mapping), or why
+        not."""
+        self.send([wire.frame(wire.SHARED_REQUEST, (b"\x01" if local else b"\x00") + digest)])
         start = time.monotonic()
         timeout = modules.REQUEST_TIMEOUT
         while True:
@@ -322,14 +340,15 @@ class Worker:
                 return (f"worker {self.index} asked the master for it and got no answer "
                         f"within {timeout:g} s")
             try:
-                got, found, buffers, body = self.shared_replies.get(timeout=min(left, 1.0))
+                got, found, buffers, body, mapping = self.shared_replies.get(
+                    timeout=min(left, 1.0))
             except queue.Empty:
                 continue
             if got != digest:
                 continue  # a late answer to a request that timed out
             if not found:
                 return body.decode("utf-8", "replace")
-            return body, buffers
+            return body, (mapping if mapping is not None else buffers)
 
     def serve(self) -> None:
         """Run calls forever (the process ends from the reader thread)."""
