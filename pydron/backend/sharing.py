@@ -122,10 +122,9 @@ def _make_memory_file(entry: _Entry) -> None:
     fd = os.memfd_create(f"pydron-shared-{entry.digest.hex()[:12]}", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, end)
-        memory = mmap.mmap(fd, end, flags=mmap.MAP_SHARED,
-                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
         for (offset, size), buffer in zip(layout, entry.buffers):
-            memory[offset:offset + size] = memoryview(buffer).cast("B")
+            _write_at(fd, memoryview(buffer).cast("B"), offset)
+        memory = mmap.mmap(fd, end, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     except BaseException:
         os.close(fd)
         raise
@@ -134,6 +133,14 @@ def _make_memory_file(entry: _Entry) -> None:
     entry.copied = True
     weakref.finalize(entry, os.close, fd)
     entry.mapping = {"pid": os.getpid(), "fd": fd, "layout": layout}
+
+
+def _write_at(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``pwrite``: twice as fast here as writing
+    through a mapping, which faults in every page first)."""
+    done, step = 0, 64 << 20
+    while done < len(data):
+        done += os.pwrite(fd, data[done:done + step], offset + done)
 
 
 def map_memory_file(mapping: dict[str, Any]) -> list[memoryview]:
