@@ -282,6 +282,16 @@ def test_exception_from_result(env):
     assert type(future.exception()) is Boom
 
 
+def test_base_exception_from_result(env):
+    """A call that raises SystemExit or KeyboardInterrupt fails its future with it (as in
+    ThreadPoolExecutor; the worker process survives it, as ProcessPoolExecutor's does)."""
+    ex = env.executor()
+    with pytest.raises(SystemExit) as info:
+        ex.submit(sys.exit, 3).result(timeout=LONG)
+    assert info.value.code == 3
+    assert ex.submit(square, 3).result(timeout=LONG) == 9
+
+
 def test_result_timeout(env):
     ex = env.executor()
     future = ex.submit(gate_wait, env.gate)
@@ -413,6 +423,18 @@ def test_shutdown_no_wait(env):
     env.open_gate()
     assert results(blocked) == list(range(env.parallelism))
     assert results(queued) == [i * i for i in range(10)]
+
+
+def test_shutdown_after_cancel(env):
+    """gh-94440: shutdown() after cancelling futures returns."""
+    ex = env.executor()
+    futures = [ex.submit(nap, 0.05, i) for i in range(40)]
+    cancelled = [f for f in futures[::-1] if f.cancel()]
+    ex.shutdown(wait=True)
+    assert all(f.done() for f in futures)
+    assert len(cancelled) >= 40 - ex.dispatcher.limit
+    assert [f.result() for f in futures if not f.cancelled()] == \
+        [i for i, f in enumerate(futures) if not f.cancelled()]
 
 
 def test_shutdown_cancel_futures(env):
@@ -884,6 +906,17 @@ def test_unpicklable_argument(env):
     assert ex.submit(square, 3).result(timeout=LONG) == 9
 
 
+def test_argument_fails_to_unpickle_on_worker(env):
+    """test_deadlock (error at unpickling the call on the worker)."""
+    ex = env.executor()
+    future = ex.submit(identity, UnpicklableOnArrival())
+    if env.processes:
+        assert future.exception(timeout=LONG) is not None
+    else:
+        assert isinstance(future.result(timeout=LONG), UnpicklableOnArrival)
+    assert results([ex.submit(square, i) for i in range(5)]) == [0, 1, 4, 9, 16]
+
+
 def test_unpicklable_result(env):
     """test_deadlock (error at pickling the result on the worker, or unpickling it on
     the master): the future fails, the executor works on."""
@@ -1001,17 +1034,21 @@ EXIT_SCRIPT = textwrap.dedent("""
     ex = pydron.Executor({args})
     for i in range(30):
         ex.submit(slow_write, os.path.join({folder!r}, f"out{{i}}"))
-    # no shutdown: the interpreter must not exit before the calls are done
+    if {no_wait!r}:
+        ex.shutdown(wait=False)
+    # the interpreter must not exit before the calls are done
 """)
 
 
+@pytest.mark.parametrize("no_wait", [False, True], ids=["no-shutdown", "shutdown-no-wait"])
 @pytest.mark.parametrize("which", ["threads", "processes", "owned"])
-def test_interpreter_exit_waits_for_pending_calls(which, tmp_path):
+def test_interpreter_exit_waits_for_pending_calls(which, no_wait, tmp_path):
     """"Regardless of the value of wait, the entire Python program will not exit until
-    all pending futures are done executing" (the concurrent.futures documentation)."""
+    all pending futures are done executing" (the concurrent.futures documentation); also
+    after shutdown(wait=False) (test_hang_issue39205)."""
     conf = PROCESSES if which == "processes" else THREADS
     script = EXIT_SCRIPT.format(conf=conf, args="max_workers=2" if which == "owned" else "",
-                                folder=str(tmp_path))
+                                folder=str(tmp_path), no_wait=no_wait)
     proc = subprocess.run([sys.executable, "-c", script], env=_script_env(), timeout=LONG,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
