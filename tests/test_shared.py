@@ -500,3 +500,24 @@ def test_shared_reply_round_trip_and_kind_names():
     assert wire.KIND_NAMES[wire.SHARED_REQUEST] == "SHARED_REQUEST"
     assert wire.KIND_NAMES[wire.SHARED_REPLY] == "SHARED_REPLY"
     assert len(set(wire.KIND_NAMES)) == len(wire.KIND_NAMES.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="Linux memfd")
+def test_memory_file_maps_copy_on_write_and_checks_its_name():
+    arr = np.arange(100_000.0)
+    h = sharing.shared(arr)
+    mapping = sharing.memory_file(h._entry)
+    assert mapping is not None and mapping["pid"] == os.getpid()
+    buffers = sharing.map_memory_file(mapping)
+    mine = pickle.loads(h._entry.blob, buffers=buffers)
+    assert np.array_equal(mine, arr) and mine.flags.writeable
+    mine[0] = 42.0  # private to this mapping
+    assert h.get()[0] == 0.0 and sharing.map_memory_file(mapping)[0][:8] == \
+        memoryview(arr).cast("B")[:8]
+    other = os.memfd_create("something-else")
+    try:
+        os.ftruncate(other, 1 << 20)
+        with pytest.raises(OSError, match="is not pydron-shared"):
+            sharing.map_memory_file(dict(mapping, fd=other))
+    finally:
+        os.close(other)

@@ -119,7 +119,8 @@ def _make_memory_file(entry: _Entry) -> None:
         size = memoryview(buffer).nbytes
         layout.append([end, size])
         end += -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-    fd = os.memfd_create(f"pydron-shared-{entry.digest.hex()[:12]}", os.MFD_CLOEXEC)
+    name = f"pydron-shared-{entry.digest.hex()}"
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, end)
         for (offset, size), buffer in zip(layout, entry.buffers):
@@ -132,7 +133,7 @@ def _make_memory_file(entry: _Entry) -> None:
     entry.buffers = [view[offset:offset + size] for offset, size in layout]
     entry.copied = True
     weakref.finalize(entry, os.close, fd)
-    entry.mapping = {"pid": os.getpid(), "fd": fd, "layout": layout}
+    entry.mapping = {"pid": os.getpid(), "fd": fd, "name": name, "layout": layout}
 
 
 def _write_at(fd: int, data: memoryview, offset: int) -> None:
@@ -146,10 +147,15 @@ def _write_at(fd: int, data: memoryview, offset: int) -> None:
 def map_memory_file(mapping: dict[str, Any]) -> list[memoryview]:
     """A worker's side of :func:`memory_file`: the buffers, mapped copy-on-write (an
     array over them is writable; what a call writes stays in this process). OSError if
-    the file cannot be opened or mapped (another machine after all, no permission)."""
+    the file cannot be opened or mapped (another machine after all, no permission) or
+    is not the one named (the number was reused for another file of the master)."""
     layout = mapping["layout"]
     end = max(offset + size for offset, size in layout)
     with open(f"/proc/{int(mapping['pid'])}/fd/{int(mapping['fd'])}", "rb") as f:
+        opened = os.readlink(f"/proc/self/fd/{f.fileno()}")
+        if not opened.startswith(f"/memfd:{mapping['name']}") or \
+                os.fstat(f.fileno()).st_size < end:
+            raise OSError(f"the caller's memory file is not {mapping['name']}: {opened}")
         memory = mmap.mmap(f.fileno(), end, flags=mmap.MAP_PRIVATE,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
     view = memoryview(memory)
