@@ -68,6 +68,21 @@ def square_steps(n: int) -> int:
     return collatz(n)[1] ** 2
 
 
+def pid_after(delay: float) -> int:
+    time.sleep(delay)
+    return os.getpid()
+
+
+def wait_for_workers(executor: pydron.Executor | None, count: int, limit: float) -> int:
+    """Run short calls until ``count`` worker processes have answered (or ``limit``
+    seconds have passed): completion order can only show once two workers run."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + limit
+    while len(seen) < count and time.monotonic() < deadline:
+        seen.update(pydron.map(pid_after, [0.02] * 4 * count, chunksize=1, executor=executor))
+    return len(seen)
+
+
 def holder(_: int, weights: list[float]) -> tuple[int, int]:
     """Which process ran this task, and which copy of the shared weights it was given."""
     return os.getpid(), id(weights)
@@ -98,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
           f"weights for 100 tasks on {workers} worker(s)")
 
     # futures.map_as_completed: results as they finish. Item 0 is slow on purpose.
-    delays = [0.5] + [0.0] * 15
+    wait_for_workers(executor, min(2, args.workers or 2), 5.0)
+    delays = [1.0] + [0.0] * 15
     arrived = list(pydron.map(slow_collatz, range(1, 17), delays, ordered=False,
                               executor=executor))
     slow_last = [k for k, _ in arrived].index(1) > 0
