@@ -338,10 +338,11 @@ def test_unpicklable_item_fails_at_its_position():
     try:
         items = [1, 2, threading.Lock(), 4]
         got = []
-        with pytest.raises(pydron.SerializationError, match="lock"):
+        with pytest.raises(pydron.SerializationError, match="lock") as info:
             for value in pydron.map(noop, items, chunksize=1):
                 got.append(value)
         assert got == [1, 2]
+        assert "noop()" in str(info.value) and "run_chunk" not in str(info.value)
     finally:
         pydron.configure(None)
 

@@ -183,8 +183,7 @@ class MapRun:
         # must keep reducing), so that the pool's own error message names that function.
         direct = self.runner is run_chunk
         if len(items) <= 1:
-            redo = direct and not chunk.direct and isinstance(error, SerializationError) \
-                and error.item == "the result"
+            redo = direct and not chunk.direct and isinstance(error, SerializationError)
             if not redo:
                 return [Failure(error)]
             singles = [self._submit(items, direct=True)]  # its message named run_chunk
