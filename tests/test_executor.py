@@ -37,6 +37,7 @@ import weakref
 import pytest
 
 import pydron
+import pydron.backend as backend
 from pydron.errors import CallTimeoutError, WorkerLostError
 
 from waiting import alive, runs, wait_for, wait_gone
@@ -862,8 +863,13 @@ def test_initializer_failure_breaks_executor(env):
     for f in futures:
         with pytest.raises(cf.BrokenExecutor):
             f.result(timeout=LONG)
-    with pytest.raises(cf.BrokenExecutor):
-        ex.submit(init_status)
+    raised = []
+    for _ in range(2):
+        with pytest.raises(cf.BrokenExecutor) as info:
+            ex.submit(init_status)
+        raised.append(info.value)
+    assert raised[0] is not raised[1]     # a fresh exception each time, as theirs
+    assert type(raised[0].__cause__) is ValueError
     ex.shutdown(wait=True)
 
 
@@ -974,6 +980,29 @@ def test_constructor_arguments():
     for bad in (0, -1, float("inf"), True):
         with pytest.raises(ValueError):
             pydron.Executor(call_timeout=bad)
+
+
+def _no_pool(config):
+    raise OSError("no workers today")
+
+
+def test_pool_that_cannot_start(monkeypatch):
+    """A pool that fails to start fails each future with the reason (submit does not
+    raise it, as the standard executors' submit raises only after shutdown or breakage),
+    and shutdown() still returns."""
+    saved = backend.current_config()
+    pydron.configure(THREADS)
+    monkeypatch.setattr(backend, "pool_from_config", _no_pool)
+    try:
+        ex = pydron.Executor()
+        futures = [ex.submit(square, i) for i in range(3)]
+        for f in futures:
+            with pytest.raises(OSError, match="no workers today"):
+                f.result(timeout=LONG)
+        ex.shutdown(wait=True)
+    finally:
+        monkeypatch.undo()
+        pydron.configure(saved)
 
 
 def test_executor_with_conf():

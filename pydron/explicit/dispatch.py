@@ -235,7 +235,10 @@ class Dispatcher:
         work.origin = origin
         with self._lock:
             if self._broken is not None:
-                raise self._broken
+                # A new exception each time (as the standard executors raise): raising one
+                # instance again and again would grow its traceback with every submit.
+                error = cf.BrokenExecutor(*self._broken.args)
+                raise error from self._broken.__cause__
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._pending.append(work)
@@ -249,7 +252,10 @@ class Dispatcher:
                 return      # that thread's loop sees the room we made
             self._feeding = True
         try:
-            limit = self.limit
+            try:
+                limit = self.limit
+            except Exception:   # the pool cannot be had: each call's acquire() fails
+                limit = 1       # below, and its future carries the reason
             while True:
                 with self._lock:
                     if not self._pending or len(self._running) >= limit:
@@ -281,8 +287,6 @@ class Dispatcher:
             self._settle(work, False, exc)
             return
         work.pool = pool
-        if self.call_timeout is not None:
-            self._arm(work)
 
         def on_done(ok: bool, value: Any) -> None:
             self._settle(work, ok, value)
@@ -292,7 +296,14 @@ class Dispatcher:
         except BaseException as exc:  # noqa: B902 -- unpicklable argument, shut pool ...
             self._settle(work, False, exc)
             return
-        work.handle = handle
+        # The handle before the timeout is armed: a timeout that found no handle could not
+        # stop the call. An outcome that came already (an inline pool) needs neither.
+        with self._lock:
+            if work.settled:
+                return
+            work.handle = handle
+        if self.call_timeout is not None:
+            self._arm(work)
 
     # -- outcomes --------------------------------------------------------------------------
     def _settle(self, work: _Work, ok: bool, value: Any) -> bool:
