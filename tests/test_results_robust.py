@@ -179,7 +179,7 @@ def test_a_large_argument_to_many_short_calls_is_not_queued_many_times(pools):
     array = np.ones(40 << 20, dtype=np.uint8)
     peaks = {}
     for cap in (1 << 20, 1 << 40):   # the bound, then effectively none
-        pool = pools(2, prefetch_bytes=cap)
+        pool = pools(2, prefetch_bytes=cap, auto_share=None)  # the queueing, not sharing
         out = Outcomes()
         base = {}
         for i in range(200):       # tiny calls: the pool learns to prefetch

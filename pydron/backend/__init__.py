@@ -35,10 +35,11 @@ __all__ = [
 
 def _limits(config: Config) -> dict[str, object]:
     """The settings that bound what a pool of worker processes spends on a bad call or a
-    stalled caller: ``call_timeout``, ``respawns_per_minute`` and ``master_timeout`` (only
-    those set: the pool's defaults otherwise)."""
+    stalled caller, and on shared objects: ``call_timeout``, ``respawns_per_minute``,
+    ``shared_cache`` and ``master_timeout`` (only if set: the pool's default otherwise)."""
     limits: dict[str, object] = {"call_timeout": config.call_timeout,
-                                 "respawns_per_minute": config.respawns_per_minute}
+                                 "respawns_per_minute": config.respawns_per_minute,
+                                 "shared_cache": config.shared_cache}
     if config.master_timeout is not None:
         limits["master_timeout"] = config.master_timeout
     return limits

@@ -206,7 +206,8 @@ class MulticorePool(Pool):
     argument passed to many short calls must not pile up copies of itself on every
     worker); the in-band pickle of one call's arguments or result must fit in
     ``max_frame``. ``shared_cache`` bounds the bytes of shared objects each worker keeps
-    (None: the configuration's ``"shared_cache"``). ``auto_share``: an argument whose
+    (None: :data:`~pydron.backend.sharing.DEFAULT_CACHE`; the shared pool passes
+    ``"shared_cache"`` of pydron.conf). ``auto_share``: an argument whose
     pickle has at least this many bytes (default ``AUTO_SHARE_MIN``, 1 MiB) travels to
     each worker once, as if passed with ``shared()``; None: never (for tests of the
     plain path).
@@ -262,7 +263,7 @@ class MulticorePool(Pool):
                              f"{respawns_per_minute!r}")
         self.respawns_per_minute = respawns_per_minute
         if shared_cache is None:
-            shared_cache = _configured_shared_cache()
+            shared_cache = sharing.DEFAULT_CACHE
         if isinstance(shared_cache, bool) or not isinstance(shared_cache, int) or \
                 shared_cache < 0:
             raise ValueError(f"shared_cache must be an integer >= 0 (bytes), got "
@@ -1119,15 +1120,6 @@ class MulticorePool(Pool):
                 proc.popen.wait(timeout=2)
             except (subprocess.TimeoutExpired, OSError):
                 pass
-
-
-def _configured_shared_cache() -> int:
-    """The ``shared_cache`` of the configuration in force (the one the shared pool is
-    being built from), or the default. It is only read, never loaded here: a pool made
-    directly must not make the process discover its ``pydron.conf`` as a side effect."""
-    from pydron import backend
-    value = getattr(getattr(backend, "_config", None), "shared_cache", None)
-    return sharing.DEFAULT_CACHE if value is None else value
 
 
 def _auto_share(fn: Callable[..., Any], args: tuple, kwargs: dict, total: int, least: int
