@@ -177,8 +177,110 @@ def _cloud_pickler() -> type:
         if cloud_reduce is not None:
             table = collections.ChainMap(
                 {types.CodeType: functools.partial(_reduce_code, cloud_reduce)}, table)
-        _CLOUD_PICKLER = type("_CloudPickler", (base,), {"dispatch_table": table})
+        members: dict[str, Any] = {"dispatch_table": table}
+        if _namespace_hooks_fit(cloudpickle):
+            members["_function_getnewargs"] = _function_getnewargs
+            members["_dynamic_function_reduce"] = _dynamic_function_reduce
+        _CLOUD_PICKLER = type("_CloudPickler", (base,), members)
     return _CLOUD_PICKLER
+
+
+# By-value functions and their module's namespace.
+#
+# cloudpickle gives every function sent by value a fresh dict as its globals, so two
+# functions of the user's ``__main__`` sent in two messages see two namespaces. The
+# standard idiom of ``multiprocessing.Pool(initializer=...)`` breaks on that: the
+# initializer sets a global (``global G; G = v``) that the mapped function, arriving in
+# another message, never sees. On a worker, by-value functions of one module therefore
+# share one namespace per module name (never the worker's real modules). What arrives
+# with a function is merged into it by one rule: a name this process has assigned itself
+# since the caller last sent it (the initializer's global) keeps the worker's value;
+# otherwise the caller's newest value wins, so a global the caller rebinds between calls
+# still reaches the worker (FunctionShipper sends the function again when that happens).
+# Elsewhere (the caller loading a result) each function keeps its fresh dict.
+
+_namespaces: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None
+"""Module name -> (shared namespace, the values last delivered into it); None outside a
+worker (see :func:`share_namespaces`)."""
+
+
+def share_namespaces() -> None:
+    """Called by the worker program: from now on by-value functions of one module share a
+    namespace in this process (see the comment above)."""
+    global _namespaces
+    if _namespaces is None:
+        _namespaces = {}
+
+
+class _NamespaceRef:
+    """Stands in for a by-value function's fresh globals in the pickle: it loads as the
+    shared namespace of its module on a worker, as a fresh dict elsewhere."""
+
+    __slots__ = ("module", "initial")
+
+    def __init__(self, module: str, initial: dict[str, Any]) -> None:
+        self.module = module
+        self.initial = initial
+
+    def __reduce__(self) -> tuple:
+        return (_namespace, (self.module, self.initial))
+
+
+def _namespace(module: str, initial: dict[str, Any]) -> dict[str, Any]:
+    if _namespaces is None:
+        return dict(initial)
+    entry = _namespaces.get(module)
+    if entry is None:
+        entry = _namespaces[module] = (dict(initial), {})
+    return entry[0]
+
+
+def _namespace_hooks_fit(cloudpickle: Any) -> bool:
+    """The hooks below use two private functions of cloudpickle (checked to exist)."""
+    inner = getattr(cloudpickle, "cloudpickle", None)
+    return all(callable(getattr(obj, name, None)) for obj, name in (
+        (cloudpickle.Pickler, "_function_getnewargs"),
+        (cloudpickle.Pickler, "_dynamic_function_reduce"),
+        (inner, "_function_setstate")))
+
+
+def _function_getnewargs(self: Any, func: types.FunctionType) -> tuple:
+    from cloudpickle import Pickler
+    code, base_globals, name, defaults, closure = Pickler._function_getnewargs(self, func)
+    module = func.__globals__.get("__name__")
+    if type(module) is str:
+        refs = self.__dict__.setdefault("_pydron_namespaces", {})
+        ref = refs.get(id(base_globals))
+        if ref is None:  # one per namespace and pickle, as cloudpickle shares them
+            ref = refs[id(base_globals)] = (_NamespaceRef(module, base_globals),
+                                            base_globals)
+        base_globals = ref[0]
+    return code, base_globals, name, defaults, closure
+
+
+def _dynamic_function_reduce(self: Any, func: types.FunctionType) -> tuple:
+    from cloudpickle import Pickler
+    reduced = Pickler._dynamic_function_reduce(self, func)
+    return reduced[:5] + (_merge_function_state,)
+
+
+def _merge_function_state(func: types.FunctionType, state: tuple) -> None:
+    """cloudpickle's state setter, with the merge rule of the comment above."""
+    from cloudpickle.cloudpickle import _function_setstate
+    namespace = func.__globals__
+    entry = _namespaces.get(namespace.get("__name__", "")) if _namespaces is not None \
+        else None
+    if entry is not None and entry[0] is namespace:
+        delivered = entry[1]
+        incoming = state[1]["__globals__"]
+        kept = {}
+        for key, value in incoming.items():
+            current = namespace.get(key, _MISSING)
+            if current is _MISSING or current is delivered.get(key, _MISSING):
+                kept[key] = value
+        delivered.update(kept)
+        state[1]["__globals__"] = kept
+    _function_setstate(func, state)
 
 
 def dumps_args(fn: Callable[..., Any], args: tuple, kwargs: dict

@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pydron.backend import modules, sharing, wire
+from pydron.backend import modules, sharing, shipping, wire
 from pydron.backend.shipping import (
     PROTOCOL, callable_name, dumps_exception, dumps_result, type_name,
 )
@@ -616,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
                     options.timeout, options.master_pid, options.master_timeout,
                     options.shared_cache)
     sharing.set_fetcher(worker.shared.fetch)  # handles in arguments resolve from its cache
+    shipping.share_namespaces()  # by-value functions of one module share its globals
     sys.stdout = _Forward(worker.send_output, 1)
     sys.stderr = _Forward(worker.send_output, 2)
     # Last: the worker's own finders always go first; the master is asked only for what
