@@ -84,3 +84,30 @@ def test_an_executor_with_its_own_ssh_pool_stops_it(two_hosts):
             == list(range(8))
         assert _remote_workers()
     wait_for(lambda: not _remote_workers(), timeout=20, what="the remote workers to exit")
+
+
+def _make_sized():
+    def size_of(data, i):
+        return i, len(data)
+    return size_of
+
+
+size_of = _make_sized()
+
+
+def test_pool_and_shared_data_on_two_ssh_hosts(two_hosts):
+    """pydron.Pool as multiprocessing.Pool on remote hosts, and a shared object crossing
+    the wire at most once per remote worker (4), however many calls use it."""
+    conf, _ = two_hosts
+    backend.configure(conf)
+    with pydron.Pool() as pool:
+        assert pool.map(failing, range(10)) == [i * 2 for i in range(10)]
+        assert sorted(pool.imap_unordered(failing, range(12))) == [i * 2 for i in range(12)]
+        with pytest.raises(LookupError):
+            pool.map(failing, range(20))
+    data = pydron.shared(bytes(3 << 20))
+    got = list(pydron.map(size_of, [data] * 40, range(40), chunksize=1))
+    assert got == [(i, 3 << 20) for i in range(40)]
+    pool = backend.get_pool()
+    assert 1 <= pool.shared_sent <= pool.parallelism, pool.shared_sent
+    assert pool.shared_bytes_sent <= pool.parallelism * ((3 << 20) + 4096)
