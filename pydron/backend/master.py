@@ -31,6 +31,7 @@ from typing import Any
 from twisted.internet.protocol import Factory, Protocol
 
 from pydron.backend import wire
+from pydron.backend.records import outcomes_of
 
 __all__ = ["WorkerProtocol", "WorkerFactory"]
 
@@ -182,7 +183,7 @@ class WorkerProtocol(Protocol):
         if kind == wire.RESULTS:
             buffers = self.buffers.take()
             try:
-                entries = pickle.loads(payload)
+                entries = outcomes_of(pickle.loads(payload))
             except Exception as exc:
                 self.drop(f"unreadable RESULTS frame ({type(exc).__name__}: {exc})")
                 return

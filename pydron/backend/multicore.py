@@ -1,11 +1,9 @@
 """The multicore pool: functional calls run in worker processes on this machine.
 
 Modelled on ``concurrent/futures/process.py``, with TCP instead of pipes so that the same
-machinery serves remote workers later. A call goes through these states::
-
-    QUEUED --dispatch--> SENT --result--> DONE
-       |                  |  \\--worker died--> QUEUED again (up to max_retries), or DONE
-       \\----cancel-------\\--> CANCELLED        with WorkerLostError
+machinery serves remote workers later. A call goes through the states of
+:class:`~pydron.backend.states.CallState` (queued, sent, done or cancelled), a worker
+through those of :class:`~pydron.backend.states.WorkerState`.
 
 Threads. ``submit`` and ``cancel`` run in the caller's threads and are cheap: submit
 pickles the arguments (so that an unpicklable one raises right there, in the caller),
@@ -56,6 +54,8 @@ from typing import Any
 
 from pydron.backend import sharing, wire
 from pydron.backend.pool import OnDone, Pool
+from pydron.backend.records import Outcome, Task, dumps_records
+from pydron.backend.states import WORKER_MOVES, CallState, WorkerState
 from pydron.backend.reactor import (
     before_twisted, call_soon, get_reactor, in_reactor_thread, watch_exit,
 )
@@ -70,7 +70,8 @@ __all__ = ["MulticorePool"]
 
 _log = logging.getLogger("pydron.backend")
 
-QUEUED, SENT, DONE, CANCELLED = range(4)
+QUEUED, SENT, DONE, CANCELLED = CallState  # module names: the hot path reads these
+STARTING, READY, LEAVING, DEAD = WorkerState
 
 PREFETCH_HORIZON = 0.002
 """Calls shorter than this (seconds, on average) are queued on workers ahead of time."""
@@ -164,9 +165,8 @@ class _Proc:
         self.popen = popen
         self.pid = popen.pid
         self.conn: Any = None
-        self.ready = False
-        self.dead = False
-        self.leaving = False              # told BYE
+        self.state = STARTING
+        self.connected = False            # it passed the handshake (stays True once it did)
         self.outstanding: dict[int, _Call] = {}   # sent, in the order sent
         self.known: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.kill_reason = ""
@@ -178,6 +178,26 @@ class _Proc:
         self.timer: Any = None
         self.unwatch: Callable[[], None] | None = None
         self.liveness = wire.Liveness(popen.pid)  # silent, but computing?
+
+    @property
+    def ready(self) -> bool:
+        """Whether it has connected (and authenticated), at any time."""
+        return self.connected
+
+    @property
+    def dead(self) -> bool:
+        return self.state is DEAD
+
+    @property
+    def leaving(self) -> bool:
+        """Told to go, and not dead yet."""
+        return self.state is LEAVING
+
+    def become(self, state: WorkerState) -> None:
+        """Move to ``state``; a move the table does not allow is a bug of ours."""
+        if state is not self.state and state not in WORKER_MOVES[self.state]:
+            raise AssertionError(f"worker {self.index}: {self.state.name} -> {state.name}")
+        self.state = state
 
     def kill(self, reason: str = "") -> None:
         if reason and not self.kill_reason:
@@ -314,7 +334,7 @@ class MulticorePool(Pool):
         self._stopped = threading.Event()
         # Results are unpickled and delivered in decoding threads (see _decode_loop),
         # never in the reactor thread; counts under _decode_lock.
-        self._decoding: queue.SimpleQueue[list[tuple[_Call, tuple, list[Any]]]] = \
+        self._decoding: queue.SimpleQueue[list[tuple[_Call, Outcome, list[Any]]]] = \
             queue.SimpleQueue()
         self._decode_lock = threading.Lock()
         self._decoders = 0                 # decoding threads started
@@ -658,7 +678,9 @@ class MulticorePool(Pool):
             proc.timer.cancel()
         proc.timer = None
         with self._lock:
-            proc.ready = True
+            proc.connected = True
+            if proc.state is STARTING:
+                proc.become(READY)
             self._changed.notify_all()
         self._start_failures = 0
         if self._stopping and not self._has_work():
@@ -696,7 +718,7 @@ class MulticorePool(Pool):
         pending = self._queue
         if not pending:
             return
-        ready = [p for p in self._procs.values() if p.ready and not p.leaving and not p.dead]
+        ready = [p for p in self._procs.values() if p.state is READY]
         if not ready:
             return
         limit = self._limit()
@@ -732,7 +754,7 @@ class MulticorePool(Pool):
 
     def _send(self, proc: _Proc, calls: list[_Call]) -> None:
         pieces: list[bytes | memoryview] = []
-        entries: list[tuple] = []
+        entries: list[Task] = []
         size = 0
         known = proc.known
         limit = self.max_frame - 1024
@@ -746,13 +768,13 @@ class MulticorePool(Pool):
                     known.popitem(last=False)
             cost = len(call.args) + (len(blob) if blob else 0) + 64
             if entries and size + cost > limit:
-                pieces.append(wire.frame(wire.TASKS, pickle.dumps(entries, PROTOCOL)))
+                pieces.append(wire.frame(wire.TASKS, dumps_records(entries, PROTOCOL)))
                 entries, size = [], 0
             for buffer in call.buffers:
                 pieces += wire.buffer_frames(buffer, self.max_frame)
-            entries.append((call.id, call.digest, blob, call.args, len(call.buffers)))
+            entries.append(Task(call.id, call.digest, blob, call.args, len(call.buffers)))
             size += cost
-        pieces.append(wire.frame(wire.TASKS, pickle.dumps(entries, PROTOCOL)))
+        pieces.append(wire.frame(wire.TASKS, dumps_records(entries, PROTOCOL)))
         proc.conn.send(pieces)
 
     def shared_served(self, proc: _Proc, nbytes: int, mapped: bool = False) -> None:
@@ -763,22 +785,22 @@ class MulticorePool(Pool):
         self.shared_mapped += mapped
 
     # -- outcomes ------------------------------------------------------------------------
-    def results(self, proc: _Proc, entries: list[tuple], buffers: list[Any]) -> None:
+    def results(self, proc: _Proc, entries: list[Outcome], buffers: list[Any]) -> None:
         """A RESULTS frame from ``proc``: deliver each outcome still wanted."""
-        mine: list[tuple[_Call, tuple, list[Any]]] = []
+        mine: list[tuple[_Call, Outcome, list[Any]]] = []
         used = 0
         outstanding = proc.outstanding
         with self._lock:
-            for entry in entries:
-                nbuf = entry[3]
-                call = outstanding.pop(entry[0], None)
+            for outcome in entries:
+                nbuf = outcome.nbuf
+                call = outstanding.pop(outcome.call_id, None)
                 if call is not None and call.state == SENT:
                     call.state = DONE
-                    mine.append((call, entry, buffers[used:used + nbuf]))
+                    mine.append((call, outcome, buffers[used:used + nbuf]))
                 used += nbuf
         ewma = self._ewma
-        for call, entry, bufs in mine:
-            elapsed = entry[4]
+        for call, outcome, bufs in mine:
+            elapsed = outcome.elapsed
             ewma = elapsed if ewma is None else 0.8 * ewma + 0.2 * elapsed
         self._ewma = ewma
         if mine:
@@ -788,8 +810,8 @@ class MulticorePool(Pool):
         else:
             self._dispatch()
 
-    def _after_deliveries(self, batch: list[tuple[_Call, tuple, list[Any]]]) -> None:
-        """Queue the outcomes of one RESULTS frame, ``(call, entry, buffers)`` each, for
+    def _after_deliveries(self, batch: list[tuple[_Call, Outcome, list[Any]]]) -> None:
+        """Queue the outcomes of one RESULTS frame, ``(call, outcome, buffers)`` each, for
         a decoding thread; start one if none is idle (up to :data:`DECODERS`)."""
         with self._decode_lock:
             self._undelivered += 1
@@ -824,8 +846,8 @@ class MulticorePool(Pool):
                 self._idle_decoders -= 1
                 self._to_take -= 1
             try:
-                for call, entry, bufs in batch:
-                    ok, value = _decode(call, entry, bufs)
+                for call, outcome, bufs in batch:
+                    ok, value = _decode(call, outcome, bufs)
                     self._deliver(call, ok, value)
             except BaseException:  # noqa: B902 -- this thread must go on delivering
                 _log.exception("pydron: internal error while delivering results")
@@ -879,7 +901,8 @@ class MulticorePool(Pool):
         cancelled or past ``call_timeout``) count against nothing; the others count
         towards ``respawns_per_minute``.
         """
-        proc.dead = True
+        leaving = proc.state is LEAVING
+        proc.become(DEAD)
         if proc.timer is not None and proc.timer.active():
             proc.timer.cancel()
         if proc.conn is not None and not proc.conn.dropped:
@@ -920,15 +943,15 @@ class MulticorePool(Pool):
                 self._lost_message(proc, how, call, bool(_oom_hint(proc, code)))))
         if self._exiting:
             return
-        if not (proc.leaving or cancel_death):
+        if not (leaving or cancel_death):
             self._deaths.append(time.monotonic())
             self._last_death = f"worker {proc.index} (pid {proc.pid}) {how}{running}"
-        if not proc.ready and not proc.leaving:
+        if not proc.connected and not leaving:
             problem = f"worker {proc.index} (pid {proc.pid}) {how} before it connected"
             if proc.refused:
                 problem += f": {proc.refused}"
             self._start_failed(problem)
-        elif not (proc.leaving or cancel_death):
+        elif not (leaving or cancel_death):
             _log.warning("pydron: worker %d (pid %d) %s%s", proc.index, proc.pid, how,
                          f"; {len(requeue)} call(s) will run elsewhere" if requeue else "")
         if self._stopping and not self._has_work():
@@ -991,7 +1014,7 @@ class MulticorePool(Pool):
         beat = wire.frame(wire.HEARTBEAT)
         for proc in list(self._procs.values()):
             conn = proc.conn
-            if not proc.ready or proc.dead or conn is None:
+            if not proc.connected or proc.state is DEAD or conn is None:
                 continue
             if late:
                 # This thread itself did not run for a while (the GIL was held); the
@@ -1076,10 +1099,10 @@ class MulticorePool(Pool):
         """Once no work is left: say BYE to every worker; when all have exited, done."""
         reactor = get_reactor()
         for proc in list(self._procs.values()):
-            if proc.leaving or proc.dead:
+            if proc.state is LEAVING or proc.state is DEAD:
                 continue
-            proc.leaving = True
-            if proc.ready and proc.conn is not None:
+            proc.become(LEAVING)
+            if proc.connected and proc.conn is not None:
                 proc.conn.send([wire.frame(wire.BYE)])
                 proc.conn.transport.loseConnection()
                 reactor.callLater(STOP_GRACE, self._kill_if_alive, proc)
@@ -1157,19 +1180,20 @@ _SMALL = frozenset({int, float, bool, complex, type(None)})
 """Types whose pickle is never large (not pickled again to find out)."""
 
 
-def _decode(call: _Call, entry: tuple, buffers: list[Any]) -> tuple[bool, Any]:
-    """The outcome of a RESULTS entry: ``(True, value)``, or ``(False, exception)``.
+def _decode(call: _Call, outcome: Outcome, buffers: list[Any]) -> tuple[bool, Any]:
+    """The value of an outcome: ``(True, value)``, or ``(False, exception)``.
 
     Any exception while unpickling a value, BaseExceptions too (a ``__reduce__`` that
     returns ``(sys.exit, (3,))``), becomes a SerializationError naming the call: the
     call is done, and its caller must hear so."""
-    if not entry[1]:
+    if not outcome.ok:
         try:
-            return False, loads_exception(*entry[2:3], *entry[5:8])
+            return False, loads_exception(outcome.blob, outcome.name,  # type: ignore[arg-type]
+                                          outcome.message, outcome.text)  # type: ignore[arg-type]
         except BaseException as exc:  # noqa: B902
             return False, _load_error(call, "the exception raised by", exc)
     try:
-        return True, pickle.loads(entry[2], buffers=buffers)
+        return True, pickle.loads(outcome.blob, buffers=buffers)  # type: ignore[arg-type]
     except BaseException as exc:  # noqa: B902
         return False, _load_error(call, "the result of", exc)
 

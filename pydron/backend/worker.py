@@ -52,6 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydron.backend import modules, sharing, shipping, wire
+from pydron.backend.records import Outcome, dumps_records, tasks_of
 from pydron.backend.shipping import (
     PROTOCOL, callable_name, dumps_exception, dumps_result, type_name,
 )
@@ -274,15 +275,15 @@ class Worker:
         functions = self.functions
         buffers = self.buffers.buffers
         used = 0
-        for call_id, digest, blob, args, nbuf in pickle.loads(payload):
-            if blob is not None:
-                functions[digest] = [blob, None]
+        for task in tasks_of(payload):
+            if task.blob is not None:
+                functions[task.digest] = [task.blob, None]
                 if len(functions) > FUNCTION_CACHE_SIZE:
                     functions.popitem(last=False)
-            entry = functions.get(digest)
-            mine = buffers[used:used + nbuf]
-            used += nbuf
-            self.tasks.put((call_id, entry, args, mine))
+            entry = functions.get(task.digest)
+            mine = buffers[used:used + task.nbuf]
+            used += task.nbuf
+            self.tasks.put((task.call_id, entry, task.args, mine))
         del buffers[:used]
 
     # -- the main thread -----------------------------------------------------------------
@@ -400,7 +401,7 @@ class Worker:
             tb = tb.tb_next if tb is not None else None  # drop this frame: not user code
             blob, name, message, text = dumps_exception(exc, tb, self._exception_limit())
             del exc, tb
-            return [_results([(call_id, False, blob, 0, elapsed, name, message, text)])]
+            return [_results([Outcome(call_id, False, blob, 0, elapsed, name, message, text)])]
         elapsed = time.perf_counter() - start
         del args, kwargs
         try:
@@ -423,11 +424,11 @@ class Worker:
                     item="the result", value_type=type_name(value))
         except SerializationError as exc:
             blob, name, message, _ = dumps_exception(exc, None, self._exception_limit())
-            return [_results([(call_id, False, blob, 0, elapsed, name, message, None)])]
+            return [_results([Outcome(call_id, False, blob, 0, elapsed, name, message)])]
         pieces: list[bytes | memoryview] = []
         for buf in raw:
             pieces += wire.buffer_frames(buf, self.max_frame)
-        pieces.append(_results([(call_id, True, blob, len(raw), elapsed)]))
+        pieces.append(_results([Outcome(call_id, True, blob, len(raw), elapsed)]))
         return pieces
 
     def _load_failed(self, call_id: int, what: str, exc: BaseException,
@@ -440,7 +441,7 @@ class Worker:
             f"worker {self.index} cannot load {what}{where}: {type(exc).__name__}: {exc}"
             f"{hint}", item=what, value_type=type_name(exc))
         blob, name, message, _ = dumps_exception(error, None, self._exception_limit())
-        return [_results([(call_id, False, blob, 0, 0.0, name, message, None)])]
+        return [_results([Outcome(call_id, False, blob, 0, 0.0, name, message)])]
 
     def _exception_limit(self) -> int:
         """Bytes a failure's report may take: it must fit one RESULTS frame, with room to
@@ -463,8 +464,8 @@ class Worker:
                     self.send_lock.release()
 
 
-def _results(entries: list[tuple]) -> bytes:
-    return wire.frame(wire.RESULTS, pickle.dumps(entries, PROTOCOL))
+def _results(outcomes: list[Outcome]) -> bytes:
+    return wire.frame(wire.RESULTS, dumps_records(outcomes, PROTOCOL))
 
 
 def _flush_streams() -> None:

@@ -1,0 +1,63 @@
+"""The records a TASKS or RESULTS frame carries, as named types both ends build and read.
+
+The frame format itself is in :mod:`pydron.backend.wire`; a TASKS payload is the pickle
+of a list of :class:`Task`, a RESULTS payload that of a list of :class:`Outcome`, each
+record's out-of-band buffers sent just before the frame, in order (``nbuf`` of them per
+record). On the wire a record is a plain tuple (the cheapest thing to pickle, and what a
+test's fake master or worker builds by hand); in the code on either end it is the named
+type, so no one reads a field by its position.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import NamedTuple
+
+__all__ = ["Task", "Outcome", "dumps_records", "tasks_of", "outcomes_of"]
+
+
+class Task(NamedTuple):
+    """One call sent to a worker (an entry of a TASKS frame)."""
+
+    call_id: int
+    digest: bytes
+    """The function's content hash: the key of the worker's function cache."""
+    blob: bytes | None
+    """The pickled function, or None when the worker already holds ``digest``."""
+    args: bytes
+    """The in-band pickle of ``(args, kwargs)``."""
+    nbuf: int
+    """How many of the buffers before the frame belong to these arguments."""
+
+
+class Outcome(NamedTuple):
+    """How one call ended on a worker (an entry of a RESULTS frame).
+
+    A success carries the result's in-band pickle in ``blob`` and ``nbuf`` buffers; a
+    failure carries the exception as :func:`~pydron.backend.shipping.dumps_exception`
+    made it: ``blob`` (or None), ``name``, ``message``, ``text``."""
+
+    call_id: int
+    ok: bool
+    blob: bytes | None
+    nbuf: int
+    elapsed: float
+    """Seconds the call itself ran (the master's prefetching goes by it)."""
+    name: str | None = None
+    message: str | None = None
+    text: str | None = None
+
+
+def dumps_records(records: list[Task] | list[Outcome], protocol: int) -> bytes:
+    """The payload of a TASKS or RESULTS frame: the records as plain tuples."""
+    return pickle.dumps([tuple(r) for r in records], protocol)
+
+
+def tasks_of(payload: bytes | bytearray) -> list[Task]:
+    """The records of a TASKS payload."""
+    return [Task(*entry) for entry in pickle.loads(payload)]
+
+
+def outcomes_of(entries: list[tuple]) -> list[Outcome]:
+    """The records of an unpickled RESULTS payload (the master unpickles it itself, to
+    tell an unreadable frame from a malformed record)."""
+    return [Outcome(*entry) for entry in entries]
