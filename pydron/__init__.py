@@ -15,8 +15,7 @@ from pydron.backend.sharing import Shared, shared
 from pydron.explicit import Executor, map, map_reduce, reduce  # noqa: F401 (see __all__)
 from pydron.explicit.mp_pool import Pool
 from pydron.purity import functional
-
-__version__ = "0.1.0"
+from pydron._version import __version__
 
 
 

@@ -25,7 +25,7 @@ __all__ = ["main"]
 
 def _cloud_entries(path: str | None) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
     """``(source, [(key path, entry), ...])`` of the cloud entries in the configuration."""
-    from pydron.backend.cloud import entry_of
+    from pydron.backend.launchers.cloud_provider import entry_of
     from pydron.config import load_config
 
     config = load_config(path)
@@ -46,7 +46,9 @@ def _describe(entry: dict[str, Any]) -> str:
 
 
 def _cloud_list(args: argparse.Namespace) -> int:
-    from pydron.backend.cloud import TAG_CREATED, TAG_IDLE, TAG_RUN, list_tagged, node_tags
+    from pydron.backend.launchers.cloud_provider import (
+        TAG_CREATED, TAG_IDLE, TAG_RUN, list_tagged, node_tags,
+    )
 
     source, entries = _cloud_entries(args.config)
     if not entries:
@@ -71,7 +73,7 @@ def _cloud_list(args: argparse.Namespace) -> int:
 
 
 def _cloud_cleanup(args: argparse.Namespace) -> int:
-    from pydron.backend.cloud import cleanup
+    from pydron.backend.launchers.cloud_provider import cleanup
 
     source, entries = _cloud_entries(args.config)
     if not entries:

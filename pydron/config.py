@@ -491,7 +491,8 @@ WORKER_TYPES: dict[str, WorkerType] = {
     ),
     # Runs each call in the caller's thread, one at a time: debugging, deterministic tests.
     "inline": WorkerType(keys={}, count=lambda entry: 1),
-    # Worker processes on another host over SSH (pydron.backend.ssh): `cores` of them.
+    # Worker processes on another host over SSH (pydron.backend.launchers.ssh_transport): `cores`
+    # of them.
     "ssh": WorkerType(
         keys=_SSH_KEYS,
         count=lambda entry: int(entry.get("cores", 1)),  # type: ignore[call-overload]
@@ -499,9 +500,10 @@ WORKER_TYPES: dict[str, WorkerType] = {
         obsolete=dict([_DATA_PORTS]),
         secrets={"password": ("a password", _PASSWORD_ADVICE)},
     ),
-    # Instances Pydron creates with libcloud (pydron.backend.cloud), then used as ssh hosts.
+    # Instances Pydron creates with libcloud (pydron.backend.launchers.cloud_provider), then used
+    # as ssh hosts.
     # `count` is the number of instances here; the capacity is count * cores (use
-    # pydron.backend.cloud.entry_of(spec) to get the entry back with its count).
+    # pydron.backend.launchers.cloud_provider.entry_of(spec) to get the entry back with its count).
     "cloud": WorkerType(
         keys={"provider": _string, "region": _string, "image": _string, "size": _string,
               "key_name": _string, "key_filename": _string, "public_key": _string,

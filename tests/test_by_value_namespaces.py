@@ -1,7 +1,7 @@
 """Functions of the caller's ``__main__`` travel by value; on a worker they share one
 namespace per module, so the ``multiprocessing`` idiom of an initializer that sets a global
 for the mapped function works, while a global the caller rebinds between calls still
-reaches the workers (pydron.backend.shipping, "By-value functions and their module's
+reaches the workers (pydron.backend.protocol.shipping, "By-value functions and their module's
 namespace"). The programs run as scripts, so that their functions really are __main__'s."""
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_initializer_globals_and_rebinding(tmp_path, kind):
 def test_results_loaded_in_the_caller_keep_a_namespace_of_their_own():
     """Outside a worker a by-value function still gets a fresh dict: loading one must
     never write into any of the caller's namespaces."""
-    from pydron.backend import shipping
+    from pydron.backend.protocol import shipping
     namespace = {"__name__": "__main__", "X": 1}
     exec("def f():\n    return X\n", namespace)
     blob = shipping.cloud_dumps(namespace["f"])

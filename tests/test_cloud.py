@@ -1,6 +1,6 @@
-"""pydron.backend.cloud and ``python -m pydron cloud`` with real libcloud drivers: the
-Dummy driver (its nodes get 127.0.0.N addresses, which the test sshd serves) and the EC2
-driver against a local moto server. Instance addresses moto invents are never contacted.
+"""pydron.backend.launchers.cloud_provider and ``python -m pydron cloud`` with real libcloud
+drivers: the Dummy driver (its nodes get 127.0.0.N addresses, which the test sshd serves) and
+the EC2 driver against a local moto server. Instance addresses moto invents are never contacted.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from pydron.backend import cloud, ssh
-from pydron.backend.cloud import TAG_ENTRY, TAG_RUN, CloudError
+from pydron.backend.launchers import cloud_provider as cloud
+from pydron.backend.launchers import ssh_transport as ssh
+from pydron.backend.launchers.cloud_provider import TAG_ENTRY, TAG_RUN, CloudError
 from pydron.config import WorkerSpec, parse_config
 from realhosts import free_port
 
@@ -112,7 +113,7 @@ def test_ctrl_c_while_waiting_destroys_the_nodes(tmp_path):
     KeyboardInterrupt leaves provision()."""
     script = textwrap.dedent(f"""
         import json, sys
-        from pydron.backend import cloud
+        from pydron.backend.launchers import cloud_provider as cloud
         entry = {{"provider": "dummy", "image": "1", "size": "1", "count": 2,
                   "port": {free_port()}, "ready_timeout": 60}}
         def progress(event, node, detail):
@@ -309,7 +310,7 @@ def test_cleanup_after_a_run_killed_with_sigkill(ec2, tmp_path):
     conf = _conf(tmp_path, ec2)
     script = textwrap.dedent("""
         import json, sys, time
-        from pydron.backend import cloud
+        from pydron.backend.launchers import cloud_provider as cloud
         from pydron.config import load_config
         spec = [w for w in load_config().workers if w.type == "cloud"][0]
         with cloud.provisioned(spec, wait_for_ssh=False, poll=0.2) as nodes:

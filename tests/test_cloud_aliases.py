@@ -24,7 +24,7 @@ from libcloud.compute.drivers.dummy import DummyNodeDriver
 
 import pydron.backend as backend
 import pydron.config as config
-from pydron.backend import cloud
+from pydron.backend.launchers import cloud_provider as cloud
 from pydron.backend.cloudpool import CloudPool
 from pydron.config import load_config
 from realhosts import SSH_KEYGEN

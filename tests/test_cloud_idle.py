@@ -9,8 +9,8 @@ import time
 import pytest
 
 import pydron.backend as backend
-from pydron.backend import cloud
-from pydron.backend.cloud import TAG_IDLE, TAG_RUN
+from pydron.backend.launchers import cloud_provider as cloud
+from pydron.backend.launchers.cloud_provider import TAG_IDLE, TAG_RUN
 from pydron.backend.cloudpool import CloudPool
 from test_cloud import ec2  # noqa: F401  (the fixture)
 from test_sshpool import spread

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import pydron.backend as backend
-from pydron.backend import cloud
+from pydron.backend.launchers import cloud_provider as cloud
 from pydron.backend.cloudpool import CloudPool
 from test_sshpool import spread
 
@@ -79,7 +79,7 @@ def test_instances_that_never_answer_fail_the_calls_and_are_destroyed(ssh_home):
 
 _SCRIPT = """
 import atexit, json, sys, time
-from pydron.backend import cloud
+from pydron.backend.launchers import cloud_provider as cloud
 ENTRY = {entry!r}
 
 def check():  # registered first, so it runs last: after pydron's own exit hooks

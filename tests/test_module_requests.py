@@ -16,8 +16,9 @@ import time
 import uuid
 from typing import Any
 
-from pydron.backend import wire
-from pydron.backend.modules import lookup, provided_locally
+from pydron.backend import protocol as wire
+from pydron.backend.engine.module_server import lookup
+from pydron.backend.protocol.modules import provided_locally
 
 from test_wire import FakeMaster
 

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 import pydron.backend as backend
-from pydron.backend.modules import lookup
+from pydron.backend.engine.module_server import lookup
 
 MODULE = '''
 import os

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pydron.backend import cloud
+from pydron.backend.launchers import cloud_provider as cloud
 
 ENTRY = {"provider": "ec2", "region": "us-east-1", "image": "ami-1", "size": "t3.micro",
          "idle_timeout": 3600}

@@ -187,7 +187,7 @@ def test_the_original_cloud_example_is_accepted_as_todays_keys(caplog):
         "configuration, so anyone who can read the code or file it comes from can read it; "
         'name the credentials instead of writing them: "credentials": {"env": ')
     assert "AbDef012+Zsecret" not in caplog.text and "AbDef012+Zsecret" not in repr(spec)
-    from pydron.backend import cloud
+    from pydron.backend.launchers import cloud_provider as cloud
     assert cloud.entry_of(spec)["count"] == 10
     assert cloud._credentials(cloud.entry_of(spec)) == {"key": "ABCDEF12345",
                                                          "secret": "AbDef012+Zsecret"}

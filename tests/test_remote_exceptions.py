@@ -24,7 +24,7 @@ import pytest
 import pydron
 import pydron.backend as backend
 from pydron import functional, schedule
-from pydron.backend import shipping
+from pydron.backend.protocol import shipping
 from pydron.backend.multicore import MulticorePool
 from pydron.errors import RemoteError, SerializationError
 

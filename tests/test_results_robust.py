@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from pydron.backend import wire
+from pydron.backend import protocol as wire
 from pydron.backend.multicore import MulticorePool
 from pydron.config import ConfigError, parse_config
 from pydron.errors import SerializationError

@@ -431,8 +431,9 @@ def test_shared_cache_setting_reaches_the_pool():
 @pytest.fixture
 def lone_worker(monkeypatch):
     """A Worker object on one end of a socket pair (no master: the test plays it)."""
-    from pydron.backend import modules, wire
-    from pydron.backend.worker import Worker
+    from pydron.backend import protocol as wire
+    from pydron.backend.worker import module_finder as modules
+    from pydron.backend.worker.program import Worker
     monkeypatch.setattr(modules, "REQUEST_TIMEOUT", 0.3)
     import socket
     mine, theirs = socket.socketpair()
@@ -466,7 +467,7 @@ def test_worker_waits_while_a_large_reply_is_arriving(lone_worker):
 
 
 def test_worker_takes_a_reply_and_its_buffers(lone_worker):
-    from pydron.backend import wire
+    from pydron.backend import protocol as wire
     digest = b"\x02" * 20
     lone_worker._handle(wire.SHARED_REPLY, wire.encode_shared_reply(b"\x03" * 20, True, 0,
                                                                      b"late"))
@@ -486,7 +487,7 @@ def test_worker_takes_a_reply_and_its_buffers(lone_worker):
 
 
 def test_shared_reply_round_trip_and_kind_names():
-    from pydron.backend import wire
+    from pydron.backend import protocol as wire
     payload = wire.encode_shared_reply(b"\x09" * 20, True, 3, b"pickle")
     assert wire.decode_shared_reply(payload) == (b"\x09" * 20, True, 3, None, b"pickle")
     assert wire.decode_shared_reply(wire.encode_shared_reply(b"d", False, 0, b"why")) == \

@@ -1,5 +1,5 @@
-"""pydron.backend.ssh against real OpenSSH servers: one on 127.0.0.1 and one on a second
-host in a network namespace (fixtures in conftest_hosts.py). No mocks: connection, host
+"""pydron.backend.launchers.ssh_transport against real OpenSSH servers: one on 127.0.0.1 and one
+on a second host in a network namespace (fixtures in conftest_hosts.py). No mocks: connection, host
 keys, ~/.ssh/config, forwarding, uploads and process lifetimes are the real thing."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest_hosts import pin_host, unavailable
-from pydron.backend import ssh
-from pydron.backend.ssh import HostError
+from pydron.backend.launchers import ssh_transport as ssh
+from pydron.backend.launchers.ssh_transport import HostError
 from realhosts import free_port
 
 
@@ -363,7 +363,8 @@ def test_ensure_pydron_uploads_into_tmp_dir(netns_host, ssh_home, tmp_path):
         assert path == f"{tmp_dir}/pydron-{version}-{digest}"
         uploaded = sorted(str(p.relative_to(path)) for p in Path(path).rglob("*") if p.is_file())
         assert uploaded and all(name.endswith(".py") for name in uploaded)
-        assert "pydron/__init__.py" in uploaded and "pydron/backend/ssh.py" in uploaded
+        assert "pydron/__init__.py" in uploaded
+        assert "pydron/backend/launchers/ssh_transport.py" in uploaded
         assert os.stat(path).st_mode & 0o077 == 0  # private
 
         import shlex
@@ -481,7 +482,7 @@ def test_remote_process_group_ends_when_the_master_is_killed(netns_host, ssh_hom
                   "print(os.getpid(), p.pid, flush=True); time.sleep(120)")
     master = textwrap.dedent(f"""
         import json, sys
-        from pydron.backend import ssh
+        from pydron.backend.launchers import ssh_transport as ssh
         client = ssh.connect(json.loads(sys.argv[1]))
         ch = ssh.start_remote(client, [sys.executable, "-c", {grandchild!r}],
                               python=sys.executable)

@@ -26,7 +26,7 @@ import pytest
 
 import pydron.backend as backend
 from conftest_hosts import pin_host, unavailable
-from pydron.backend import ssh
+from pydron.backend.launchers import ssh_transport as ssh
 from pydron.backend.sshpool import SshPool
 from pydron.config import load_config
 from realhosts import SSHHost, SSHServer, Unavailable, free_port

@@ -12,8 +12,9 @@ import traceback
 
 import pytest
 
-from pydron.backend import shipping, wire
-from pydron.backend.shipping import FunctionShipper
+from pydron.backend import protocol as wire
+from pydron.backend.protocol import shipping
+from pydron.backend.protocol.shipping import FunctionShipper
 from pydron.errors import RemoteError, SerializationError
 
 from test_multicore import ROOT, square

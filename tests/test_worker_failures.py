@@ -20,7 +20,8 @@ import pytest
 import pydron
 import pydron.backend as backend
 from pydron import functional, schedule
-from pydron.backend import multicore, wire
+from pydron.backend import multicore
+from pydron.backend import protocol as wire
 from pydron.errors import WorkerLostError
 
 from test_multicore import ROOT, TIMEOUT, Outcomes, make_pool, square  # noqa: F401

@@ -1,10 +1,10 @@
 """The cloud pool (``"type": "cloud"``): instances created for the run, used as ssh hosts.
 
 When the pool starts, each cloud entry's ``count`` instances are created (tagged with the
-run's id) by :func:`pydron.backend.cloud.provision`, in a thread per entry, with progress
-on the ``pydron.backend`` logger; each instance that becomes ready is then brought up as an
-ssh host of the :class:`~pydron.backend.sshpool.SshPool` this class extends (its host keys
-go to a known_hosts file of the run unless the entry names one).
+run's id) by :func:`pydron.backend.launchers.cloud_provider.provision`, in a thread per entry,
+with progress on the ``pydron.backend`` logger; each instance that becomes ready is then
+brought up as an ssh host of the :class:`~pydron.backend.sshpool.SshPool` this class extends
+(its host keys go to a known_hosts file of the run unless the entry names one).
 
 The instances are destroyed when the pool shuts down (which the shared pool does at
 interpreter exit, after an error or a Ctrl-C that ends the program), by an ``atexit`` hook
@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydron.backend import cloud
+from pydron.backend.launchers import cloud_provider as cloud
 from pydron.backend.reactor import call_soon
 from pydron.backend.sshpool import SshPool, _Host
 

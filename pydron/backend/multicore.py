@@ -2,8 +2,8 @@
 
 Modelled on ``concurrent/futures/process.py``, with TCP instead of pipes so that the same
 machinery serves remote workers later. A call goes through the states of
-:class:`~pydron.backend.states.CallState` (queued, sent, done or cancelled), a worker
-through those of :class:`~pydron.backend.states.WorkerState`.
+:class:`~pydron.backend.engine.states.CallState` (queued, sent, done or cancelled), a worker
+through those of :class:`~pydron.backend.engine.states.WorkerState`.
 
 Threads. ``submit`` and ``cancel`` run in the caller's threads and are cheap: submit
 pickles the arguments (so that an unpicklable one raises right there, in the caller),
@@ -52,18 +52,19 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from pydron.backend import sharing, wire
+from pydron.backend import sharing
+from pydron.backend.protocol import frames, handshake, liveness
 from pydron.backend.pool import OnDone, Pool
-from pydron.backend.records import Outcome, Task, dumps_records
-from pydron.backend.states import WORKER_MOVES, CallState, WorkerState
+from pydron.backend.protocol.liveness import MASTER_TIMEOUT
+from pydron.backend.protocol.records import FUNCTION_CACHE_SIZE, Outcome, Task, dumps_records
+from pydron.backend.engine.states import WORKER_MOVES, CallState, WorkerState
 from pydron.backend.reactor import (
     before_twisted, call_soon, get_reactor, in_reactor_thread, watch_exit,
 )
-from pydron.backend.shipping import (
+from pydron.backend.protocol.shipping import (
     PROTOCOL, FunctionShipper, callable_name, callable_site, dumps_args, dumps_value,
     loads_exception, type_name,
 )
-from pydron.backend.worker import FUNCTION_CACHE_SIZE, MASTER_TIMEOUT
 from pydron.errors import CallTimeoutError, SerializationError, WorkerLostError
 
 __all__ = ["MulticorePool"]
@@ -177,7 +178,7 @@ class _Proc:
         self.refused = ""
         self.timer: Any = None
         self.unwatch: Callable[[], None] | None = None
-        self.liveness = wire.Liveness(popen.pid)  # silent, but computing?
+        self.liveness = liveness.Liveness(popen.pid)  # silent, but computing?
 
     @property
     def ready(self) -> bool:
@@ -235,7 +236,7 @@ class MulticorePool(Pool):
 
     def __init__(self, cores: int, *, max_retries: int = 3, heartbeat: float = 1.0,
                  heartbeat_timeout: float = 5.0, handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 start_timeout: float = 60.0, max_frame: int = wire.MAX_FRAME,
+                 start_timeout: float = 60.0, max_frame: int = frames.MAX_FRAME,
                  master_timeout: float = MASTER_TIMEOUT,
                  prefetch_bytes: int = PREFETCH_BYTES, call_timeout: float | None = None,
                  respawns_per_minute: int | None = None,
@@ -246,9 +247,9 @@ class MulticorePool(Pool):
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or \
                 max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if not wire.MIN_FRAME <= max_frame <= wire.MAX_FRAME_LIMIT:
-            raise ValueError(f"max_frame must be between {wire.MIN_FRAME} and "
-                             f"{wire.MAX_FRAME_LIMIT} bytes, got {max_frame!r}")
+        if not frames.MIN_FRAME <= max_frame <= frames.MAX_FRAME_LIMIT:
+            raise ValueError(f"max_frame must be between {frames.MIN_FRAME} and "
+                             f"{frames.MAX_FRAME_LIMIT} bytes, got {max_frame!r}")
         if isinstance(prefetch_bytes, bool) or not isinstance(prefetch_bytes, int) or \
                 prefetch_bytes < 0:
             raise ValueError(f"prefetch_bytes must be an integer >= 0, got "
@@ -294,7 +295,7 @@ class MulticorePool(Pool):
             raise ValueError(f"auto_share must be an integer >= 1 (bytes) or None, got "
                              f"{auto_share!r}")
         self.auto_share = auto_share
-        self.secret = wire.new_secret()
+        self.secret = handshake.new_secret()
 
         # Shared between the callers' threads and the reactor thread, under _lock.
         self._lock = threading.Lock()
@@ -376,7 +377,7 @@ class MulticorePool(Pool):
                     f"the arguments of {callable_name(fn)}(){_at(fn)} pickle to "
                     f"{len(blob)} bytes (and the function to {len(fn_blob)}), more than the "
                     f"frame limit of {self.max_frame} bytes; "
-                    f"{wire.frame_advice(len(blob) + len(fn_blob))}",
+                    f"{frames.frame_advice(len(blob) + len(fn_blob))}",
                     item="the arguments", value_type="tuple")
             least = self.auto_share
             if least is not None and (raw or len(blob) >= least):  # else: nothing to share
@@ -519,7 +520,7 @@ class MulticorePool(Pool):
     def _listen(self) -> None:
         from twisted.internet.task import LoopingCall
 
-        from pydron.backend.master import WorkerFactory
+        from pydron.backend.engine.connection import WorkerFactory
         reactor = get_reactor()
         if self._listener is not None:  # hand the early socket to Twisted
             self._port = reactor.adoptStreamPort(self._listener.fileno(), socket.AF_INET,
@@ -768,13 +769,13 @@ class MulticorePool(Pool):
                     known.popitem(last=False)
             cost = len(call.args) + (len(blob) if blob else 0) + 64
             if entries and size + cost > limit:
-                pieces.append(wire.frame(wire.TASKS, dumps_records(entries, PROTOCOL)))
+                pieces.append(frames.frame(frames.TASKS, dumps_records(entries, PROTOCOL)))
                 entries, size = [], 0
             for buffer in call.buffers:
-                pieces += wire.buffer_frames(buffer, self.max_frame)
+                pieces += frames.buffer_frames(buffer, self.max_frame)
             entries.append(Task(call.id, call.digest, blob, call.args, len(call.buffers)))
             size += cost
-        pieces.append(wire.frame(wire.TASKS, dumps_records(entries, PROTOCOL)))
+        pieces.append(frames.frame(frames.TASKS, dumps_records(entries, PROTOCOL)))
         proc.conn.send(pieces)
 
     def shared_served(self, proc: _Proc, nbytes: int, mapped: bool = False) -> None:
@@ -883,7 +884,7 @@ class MulticorePool(Pool):
         elif proc.conn is not None:  # type: ignore[union-attr]
             # Not started yet, as far as we know; if it has started meanwhile, the
             # worker ends itself on reading this.
-            proc.conn.send([wire.frame(wire.CANCEL, call.id.to_bytes(8, "big"))])  # type: ignore[union-attr]
+            proc.conn.send([frames.frame(frames.CANCEL, call.id.to_bytes(8, "big"))])  # type: ignore[union-attr]
         call.clear()
         self._dispatch()
 
@@ -909,7 +910,7 @@ class MulticorePool(Pool):
             proc.conn.dropped = True
             proc.conn.transport.abortConnection()
         how = _death(proc, code)
-        cancel_death = proc.cancel_killed or code == wire.EXIT_CANCELLED or proc.timed_out
+        cancel_death = proc.cancel_killed or code == frames.EXIT_CANCELLED or proc.timed_out
         calls = list(proc.outstanding.values())
         proc.outstanding.clear()
         requeue: list[_Call] = []
@@ -1011,7 +1012,7 @@ class MulticorePool(Pool):
         now = time.monotonic()
         late = now - self._last_beat > 2 * self.heartbeat
         self._last_beat = now
-        beat = wire.frame(wire.HEARTBEAT)
+        beat = frames.frame(frames.HEARTBEAT)
         for proc in list(self._procs.values()):
             conn = proc.conn
             if not proc.connected or proc.state is DEAD or conn is None:
@@ -1103,7 +1104,7 @@ class MulticorePool(Pool):
                 continue
             proc.become(LEAVING)
             if proc.connected and proc.conn is not None:
-                proc.conn.send([wire.frame(wire.BYE)])
+                proc.conn.send([frames.frame(frames.BYE)])
                 proc.conn.transport.loseConnection()
                 reactor.callLater(STOP_GRACE, self._kill_if_alive, proc)
             else:
@@ -1214,8 +1215,8 @@ def _death(proc: _Proc, code: int) -> str:
         except ValueError:
             name = f"signal {-code}"
         return f"was killed by signal {name}"
-    if code in wire.EXIT_REASONS:
-        return f"{wire.EXIT_REASONS[code]} (exit code {code})"
+    if code in frames.EXIT_REASONS:
+        return f"{frames.EXIT_REASONS[code]} (exit code {code})"
     return f"exited with code {code}"
 
 

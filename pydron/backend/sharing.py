@@ -6,7 +6,7 @@ function receives the object itself:
 
 * in a worker process, the reference is resolved from the worker's cache (least recently
   used out, bounded by the ``shared_cache`` setting); on a miss the worker asks the master
-  (``SHARED_REQUEST``/``SHARED_REPLY``, see :mod:`pydron.backend.wire`), once;
+  (``SHARED_REQUEST``/``SHARED_REPLY``, see :mod:`pydron.backend.protocol.replies`), once;
 * in-process pools (threads, inline) resolve handles in :func:`resolve_args` before the
   call (:func:`pydron.backend.pool.run_call`);
 * a handle unpickled anywhere else (not a worker) resolves from this process's registry.
@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pydron.backend.shipping import dumps_value, type_name
+from pydron.backend.protocol.shipping import dumps_value, type_name
 from pydron.errors import SerializationError
 
 __all__ = ["Shared", "shared", "AUTO_SHARE_MIN", "DEFAULT_CACHE", "SharedCache",

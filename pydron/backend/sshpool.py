@@ -4,9 +4,9 @@ It is the multicore pool (:mod:`pydron.backend.multicore`) with workers started
 elsewhere: each host is connected in a thread of its own when the pool starts (all hosts
 at once), checked, given this pydron if it lacks it, and asked to forward a port on its
 own 127.0.0.1 to the master's listening socket through the SSH connection
-(:mod:`pydron.backend.ssh`). Then ``cores`` workers start there, under a supervisor that
-ends them when the pool ends or the SSH connection drops, and connect back through that
-forward: the wire protocol, batching, heartbeats, retries and cancels are the multicore
+(:mod:`pydron.backend.launchers.ssh_transport`). Then ``cores`` workers start there, under a
+supervisor that ends them when the pool ends or the SSH connection drops, and connect back
+through that forward: the wire protocol, batching, heartbeats, retries and cancels are the multicore
 pool's.
 
 Each host owns a fixed range of worker indexes ("slots"). A host that cannot be used --
@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pydron.backend import ssh
+from pydron.backend.launchers import ssh_transport as ssh
 from pydron.backend.multicore import STOP_GRACE, MulticorePool
 from pydron.backend.reactor import call_soon, in_reactor_thread
 from pydron.errors import WorkerLostError
@@ -199,9 +199,9 @@ def _write(fd: int, data: bytes) -> None:
 
 class SshPool(MulticorePool):
     """Workers on the hosts of ``"ssh"`` entries (mappings with the keys of
-    :func:`pydron.backend.ssh.connect` plus ``cores``, ``python``, ``tmp_dir`` and
-    ``required``). Its parallelism is the cores of the hosts that are not known to have
-    failed; keyword arguments are :class:`MulticorePool`'s, plus ``connect_timeout``
+    :func:`pydron.backend.launchers.ssh_transport.connect` plus ``cores``, ``python``,
+    ``tmp_dir`` and ``required``). Its parallelism is the cores of the hosts that are not
+    known to have failed; keyword arguments are :class:`MulticorePool`'s, plus ``connect_timeout``
     and ``progress(event, host, detail)``."""
 
     def __init__(self, entries: Sequence[Mapping[str, Any]], *,

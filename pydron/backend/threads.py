@@ -134,7 +134,7 @@ class _Watchdog:
             del call, entry
 
     def _expire(self, entry: tuple[float, Any, OnDone, threading.Thread]) -> None:
-        from pydron.backend.shipping import callable_name, callable_site
+        from pydron.backend.protocol.shipping import callable_name, callable_site
         from pydron.errors import CallTimeoutError
         _, fn, on_done, thread = entry
         try:

@@ -405,7 +405,7 @@ class Dispatcher:
             del work, pool, handle
 
     def _expire(self, work: _Work, pool: Pool | None, handle: object) -> None:
-        from pydron.backend.shipping import callable_name, callable_site
+        from pydron.backend.protocol.shipping import callable_name, callable_site
         if pool is not None and handle is not None:
             try:
                 pool.cancel(handle)   # a worker process running it is killed and replaced

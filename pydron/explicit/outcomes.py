@@ -5,7 +5,7 @@ has its own outcome, and a failed item's exception must reach the caller exactly
 raised: its type, args, attributes, chain and frames. Plain pickling keeps none of the
 chain and no frames, so a failed item travels as a :class:`Failure`, which pickles through
 the same encoder that worker processes use for a call that raised
-(:func:`pydron.backend.shipping.dumps_exception`). In an in-process pool nothing is
+(:func:`pydron.backend.protocol.shipping.dumps_exception`). In an in-process pool nothing is
 pickled and the Failure simply carries the exception object.
 
 Everything here must be importable on a worker by reference (no closures), and cheap:
@@ -34,14 +34,14 @@ class Failure:
         self.exception = exception
 
     def __reduce__(self) -> tuple:
-        from pydron.backend.shipping import dumps_exception
+        from pydron.backend.protocol.shipping import dumps_exception
         exc = self.exception
         tb = exc.__traceback__
         return (_rebuild_failure, dumps_exception(exc, tb, EXCEPTION_LIMIT))
 
 
 def _rebuild_failure(blob: bytes | None, name: str, message: str, text: str) -> Failure:
-    from pydron.backend.shipping import loads_exception
+    from pydron.backend.protocol.shipping import loads_exception
     return Failure(loads_exception(blob, name, message, text))
 
 

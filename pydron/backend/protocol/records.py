@@ -1,6 +1,6 @@
 """The records a TASKS or RESULTS frame carries, as named types both ends build and read.
 
-The frame format itself is in :mod:`pydron.backend.wire`; a TASKS payload is the pickle
+The frame format itself is in :mod:`.frames`; a TASKS payload is the pickle
 of a list of :class:`Task`, a RESULTS payload that of a list of :class:`Outcome`, each
 record's out-of-band buffers sent just before the frame, in order (``nbuf`` of them per
 record). On the wire a record is a plain tuple (the cheapest thing to pickle, and what a
@@ -12,7 +12,12 @@ from __future__ import annotations
 import pickle
 from typing import NamedTuple
 
-__all__ = ["Task", "Outcome", "dumps_records", "tasks_of", "outcomes_of"]
+__all__ = ["Task", "Outcome", "dumps_records", "tasks_of", "outcomes_of", "FUNCTION_CACHE_SIZE"]
+
+FUNCTION_CACHE_SIZE = 1024
+"""Function blobs a worker keeps (oldest first out). The master mirrors this bookkeeping
+exactly, so it always knows whether a worker still holds a function (and sends a
+:class:`Task` without its ``blob``)."""
 
 
 class Task(NamedTuple):
@@ -33,7 +38,7 @@ class Outcome(NamedTuple):
     """How one call ended on a worker (an entry of a RESULTS frame).
 
     A success carries the result's in-band pickle in ``blob`` and ``nbuf`` buffers; a
-    failure carries the exception as :func:`~pydron.backend.shipping.dumps_exception`
+    failure carries the exception as :func:`~pydron.backend.protocol.shipping.dumps_exception`
     made it: ``blob`` (or None), ``name``, ``message``, ``text``."""
 
     call_id: int

@@ -1,44 +1,19 @@
-"""The wire format between a pool (the master) and its worker processes.
-
-Everything both ends must agree on lives here, and nothing else: frame layout and kinds,
-the incremental frame decoder, the authentication handshake and the version check, and
-the exit codes a worker uses to say why it stopped. The master side speaks it through
-Twisted (:mod:`pydron.backend.master`), the worker through plain blocking sockets
-(:mod:`pydron.backend.worker`); keeping the format free of either lets both share it.
+"""The frame format between a pool (the master) and its worker processes.
 
 Frames: a 4-byte big-endian length, then a 1-byte kind, then ``length - 1`` payload bytes.
 A length is checked against a limit *before* any of the body is buffered, so a peer
-cannot make us allocate a gigabyte by announcing one.
-
-Handshake, before any pickle is read, authenticating both ends (a process that merely
-found the port learns nothing and can make us unpickle nothing)::
-
-    master -> worker   HELLO    nonce_m                                  (32 random bytes)
-    worker -> master   AUTH     nonce_w | hmac(secret, "worker" nonce_m nonce_w info) | info
-    master -> worker   WELCOME  hmac(secret, "master" nonce_w nonce_m info') | info'
-                    or REFUSE   a human-readable reason (version mismatch)
-
-``info`` is a small JSON object: the sender's Python major.minor, Pydron version, and for
-a worker its index and pid. Each side checks the MAC first (constant-time) and only then
-parses the JSON and compares versions. Handshake frames are limited to
-:data:`HANDSHAKE_MAX_FRAME` bytes.
-
-After the handshake, a worker that cannot import a module may ask for it
-(``MODULE_REQUEST``, the name) and the master answers with its source or "not found"
-(``MODULE_REPLY``, JSON); see :mod:`pydron.backend.modules`. Likewise for a shared object
-it does not hold (``SHARED_REQUEST``, its digest): the master answers ``SHARED_REPLY``
-(digest, found, the in-band pickle), its out-of-band buffers in BUFFER frames just before
-it, as for TASKS; see :mod:`pydron.backend.sharing`.
+cannot make us allocate a gigabyte by announcing one. This module holds the frame kinds,
+the limits, the incremental decoder and the exit codes a worker uses to say why it
+stopped: what both ends must agree on about bytes, and nothing else. The master speaks it
+through Twisted (:mod:`pydron.backend.engine.connection`), the worker through plain
+blocking sockets (:mod:`pydron.backend.worker.program`); keeping the format free of
+either lets both share it. What the frames carry is in the sibling modules:
+:mod:`.handshake` (the first frames), :mod:`.records` (TASKS and RESULTS),
+:mod:`.replies` (the answers to a worker's requests).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import secrets
 import struct
-import sys
-from typing import Any
 
 from pydron.errors import PydronError
 
@@ -49,13 +24,8 @@ __all__ = [
     "SHARED_REQUEST", "SHARED_REPLY", "KIND_NAMES",
     "EXIT_OK", "EXIT_MASTER_LOST", "EXIT_REFUSED", "EXIT_CANCELLED", "EXIT_BAD_START",
     "EXIT_REASONS",
-    "FrameError", "HandshakeError", "FrameDecoder", "BufferCollector", "frame", "buffer_frames",
+    "FrameError", "FrameDecoder", "BufferCollector", "frame", "buffer_frames",
     "frame_advice", "MAX_FRAME_LIMIT", "MIN_FRAME",
-    "new_secret", "new_nonce", "sign", "verify", "local_info", "version_mismatch",
-    "encode_auth", "decode_auth", "encode_welcome", "decode_welcome",
-    "encode_module_reply", "decode_module_reply", "encode_shared_reply",
-    "decode_shared_reply", "cpu_ticks",
-    "Liveness",
 ]
 
 HEADER = struct.Struct(">IB")
@@ -129,10 +99,6 @@ EXIT_REASONS = {
 
 class FrameError(PydronError):
     """The byte stream is not a valid sequence of frames (too large, malformed)."""
-
-
-class HandshakeError(PydronError):
-    """Authentication or the version check failed; the connection must be dropped."""
 
 
 # --------------------------------------------------------------------------- frames
@@ -361,205 +327,3 @@ class FrameDecoder:
         else:
             self._pos = pos
         return frames
-
-
-# --------------------------------------------------------------------------- handshake
-
-
-def new_secret() -> bytes:
-    """A fresh per-pool secret (32 random bytes, from the ``secrets`` module)."""
-    return secrets.token_bytes(32)
-
-
-def new_nonce() -> bytes:
-    """A fresh challenge."""
-    return secrets.token_bytes(NONCE_SIZE)
-
-
-def sign(secret: bytes, role: bytes, first: bytes, second: bytes, info: bytes) -> bytes:
-    """HMAC-SHA256 over role, two fixed-size nonces and the info bytes.
-
-    The role label keeps a worker's answer from being replayed as the master's: the two
-    MACs of one handshake cover the nonces in opposite orders and different labels.
-    """
-    return hmac.new(secret, role + b"\0" + first + second + info, hashlib.sha256).digest()
-
-
-def verify(secret: bytes, mac: bytes, role: bytes, first: bytes, second: bytes,
-           info: bytes) -> bool:
-    """Constant-time check of a MAC made by :func:`sign`."""
-    return hmac.compare_digest(mac, sign(secret, role, first, second, info))
-
-
-def local_info(**extra: Any) -> dict[str, Any]:
-    """What this process says about itself in the handshake."""
-    from pydron import __version__
-    return {"python": f"{sys.version_info[0]}.{sys.version_info[1]}",
-            "pydron": __version__, **extra}
-
-
-def version_mismatch(mine: dict[str, Any], theirs: dict[str, Any], me: str,
-                     them: str) -> str | None:
-    """A clear message if the two ends cannot share pickles, else None.
-
-    Pickled code and data are only compatible between the same Python major.minor, and
-    the task format between the same Pydron version.
-    """
-    problems = []
-    for key, label in (("python", "Python"), ("pydron", "Pydron")):
-        if mine.get(key) != theirs.get(key):
-            problems.append(f"{me} runs {label} {mine.get(key)}, {them} runs "
-                            f"{label} {theirs.get(key)}")
-    if not problems:
-        return None
-    return ("version mismatch: " + "; ".join(problems) +
-            " (master and workers must use the same Python major.minor and the same "
-            "Pydron version)")
-
-
-def encode_auth(secret: bytes, nonce_m: bytes, info: dict[str, Any]) -> tuple[bytes, bytes]:
-    """The worker's AUTH payload, and the nonce it chose (to check the WELCOME with)."""
-    nonce_w = new_nonce()
-    raw = json.dumps(info, sort_keys=True).encode()
-    return nonce_w + sign(secret, b"worker", nonce_m, nonce_w, raw) + raw, nonce_w
-
-
-def decode_auth(secret: bytes, nonce_m: bytes, payload: bytes) -> tuple[bytes, dict[str, Any]]:
-    """Check a worker's AUTH payload; return its nonce and info, or raise HandshakeError."""
-    if len(payload) < NONCE_SIZE + MAC_SIZE:
-        raise HandshakeError("the AUTH frame is too short")
-    nonce_w = payload[:NONCE_SIZE]
-    mac = payload[NONCE_SIZE:NONCE_SIZE + MAC_SIZE]
-    raw = payload[NONCE_SIZE + MAC_SIZE:]
-    if not verify(secret, mac, b"worker", nonce_m, nonce_w, raw):
-        raise HandshakeError("wrong HMAC (the peer does not know the pool's secret)")
-    return nonce_w, _parse_info(raw)
-
-
-def encode_welcome(secret: bytes, nonce_m: bytes, nonce_w: bytes,
-                   info: dict[str, Any]) -> bytes:
-    """The master's WELCOME payload: it proves the master knows the secret too."""
-    raw = json.dumps(info, sort_keys=True).encode()
-    return sign(secret, b"master", nonce_w, nonce_m, raw) + raw
-
-
-def decode_welcome(secret: bytes, nonce_m: bytes, nonce_w: bytes,
-                   payload: bytes) -> dict[str, Any]:
-    """Check the master's WELCOME payload; return its info, or raise HandshakeError."""
-    mac, raw = payload[:MAC_SIZE], payload[MAC_SIZE:]
-    if len(mac) < MAC_SIZE or not verify(secret, mac, b"master", nonce_w, nonce_m, raw):
-        raise HandshakeError("wrong HMAC from the master (it does not know the secret)")
-    return _parse_info(raw)
-
-
-def _parse_info(raw: bytes) -> dict[str, Any]:
-    try:
-        info = json.loads(raw.decode())
-    except (UnicodeDecodeError, ValueError):
-        raise HandshakeError("the handshake info is not valid JSON") from None
-    if not isinstance(info, dict):
-        raise HandshakeError("the handshake info is not a JSON object")
-    return info
-
-
-# --------------------------------------------------------------------------- modules
-
-
-def encode_module_reply(name: str, found: bool, is_package: bool = False,
-                        filename: str = "", source: str = "") -> bytes:
-    """The MODULE_REPLY payload: the source of a module the master serves to a worker
-    that cannot import it (see :mod:`pydron.backend.modules`), or ``found: false``."""
-    return json.dumps({"name": name, "found": bool(found), "is_package": bool(is_package),
-                       "filename": filename, "source": source}).encode("utf-8")
-
-
-def decode_module_reply(payload: bytes | bytearray) -> dict[str, Any]:
-    """A MODULE_REPLY payload as a dict; FrameError if it is not one."""
-    try:
-        reply = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise FrameError("a MODULE_REPLY frame that is not valid JSON") from None
-    if not isinstance(reply, dict) or not isinstance(reply.get("name"), str):
-        raise FrameError("a MODULE_REPLY frame without a module name")
-    return reply
-
-
-# --------------------------------------------------------------------------- shared data
-
-_SHARED_HEAD = struct.Struct(">B?II")  # digest length, found, buffer count, mapping length
-
-
-def encode_shared_reply(digest: bytes, found: bool, nbuf: int = 0, body: bytes = b"",
-                        mapping: dict[str, Any] | None = None) -> bytes:
-    """The SHARED_REPLY payload: the in-band pickle of the shared object ``digest``,
-    whose ``nbuf`` out-of-band buffers came just before it, or, for a worker on the
-    master's machine, lie in the master's memory file ``mapping`` describes (JSON:
-    ``pid``, ``fd``, ``layout`` [[offset, size], ...]); or, not ``found``, why not
-    (UTF-8), for the worker's error message."""
-    raw = json.dumps(mapping).encode() if mapping is not None else b""
-    return _SHARED_HEAD.pack(len(digest), found, nbuf, len(raw)) + digest + raw + body
-
-
-def decode_shared_reply(payload: bytes | bytearray
-                        ) -> tuple[bytes, bool, int, dict[str, Any] | None, bytes]:
-    """``(digest, found, nbuf, mapping or None, body)`` of a SHARED_REPLY; FrameError if
-    it is malformed."""
-    size = _SHARED_HEAD.size
-    if len(payload) < size:
-        raise FrameError("a SHARED_REPLY frame that is too short")
-    length, found, nbuf, raw = _SHARED_HEAD.unpack_from(payload)
-    if len(payload) < size + length + raw:
-        raise FrameError("a SHARED_REPLY frame shorter than its header says")
-    digest = bytes(payload[size:size + length])
-    mapping = None
-    if raw:
-        try:
-            mapping = json.loads(bytes(payload[size + length:size + length + raw]))
-        except ValueError:
-            raise FrameError("a SHARED_REPLY frame with a malformed mapping") from None
-    return digest, found, nbuf, mapping, bytes(payload[size + length + raw:])
-
-
-# --------------------------------------------------------------------------- liveness
-
-
-def cpu_ticks(pid: int) -> int | None:
-    """CPU time a process on this machine has used (clock ticks, user + system), or
-    None if that cannot be known or it cannot progress: no /proc, no such process, a
-    zombie, a stopped process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        fields = data.rsplit(b")", 1)[1].split()
-        if fields[0] in (b"Z", b"X", b"T", b"t"):
-            return None
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-class Liveness:
-    """Tells a silent peer that is working from one that is gone or hung.
-
-    Heartbeats come from a thread of the peer, which needs the GIL: a call that holds it
-    for long (a C extension, ``sorted`` of a huge list, ``sum(range(10**9))``) silences a
-    healthy worker, and a caller doing so silences the master. So, for a peer process on
-    this machine, silence only counts as loss while the peer's CPU time stands still too.
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.ticks: int | None = None
-        self.progress = 0.0
-
-    def working(self, now: float, within: float) -> bool:
-        """Sample the peer's CPU time: True if it has advanced within the last
-        ``within`` seconds (the first sample counts as an advance: the benefit of the
-        doubt). False at once for a stopped or dead process, or one we cannot see."""
-        ticks = cpu_ticks(self.pid) if self.pid > 0 else None
-        if ticks is None:
-            return False
-        if ticks != self.ticks:
-            self.ticks = ticks
-            self.progress = now
-        return now - self.progress < within

@@ -3,8 +3,8 @@
 A multicore pool starts one of these per core with ``sys.executable`` and the caller's
 ``sys.path`` (as ``PYTHONPATH``); the pool's secret comes on stdin, never on the command
 line (where ``ps`` would show it). The worker connects back to the pool over TCP,
-authenticates (see :mod:`pydron.backend.wire`) and then runs the calls it is sent, one
-at a time, in its main thread, in the order they came.
+authenticates (see :mod:`pydron.backend.protocol.handshake`) and then runs the calls it
+is sent, one at a time, in its main thread, in the order they came.
 
 Threads: the main thread runs calls; a reader thread receives frames, queues tasks and
 handles cancellations; a heartbeat thread says "alive" every second. The worker needs no
@@ -51,26 +51,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pydron.backend import modules, sharing, shipping, wire
-from pydron.backend.records import Outcome, dumps_records, tasks_of
-from pydron.backend.shipping import (
+from pydron.backend import sharing
+from pydron.backend.worker import module_finder
+from pydron.backend.protocol import shipping
+from pydron.backend.protocol import frames, handshake, liveness, replies
+from pydron.backend.protocol.liveness import MASTER_TIMEOUT
+from pydron.backend.protocol.records import FUNCTION_CACHE_SIZE, Outcome, dumps_records, tasks_of
+from pydron.backend.protocol.shipping import (
     PROTOCOL, callable_name, dumps_exception, dumps_result, type_name,
 )
 from pydron.errors import SerializationError
 
-__all__ = ["main", "FUNCTION_CACHE_SIZE"]
-
-FUNCTION_CACHE_SIZE = 1024
-"""Function blobs a worker keeps (oldest first out). The master mirrors this bookkeeping
-exactly, so it always knows whether a worker still holds a function."""
+__all__ = ["main", "Worker"]
 
 _IDS = struct.Struct(">Q")
-
-MASTER_TIMEOUT = 300.0
-"""Default seconds of silence from a master whose connection is still open before a
-worker gives up on it. Long on purpose: a dead master closes the connection (the worker
-then exits at once) and a dead local one also triggers the parent-death signal; only a
-hung master, or a network that vanished without a reset, needs this to expire."""
 
 CONNECT_ATTEMPTS = 5
 """Times a worker connects again when the master drops it during the handshake (the
@@ -88,7 +82,7 @@ def _die_with_parent(master_pid: int) -> None:
     except (OSError, AttributeError):
         return
     if os.getppid() != master_pid:  # the master died before prctl took effect
-        os._exit(wire.EXIT_MASTER_LOST)
+        os._exit(frames.EXIT_MASTER_LOST)
 
 
 class _Forward(io.TextIOBase):
@@ -164,12 +158,12 @@ class _BinaryForward(io.RawIOBase):
 class Worker:
     """One connection to the master, and the calls it brings."""
 
-    def __init__(self, sock: socket.socket, index: int, decoder: wire.FrameDecoder,
+    def __init__(self, sock: socket.socket, index: int, decoder: frames.FrameDecoder,
                  max_frame: int, heartbeat: float, timeout: float,
                  master_pid: int = 0, master_timeout: float | None = None,
                  shared_cache: int = sharing.DEFAULT_CACHE) -> None:
         self.sock = sock
-        self.master = wire.Liveness(master_pid)  # pid 0: not on this machine
+        self.master = liveness.Liveness(master_pid)  # pid 0: not on this machine
         self.index = index
         self.decoder = decoder
         self.max_frame = max_frame
@@ -184,7 +178,7 @@ class Worker:
         self.current: int | None = None       # id of the call running now
         self.cancelled: set[int] = set()      # queued ids not to run
         self.functions: collections.OrderedDict[bytes, list[Any]] = collections.OrderedDict()
-        self.buffers = wire.BufferCollector()
+        self.buffers = frames.BufferCollector()
         self.last_rx = time.monotonic()
         self.bulk_rx = 0.0  # when bytes of a large frame last arrived (see ask_shared)
         self.module_replies: queue.SimpleQueue = queue.SimpleQueue()
@@ -203,7 +197,7 @@ class Worker:
         step = self.max_frame - 2
         pieces: list[bytes | memoryview] = []
         for start in range(0, len(data), step):
-            pieces.append(wire.frame(wire.OUTPUT, bytes((stream,)) + data[start:start + step]))
+            pieces.append(frames.frame(frames.OUTPUT, bytes((stream,)) + data[start:start + step]))
         self.send(pieces)
 
     # -- the reader thread ---------------------------------------------------------------
@@ -213,7 +207,7 @@ class Worker:
             self._read()
         except BaseException:  # noqa: B902 -- whatever happened, the master is gone
             pass
-        os._exit(wire.EXIT_MASTER_LOST)
+        os._exit(frames.EXIT_MASTER_LOST)
 
     def _read(self) -> None:
         poller = select.poll()
@@ -232,44 +226,44 @@ class Worker:
                 n = self.sock.recv_into(view)
                 if not n:
                     return
-                frames = decoder.advance(n)
+                complete = decoder.advance(n)
             else:
                 data = self.sock.recv(1 << 18)
                 if not data:
                     return
-                frames = decoder.feed(data)
+                complete = decoder.feed(data)
             self.last_rx = time.monotonic()
             if view is not None or decoder.pending_view() is not None:
                 self.bulk_rx = self.last_rx
-            for kind, payload in frames:
+            for kind, payload in complete:
                 self._handle(kind, payload)
 
     def _handle(self, kind: int, payload: bytes | bytearray) -> None:
-        if kind == wire.TASKS:
+        if kind == frames.TASKS:
             self._tasks(payload)
-        elif kind == wire.BUFFER or kind == wire.BUFFER_PART:
+        elif kind == frames.BUFFER or kind == frames.BUFFER_PART:
             self.buffers.add(kind, payload)
-        elif kind == wire.CANCEL:
+        elif kind == frames.CANCEL:
             ids = [_IDS.unpack_from(payload, i)[0] for i in range(0, len(payload), 8)]
             with self.state_lock:
                 if self.current in ids:
-                    os._exit(wire.EXIT_CANCELLED)  # stop computing at once
+                    os._exit(frames.EXIT_CANCELLED)  # stop computing at once
                 self.cancelled.update(ids)
-        elif kind == wire.HEARTBEAT:
+        elif kind == frames.HEARTBEAT:
             pass
-        elif kind == wire.MODULE_REPLY:
-            self.module_replies.put(wire.decode_module_reply(payload))
-        elif kind == wire.SHARED_REPLY:
-            digest, found, nbuf, mapping, body = wire.decode_shared_reply(payload)
+        elif kind == frames.MODULE_REPLY:
+            self.module_replies.put(replies.decode_module_reply(payload))
+        elif kind == frames.SHARED_REPLY:
+            digest, found, nbuf, mapping, body = replies.decode_shared_reply(payload)
             buffers = self.buffers.take()
             if len(buffers) != nbuf:
-                raise wire.FrameError(f"a SHARED_REPLY with {len(buffers)} buffers before "
+                raise frames.FrameError(f"a SHARED_REPLY with {len(buffers)} buffers before "
                                       f"it, announced {nbuf}")
             self.shared_replies.put((digest, found, buffers, body, mapping))
-        elif kind == wire.BYE:
-            os._exit(wire.EXIT_OK)
+        elif kind == frames.BYE:
+            os._exit(frames.EXIT_OK)
         else:
-            raise wire.FrameError(f"unexpected frame kind {kind}")
+            raise frames.FrameError(f"unexpected frame kind {kind}")
 
     def _tasks(self, payload: bytes | bytearray) -> None:
         functions = self.functions
@@ -289,12 +283,12 @@ class Worker:
     # -- the main thread -----------------------------------------------------------------
     def ask_module(self, name: str) -> dict[str, Any] | None:
         """Ask the master for the source of a module this worker cannot import (see
-        :mod:`pydron.backend.modules`); its reply, or None if none came within
-        ``modules.REQUEST_TIMEOUT`` seconds (the finder then fails the import, naming the
+        :mod:`pydron.backend.worker.module_finder`); its reply, or None if none came within
+        ``module_finder.REQUEST_TIMEOUT`` seconds (the finder then fails the import, naming the
         module). The wait is bounded so that a master that never answers cannot hold up
         the call, or the worker, for longer than that."""
-        self.send([wire.frame(wire.MODULE_REQUEST, name.encode("utf-8"))])
-        deadline = time.monotonic() + modules.REQUEST_TIMEOUT
+        self.send([frames.frame(frames.MODULE_REQUEST, name.encode("utf-8"))])
+        deadline = time.monotonic() + module_finder.REQUEST_TIMEOUT
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -312,7 +306,7 @@ class Worker:
         call's arguments: ``(blob, buffers)``, or why not (the master has no such object,
         or no answer came: the call then fails rather than wait for ever).
 
-        The wait is bounded by ``modules.REQUEST_TIMEOUT`` seconds *without progress*:
+        The wait is bounded by ``module_finder.REQUEST_TIMEOUT`` seconds *without progress*:
         while the bytes of a large frame keep arriving (the object itself, maybe
         gigabytes over a slow link) the answer is on its way and is waited for.
 
@@ -332,9 +326,9 @@ class Worker:
                     ) -> tuple[bytes, list[Any] | dict[str, Any]] | str:
         """One SHARED_REQUEST and its answer: (blob, buffers or the mapping), or why
         not."""
-        self.send([wire.frame(wire.SHARED_REQUEST, (b"\x01" if local else b"\x00") + digest)])
+        self.send([frames.frame(frames.SHARED_REQUEST, (b"\x01" if local else b"\x00") + digest)])
         start = time.monotonic()
-        timeout = modules.REQUEST_TIMEOUT
+        timeout = module_finder.REQUEST_TIMEOUT
         while True:
             left = max(start, self.bulk_rx) + timeout - time.monotonic()
             if left <= 0:
@@ -413,21 +407,21 @@ class Worker:
                     f"the result of {callable_name(fn)}() is a {type(value).__name__} of "
                     f"{inband} {'bytes' if type(value) is bytes else 'characters'}, more "
                     f"than the frame limit of {self.max_frame} bytes; "
-                    f"{wire.frame_advice(inband)}",
+                    f"{frames.frame_advice(inband)}",
                     item="the result", value_type=type_name(value))
             blob, raw = dumps_result(value, fn)
             if len(blob) > self.max_frame - 256:
                 raise SerializationError(
                     f"the result of {callable_name(fn)}() pickles to {len(blob)} bytes, "
                     f"more than the frame limit of {self.max_frame} bytes; "
-                    f"{wire.frame_advice(len(blob))}",
+                    f"{frames.frame_advice(len(blob))}",
                     item="the result", value_type=type_name(value))
         except SerializationError as exc:
             blob, name, message, _ = dumps_exception(exc, None, self._exception_limit())
             return [_results([Outcome(call_id, False, blob, 0, elapsed, name, message)])]
         pieces: list[bytes | memoryview] = []
         for buf in raw:
-            pieces += wire.buffer_frames(buf, self.max_frame)
+            pieces += frames.buffer_frames(buf, self.max_frame)
         pieces.append(_results([Outcome(call_id, True, blob, len(raw), elapsed)]))
         return pieces
 
@@ -451,7 +445,7 @@ class Worker:
 
     # -- the heartbeat thread --------------------------------------------------------------
     def heartbeat_loop(self) -> None:
-        beat = wire.frame(wire.HEARTBEAT)
+        beat = frames.frame(frames.HEARTBEAT)
         wait = threading.Event().wait
         while True:
             wait(self.heartbeat)
@@ -459,13 +453,13 @@ class Worker:
                 try:
                     _sendall(self.sock, [beat])
                 except OSError:
-                    os._exit(wire.EXIT_MASTER_LOST)
+                    os._exit(frames.EXIT_MASTER_LOST)
                 finally:
                     self.send_lock.release()
 
 
 def _results(outcomes: list[Outcome]) -> bytes:
-    return wire.frame(wire.RESULTS, dumps_records(outcomes, PROTOCOL))
+    return frames.frame(frames.RESULTS, dumps_records(outcomes, PROTOCOL))
 
 
 def _flush_streams() -> None:
@@ -494,7 +488,7 @@ def _sendall(sock: socket.socket, pieces: list[bytes | memoryview]) -> None:
                 sent = 0
 
 
-class _Dropped(wire.HandshakeError):
+class _Dropped(handshake.HandshakeError):
     """The connection closed during the handshake, without a REFUSE: worth another try
     (the master sheds unauthenticated connections when strangers flood its port)."""
 
@@ -512,30 +506,30 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 def _recv_frame(sock: socket.socket) -> tuple[int, bytes]:
     """Exactly one small frame, blocking (the handshake only: what follows it belongs to
     the frame decoder, with the full size limit)."""
-    length, kind = wire.HEADER.unpack(_recv_exact(sock, wire.HEADER.size))
-    if not 1 <= length <= wire.HANDSHAKE_MAX_FRAME:
-        raise wire.FrameError(f"a handshake frame of {length} bytes")
+    length, kind = frames.HEADER.unpack(_recv_exact(sock, frames.HEADER.size))
+    if not 1 <= length <= frames.HANDSHAKE_MAX_FRAME:
+        raise frames.FrameError(f"a handshake frame of {length} bytes")
     return kind, _recv_exact(sock, length - 1)
 
 
 def _handshake(sock: socket.socket, secret: bytes, index: int, timeout: float) -> None:
     sock.settimeout(timeout)
     kind, hello = _recv_frame(sock)
-    if kind != wire.HELLO or len(hello) != wire.NONCE_SIZE:
-        raise wire.HandshakeError("the peer did not start with a HELLO")
-    mine = wire.local_info(index=index, pid=os.getpid())
-    auth, nonce_w = wire.encode_auth(secret, hello, mine)
-    sock.sendall(wire.frame(wire.AUTH, auth))
+    if kind != frames.HELLO or len(hello) != frames.NONCE_SIZE:
+        raise handshake.HandshakeError("the peer did not start with a HELLO")
+    mine = handshake.local_info(index=index, pid=os.getpid())
+    auth, nonce_w = handshake.encode_auth(secret, hello, mine)
+    sock.sendall(frames.frame(frames.AUTH, auth))
     kind, answer = _recv_frame(sock)
-    if kind == wire.REFUSE:
-        raise wire.HandshakeError("the master refused this worker: " +
+    if kind == frames.REFUSE:
+        raise handshake.HandshakeError("the master refused this worker: " +
                                   answer.decode("utf-8", "replace"))
-    if kind != wire.WELCOME:
-        raise wire.HandshakeError(f"expected WELCOME, got frame kind {kind}")
-    theirs = wire.decode_welcome(secret, hello, nonce_w, answer)
-    problem = wire.version_mismatch(mine, theirs, f"worker {index}", "the master")
+    if kind != frames.WELCOME:
+        raise handshake.HandshakeError(f"expected WELCOME, got frame kind {kind}")
+    theirs = handshake.decode_welcome(secret, hello, nonce_w, answer)
+    problem = handshake.version_mismatch(mine, theirs, f"worker {index}", "the master")
     if problem:
-        raise wire.HandshakeError(problem)
+        raise handshake.HandshakeError(problem)
     sock.settimeout(None)
 
 
@@ -556,7 +550,7 @@ def _connect(host: str, port: int, secret: bytes, index: int,
             if sock is not None:
                 sock.close()
             if attempt == CONNECT_ATTEMPTS - 1:
-                raise wire.HandshakeError(
+                raise handshake.HandshakeError(
                     f"the master at {host}:{port} dropped the handshake "
                     f"{CONNECT_ATTEMPTS} times (last: {exc})") from exc
             time.sleep(0.05 * 2 ** attempt * (0.5 + random.random()))
@@ -578,7 +572,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--master-timeout", type=float, default=MASTER_TIMEOUT)
-    parser.add_argument("--max-frame", type=int, default=wire.MAX_FRAME)
+    parser.add_argument("--max-frame", type=int, default=frames.MAX_FRAME)
     parser.add_argument("--shared-cache", type=int, default=sharing.DEFAULT_CACHE)
     return parser.parse_args(argv)
 
@@ -588,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = _arguments(argv)
     except SystemExit:
-        return wire.EXIT_BAD_START
+        return frames.EXIT_BAD_START
     if options.master_pid:
         _die_with_parent(options.master_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
@@ -598,17 +592,17 @@ def main(argv: list[str] | None = None) -> int:
         secret = b""
     if not secret:
         print("pydron worker: no secret on stdin", file=sys.stderr)
-        return wire.EXIT_BAD_START
+        return frames.EXIT_BAD_START
     sys.stdin.close()
     sys.stdin = open(os.devnull)
 
     try:
         sock = _connect(options.host, options.port, secret, options.index,
                         options.timeout * 2)
-    except (wire.HandshakeError, wire.FrameError, OSError) as exc:
+    except (handshake.HandshakeError, frames.FrameError, OSError) as exc:
         print(f"pydron worker {options.index}: {exc}", file=sys.stderr)
-        return wire.EXIT_REFUSED
-    decoder = wire.FrameDecoder(options.max_frame)
+        return frames.EXIT_REFUSED
+    decoder = frames.FrameDecoder(options.max_frame)
 
     from pydron import backend
     backend.configure({"workers": [{"type": "inline"}]})  # no pool inside the pool
@@ -622,12 +616,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr = _Forward(worker.send_output, 2)
     # Last: the worker's own finders always go first; the master is asked only for what
     # none of them finds and the worker's interpreter is not expected to provide.
-    sys.meta_path.append(modules.MasterFinder(worker.ask_module))
+    sys.meta_path.append(module_finder.MasterFinder(worker.ask_module))
     threading.Thread(target=worker.read_loop, name="pydron-reader", daemon=True).start()
     threading.Thread(target=worker.heartbeat_loop, name="pydron-heartbeat",
                      daemon=True).start()
     worker.serve()
-    return wire.EXIT_OK  # pragma: no cover - serve() never returns
+    return frames.EXIT_OK  # pragma: no cover - serve() never returns
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import paramiko
 
+from pydron.backend.launchers.remote import source_of, supervisor, tree_hash
 from pydron.errors import PydronError
 
 __all__ = [
@@ -504,47 +505,8 @@ def remote_python_version(client: paramiko.SSHClient, python: str = DEFAULT_PYTH
 # --------------------------------------------------------------------------- shipping
 
 
-# Executed here and sent to the remote verbatim, so both sides hash a tree the same way.
-_TREE_HASH_SOURCE = r'''
-import hashlib, os, re
-def _pydron_tree(root):
-    """Sorted (relative posix path, absolute path) of the package's .py files."""
-    found = []
-    for here, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(here, name)
-                found.append((os.path.relpath(path, root).replace(os.sep, "/"), path))
-    return sorted(found)
-def _pydron_hash(root):
-    h = hashlib.sha256()
-    for rel, path in _pydron_tree(root):
-        with open(path, "rb") as f:
-            data = f.read()
-        h.update(rel.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
-    return h.hexdigest()[:16]
-def _pydron_version(root):
-    try:
-        with open(os.path.join(root, "__init__.py"), encoding="utf-8") as f:
-            m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", f.read(), re.M)
-    except OSError:
-        return None
-    return m.group(1) if m else None
-'''
-
-_REMOTE_PROBE = _TREE_HASH_SOURCE + r'''
-import importlib.util, json, sys
-spec = importlib.util.find_spec("pydron")
-if spec is None or not spec.submodule_search_locations:
-    print(json.dumps(None))
-else:
-    root = list(spec.submodule_search_locations)[0]
-    print(json.dumps({"root": root, "version": _pydron_version(root), "hash": _pydron_hash(root)}))
-'''
-
-_tree: dict[str, object] = {}
-exec(_TREE_HASH_SOURCE, _tree)
+# Run here, and sent to the remote as source, so that both sides hash a tree the same way.
+_REMOTE_PROBE = source_of(tree_hash)
 
 
 def _local_root() -> str:
@@ -555,7 +517,7 @@ def _local_root() -> str:
 def local_pydron_hash() -> tuple[str, str]:
     """``(version, hash)`` of the pydron package this process runs (its .py files only)."""
     root = _local_root()
-    return str(_tree["_pydron_version"](root)), str(_tree["_pydron_hash"](root))  # type: ignore[operator]
+    return str(tree_hash.pydron_version(root)), tree_hash.pydron_hash(root)
 
 
 def _probe(client: paramiko.SSHClient, python: str, pythonpath: str | None) -> dict | None:
@@ -671,7 +633,7 @@ def _upload_tree(sftp: paramiko.SFTPClient, local_root: str, remote_root: str,
                  top: str) -> None:
     sftp.mkdir(top, 0o700)
     made = {top}
-    for rel, path in _tree["_pydron_tree"](local_root):  # type: ignore[operator]
+    for rel, path in tree_hash.pydron_tree(local_root):
         remote = posixpath.join(remote_root, rel)
         parent = posixpath.dirname(remote)
         missing = []
@@ -804,82 +766,8 @@ def _pump(channel: paramiko.Channel, target: tuple[str, int]) -> None:
 # --------------------------------------------------------------------------- processes
 
 
-# The supervisor that start_remote runs with the remote interpreter. It reads a JSON
-# header and the child's stdin data from its own stdin, starts the command in a new
-# session, and then waits for its own stdin to end: that happens when the SSH connection
-# drops (or the master closes the channel's write side), and then the child's whole
-# process group is ended -- TERM, a grace period, KILL. Without a pty, sshd sends no
-# SIGHUP on a drop, so this is what ties the remote process's life to the connection.
-_SUPERVISOR = r'''
-import json, os, signal, subprocess, sys, threading
-def _read():
-    try:
-        return os.read(0, 65536)
-    except OSError:
-        return b""
-buf = b""
-while b"\n" not in buf:
-    chunk = _read()
-    if not chunk:
-        os._exit(0)  # the master went away before sending the command
-    buf += chunk
-line, data = buf.split(b"\n", 1)
-head = json.loads(line)
-while len(data) < head["n"]:
-    chunk = _read()
-    if not chunk:
-        os._exit(0)
-    data += chunk
-env = dict(os.environ)
-env.update(head["env"])
-def _child_setup():
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
-    except Exception:
-        pass
-try:
-    child = subprocess.Popen(head["argv"], stdin=subprocess.PIPE, env=env, cwd=head["cwd"],
-                             start_new_session=True,
-                             preexec_fn=_child_setup if sys.platform.startswith("linux") else None)
-except OSError as exc:
-    sys.stderr.write("pydron: cannot start %s: %s\n" % (head["argv"][0], exc))
-    sys.stderr.flush()
-    os._exit(127)
-def _feed():
-    try:
-        if data:
-            child.stdin.write(data)
-        child.stdin.close()
-    except OSError:
-        pass
-threading.Thread(target=_feed, daemon=True).start()
-stop = threading.Event()
-def _watch():
-    while _read():
-        pass
-    stop.set()
-threading.Thread(target=_watch, daemon=True).start()
-for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
-    signal.signal(sig, lambda *a: stop.set())
-def _group(sig):
-    try:
-        os.killpg(child.pid, sig)
-    except OSError:
-        pass
-while child.poll() is None:
-    if stop.wait(0.1):
-        _group(signal.SIGTERM)
-        try:
-            child.wait(head["grace"])
-        except subprocess.TimeoutExpired:
-            pass
-        break
-_group(signal.SIGKILL)
-code = child.wait()
-# os._exit: the watcher thread may still sit in a read of stdin; nothing is left to flush.
-os._exit(code if code >= 0 else 128 - code)
-'''
+# The supervisor that start_remote runs with the remote interpreter (see its module).
+_SUPERVISOR = source_of(supervisor)
 
 
 def start_remote(client: paramiko.SSHClient, command: str | Sequence[str],

@@ -30,8 +30,8 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 
-from pydron.backend import wire
-from pydron.backend.records import outcomes_of
+from pydron.backend.protocol import frames, handshake, replies
+from pydron.backend.protocol.records import outcomes_of
 
 __all__ = ["WorkerProtocol", "WorkerFactory"]
 
@@ -55,20 +55,20 @@ class WorkerProtocol(Protocol):
         self.pool = pool
         self.factory = factory
         self.accepted = time.monotonic()
-        self.decoder = wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME)
-        self.nonce = wire.new_nonce()
+        self.decoder = frames.FrameDecoder(frames.HANDSHAKE_MAX_FRAME)
+        self.nonce = handshake.new_nonce()
         self.proc: Any = None            # set once authenticated
         self.authenticated = False
         self.dropped = False
         self.last_rx = time.monotonic()
-        self.buffers = wire.BufferCollector()
+        self.buffers = frames.BufferCollector()
         self._timer: Any = None
         self._backlog: collections.deque[bytes | memoryview] | None = None
 
     # -- Twisted callbacks ---------------------------------------------------------------
     def connectionMade(self) -> None:  # noqa: N802
         self.transport.setTcpNoDelay(True)
-        self.transport.write(wire.frame(wire.HELLO, self.nonce))
+        self.transport.write(frames.frame(frames.HELLO, self.nonce))
         from pydron.backend.reactor import get_reactor
         self._timer = get_reactor().callLater(self.pool.handshake_timeout, self._too_slow)
 
@@ -77,12 +77,12 @@ class WorkerProtocol(Protocol):
             return
         self.last_rx = time.monotonic()
         try:
-            frames = self.decoder.feed(data)
-        except wire.FrameError as exc:
+            complete = self.decoder.feed(data)
+        except frames.FrameError as exc:
             self.drop(str(exc))
             return
         try:
-            for kind, payload in frames:
+            for kind, payload in complete:
                 if not self.authenticated:
                     self._handshake(kind, payload)
                 else:
@@ -140,18 +140,18 @@ class WorkerProtocol(Protocol):
             self.drop(f"no valid handshake within {self.pool.handshake_timeout} s")
 
     def _handshake(self, kind: int, payload: bytes) -> None:
-        if kind != wire.AUTH:
+        if kind != frames.AUTH:
             self.drop(f"expected an AUTH frame, got kind {kind} (not a pydron worker?)")
             return
         try:
-            nonce_w, info = wire.decode_auth(self.pool.secret, self.nonce, payload)
-        except wire.HandshakeError as exc:
+            nonce_w, info = handshake.decode_auth(self.pool.secret, self.nonce, payload)
+        except handshake.HandshakeError as exc:
             self.drop(str(exc))
             return
-        problem = wire.version_mismatch(wire.local_info(), info, "the master",
+        problem = handshake.version_mismatch(handshake.local_info(), info, "the master",
                                         f"worker {info.get('index')} (pid {info.get('pid')})")
         if problem:
-            self.transport.write(wire.frame(wire.REFUSE, problem.encode()))
+            self.transport.write(frames.frame(frames.REFUSE, problem.encode()))
             self.pool.refused(info, problem)
             self.drop(problem, logging.ERROR, graceful=True)  # let REFUSE reach it
             return
@@ -160,8 +160,8 @@ class WorkerProtocol(Protocol):
             self.drop(f"it knows the secret but is no worker this pool is starting "
                       f"(index {info.get('index')!r}, pid {info.get('pid')!r})")
             return
-        self.transport.write(wire.frame(wire.WELCOME, wire.encode_welcome(
-            self.pool.secret, self.nonce, nonce_w, wire.local_info())))
+        self.transport.write(frames.frame(frames.WELCOME, handshake.encode_welcome(
+            self.pool.secret, self.nonce, nonce_w, handshake.local_info())))
         self.proc = proc
         self.authenticated = True
         self._unlist()
@@ -180,7 +180,7 @@ class WorkerProtocol(Protocol):
 
     # -- an authenticated worker -----------------------------------------------------------
     def _frame(self, kind: int, payload: Any) -> None:
-        if kind == wire.RESULTS:
+        if kind == frames.RESULTS:
             buffers = self.buffers.take()
             try:
                 entries = outcomes_of(pickle.loads(payload))
@@ -188,35 +188,35 @@ class WorkerProtocol(Protocol):
                 self.drop(f"unreadable RESULTS frame ({type(exc).__name__}: {exc})")
                 return
             self.pool.results(self.proc, entries, buffers)
-        elif kind == wire.BUFFER or kind == wire.BUFFER_PART:
+        elif kind == frames.BUFFER or kind == frames.BUFFER_PART:
             self.buffers.add(kind, payload)
-        elif kind == wire.OUTPUT:
+        elif kind == frames.OUTPUT:
             _write_output(payload)
-        elif kind == wire.HEARTBEAT:
+        elif kind == frames.HEARTBEAT:
             pass
-        elif kind == wire.MODULE_REQUEST:
+        elif kind == frames.MODULE_REQUEST:
             self._module_request(payload)
-        elif kind == wire.SHARED_REQUEST:
+        elif kind == frames.SHARED_REQUEST:
             self._shared_request(bytes(payload))
         else:
             self.drop(f"unexpected frame kind {kind}")
 
     def _module_request(self, payload: Any) -> None:
         """Serve the source of a module the worker cannot import (see
-        :mod:`pydron.backend.modules`); "not found" if we have none to give."""
+        :mod:`pydron.backend.engine.module_server`); "not found" if we have none to give."""
         try:
             name = bytes(payload).decode("utf-8")
         except UnicodeDecodeError:
             self.drop("a MODULE_REQUEST frame whose name is not UTF-8")
             return
-        from pydron.backend.modules import lookup
+        from pydron.backend.engine.module_server import lookup
         found = lookup(name)
-        reply = wire.encode_module_reply(name, **found)
+        reply = replies.encode_module_reply(name, **found)
         if len(reply) >= self.pool.max_frame:
             _log.warning("pydron: not serving module %s to worker %s: its source is larger "
                          "than the frame limit", name, self.proc.index)
-            reply = wire.encode_module_reply(name, False)
-        self.send([wire.frame(wire.MODULE_REPLY, reply)])
+            reply = replies.encode_module_reply(name, False)
+        self.send([frames.frame(frames.MODULE_REPLY, reply)])
 
     def _shared_request(self, payload: bytes) -> None:
         """Send a shared object the worker lacks (see :mod:`pydron.backend.sharing`):
@@ -229,13 +229,13 @@ class WorkerProtocol(Protocol):
         entry = sharing.lookup(digest)
         if entry is None:
             why = "the caller holds no such shared object any more"
-            self.send([wire.frame(wire.SHARED_REPLY, wire.encode_shared_reply(
+            self.send([frames.frame(frames.SHARED_REPLY, replies.encode_shared_reply(
                 digest, False, 0, why.encode()))])
             return
         if len(entry.blob) + 256 > self.pool.max_frame:
             why = (f"its pickle of {len(entry.blob)} bytes is larger than the frame limit "
-                   f"of {self.pool.max_frame} bytes; {wire.frame_advice(len(entry.blob))}")
-            self.send([wire.frame(wire.SHARED_REPLY, wire.encode_shared_reply(
+                   f"of {self.pool.max_frame} bytes; {frames.frame_advice(len(entry.blob))}")
+            self.send([frames.frame(frames.SHARED_REPLY, replies.encode_shared_reply(
                 digest, False, 0, why.encode()))])
             return
         mapping = None
@@ -244,8 +244,8 @@ class WorkerProtocol(Protocol):
         pieces: list[bytes | memoryview] = []
         if mapping is None:
             for buffer in entry.buffers:
-                pieces += wire.buffer_frames(buffer, self.pool.max_frame)
-        pieces.append(wire.frame(wire.SHARED_REPLY, wire.encode_shared_reply(
+                pieces += frames.buffer_frames(buffer, self.pool.max_frame)
+        pieces.append(frames.frame(frames.SHARED_REPLY, replies.encode_shared_reply(
             digest, True, 0 if mapping else len(entry.buffers), entry.blob, mapping)))
         self.send(pieces)
         served = getattr(self.pool, "shared_served", None)

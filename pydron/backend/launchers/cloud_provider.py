@@ -2,8 +2,8 @@
 
 A ``"cloud"`` entry in ``pydron.conf`` makes Pydron create ``count`` instances for a run,
 wait until SSH answers on each, and then use them as ssh hosts (see
-:mod:`pydron.backend.ssh` and :func:`node_ssh_entry`). Instances cost money by the hour,
-so the one rule here is that **no instance may outlive its purpose unnoticed**:
+:mod:`pydron.backend.launchers.ssh_transport` and :func:`node_ssh_entry`). Instances cost money
+by the hour, so the one rule here is that **no instance may outlive its purpose unnoticed**:
 
 * every instance is tagged (``pydron-run`` = the run's id, plus ``pydron-entry`` and
   ``pydron-created``) at creation, so it can always be found again, by this process or by
@@ -15,10 +15,11 @@ so the one rule here is that **no instance may outlive its purpose unnoticed**:
 
 An entry with ``idle_timeout`` (seconds) keeps its instances for a later run instead:
 :func:`release` tags them ``pydron-idle-since`` (the time they became idle) and starts a
-reaper (:func:`start_reaper`: a detached ``python -m pydron.backend.cloud reap`` process,
-which outlives the program) that destroys them once idle that long; :func:`provision`
-first claims idle instances of an equal entry (:func:`claim_idle`) and creates only the
-missing ones. A claimed instance loses its idle tag, so the reaper spares it.
+reaper (:func:`start_reaper`: a detached
+``python -m pydron.backend.launchers.cloud_provider reap`` process, which outlives the
+program) that destroys them once idle that long; :func:`provision` first claims idle
+instances of an equal entry (:func:`claim_idle`) and creates only the missing ones. A
+claimed instance loses its idle tag, so the reaper spares it.
 
 Slow starts are reported as they happen, through the ``logging`` logger
 ``"pydron.backend"`` and an optional ``progress(event, node, detail)`` callback (events
@@ -855,7 +856,8 @@ def start_reaper(entry: Any, stamp: str, after: float | None = None) -> Any:
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with os.fdopen(fd, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pydron.backend.cloud", "reap", "--since", stamp,
+            [sys.executable, "-m", "pydron.backend.launchers.cloud_provider", "reap",
+             "--since", stamp,
              "--after", repr(float(after or 0)), "--log", logfile],
             stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
             start_new_session=True, close_fds=True)
@@ -880,12 +882,12 @@ def _plain(value: Any) -> Any:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pydron.backend.cloud reap --since STAMP --after SECONDS`` with the entry
-    (JSON) on stdin: the reaper process of :func:`start_reaper`."""
+    """``python -m pydron.backend.launchers.cloud_provider reap --since STAMP --after SECONDS``
+    with the entry (JSON) on stdin: the reaper process of :func:`start_reaper`."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m pydron.backend.cloud")
+    parser = argparse.ArgumentParser(prog="python -m pydron.backend.launchers.cloud_provider")
     parser.add_argument("action", choices=["reap"])
     parser.add_argument("--since", type=float, required=True)
     parser.add_argument("--after", type=float, required=True)
