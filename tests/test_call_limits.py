@@ -15,7 +15,8 @@ import pytest
 import pydron
 import pydron.backend as backend
 from pydron import functional, schedule
-from pydron.backend.multicore import MulticorePool, default_respawns
+from pydron.backend.engine.engine import default_respawns
+from pydron.backend.multicore import MulticorePool
 from pydron.backend.threads import ThreadPool
 from pydron.config import parse_config
 from pydron.errors import CallTimeoutError, ConfigError, WorkerLostError

@@ -336,7 +336,7 @@ def test_shutdown_while_workers_are_starting(make_pool, caplog):
 
 
 def test_a_forked_child_neither_uses_nor_kills_the_parents_workers(make_pool):
-    from pydron.backend import multicore
+    from pydron.backend.engine import engine
     pool = make_pool(2)
     pool.start()
     pids = pool.worker_pids()
@@ -351,7 +351,7 @@ def test_a_forked_child_neither_uses_nor_kills_the_parents_workers(make_pool):
             except RuntimeError as exc:
                 code = 0 if "fork()ed" in str(exc) else 2
             pool.shutdown(wait=True)             # returns at once, stops nothing
-            multicore._kill_workers_at_exit()    # what the child's exit runs
+            engine._kill_workers_at_exit()       # what the child's exit runs
         finally:
             os._exit(code)
     _, status = os.waitpid(child, 0)

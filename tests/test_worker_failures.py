@@ -20,7 +20,7 @@ import pytest
 import pydron
 import pydron.backend as backend
 from pydron import functional, schedule
-from pydron.backend import multicore
+from pydron.backend.engine.states import CallState
 from pydron.backend import protocol as wire
 from pydron.errors import WorkerLostError
 
@@ -254,7 +254,7 @@ def test_cancel_drops_queued_calls_and_kills_the_worker_of_a_running_one(make_po
     a = pool.submit(record_and_nap, (str(path), 30), {}, seen.callback("a"))
     b = pool.submit(touch, (str(marker),), {}, seen.callback("b"))
     victim, = wait_for(lambda: runs(path), what="the call to start")
-    wait_for(lambda: b.state == multicore.SENT, what="b to be sent to the worker")
+    wait_for(lambda: b.state == CallState.SENT, what="b to be sent to the worker")
     assert pool.cancel(b) is True    # queued on the worker: it will skip it
     assert pool.cancel(a) is True    # running: its worker is killed
     assert wait_gone([victim], 5) == []
@@ -274,13 +274,13 @@ def test_cancel_of_a_call_still_in_the_pool_queue(make_pool, tmp_path):
     a = pool.submit(record_and_nap, (str(path), 0.5), {}, seen.callback("a"))
     b = pool.submit(touch, (str(marker),), {}, seen.callback("b"))
     wait_for(lambda: runs(path), what="the call to start")
-    assert b.state == multicore.QUEUED  # one call per worker until calls prove quick
+    assert b.state == CallState.QUEUED  # one call per worker until calls prove quick
     assert pool.cancel(b) is True
     assert seen.one("a") == (True, runs(path)[0])
     pool.shutdown(wait=True)
     assert not marker.exists()
     assert [tag for tag, _, _ in seen.items] == ["a"]
-    assert a.state == multicore.DONE
+    assert a.state == CallState.DONE
 
 
 def test_ctrl_c_stops_the_run_within_2_s_and_leaves_no_worker(tmp_path):

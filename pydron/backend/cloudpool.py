@@ -1,233 +1,82 @@
 """The cloud pool (``"type": "cloud"``): instances created for the run, used as ssh hosts.
 
-When the pool starts, each cloud entry's ``count`` instances are created (tagged with the
-run's id) by :func:`pydron.backend.launchers.cloud_provider.provision`, in a thread per entry,
-with progress on the ``pydron.backend`` logger; each instance that becomes ready is then
-brought up as an ssh host of the :class:`~pydron.backend.sshpool.SshPool` this class extends
-(its host keys go to a known_hosts file of the run unless the entry names one).
-
-The instances are destroyed when the pool shuts down (which the shared pool does at
-interpreter exit, after an error or a Ctrl-C that ends the program), by an ``atexit`` hook
-of the pool's own, and on SIGTERM (a handler that raises SystemExit is installed if the
-program has none). Besides the instances it knows, the destruction also looks up the
-run's tag, so that instances still being created are found too. Only a SIGKILL skips all
-this: ``python -m pydron cloud cleanup`` is for that.
-
-An entry with ``idle_timeout`` keeps its instances instead, on all those paths: the
-instances whose host worked are tagged idle (:func:`cloud.release`) and a detached reaper
-process destroys them once idle that long (:func:`cloud.start_reaper`), unless a later
-run with an equal entry claims them first (its start reuses idle instances and creates
-only the missing ones). Instances whose host failed or was lost are destroyed.
+The worker engine (:mod:`pydron.backend.engine.engine`) with the cloud launcher
+(:mod:`pydron.backend.launchers.cloud`: instances provisioned with libcloud, then used
+through the ssh launcher, and destroyed -- or kept idle -- when the pool ends).
 """
 from __future__ import annotations
 
-import atexit
-import logging
-import os
-import signal
-import tempfile
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydron.backend.launchers import cloud_provider as cloud
-from pydron.backend.reactor import call_soon
-from pydron.backend.sshpool import SshPool, _Host
+from pydron.backend.engine.engine import WorkerEngine
+from pydron.backend.launchers.cloud import CloudLauncher
+from pydron.backend.launchers.ssh import Host
 
 __all__ = ["CloudPool"]
 
-_log = logging.getLogger("pydron.backend")
 
-
-class _Abandoned(BaseException):
-    """Raised inside provision() (through its progress callback) once the pool is gone,
-    so that it destroys what it created and stops."""
-
-
-class CloudPool(SshPool):
+class CloudPool(WorkerEngine):
     """Workers on instances created from ``"cloud"`` entries (WorkerSpecs or mappings,
-    see :func:`cloud.entry_of`). ``run_id`` tags the instances (default: a new one);
-    ``progress(event, name, detail)`` hears of instances and hosts; ``poll`` is the
-    seconds between state checks while instances start. ``address_of(node)`` overrides
-    where SSH of an instance is (default: its first public, else private, IP and the
-    entry's ``port``), for instances reached through a tunnel or a bastion's forward."""
+    see :func:`pydron.backend.launchers.cloud_provider.entry_of`). ``run_id`` tags the
+    instances (default: a new one); ``progress(event, name, detail)`` hears of instances
+    and hosts; ``poll`` is the seconds between state checks while instances start.
+    ``address_of(node)`` overrides where SSH of an instance is (default: its first
+    public, else private, IP and the entry's ``port``), for instances reached through a
+    tunnel or a bastion's forward. Other keyword arguments are the engine's, plus
+    ``connect_timeout``."""
 
     def __init__(self, entries: Sequence[Any], *, run_id: str | None = None,
                  progress: Callable[[str, str, str], None] | None = None,
                  poll: float = 2.0,
                  address_of: Callable[[Any], tuple[str, int] | None] | None = None,
-                 **kwargs: Any) -> None:
-        self._cloud_entries = [cloud.entry_of(e) for e in entries]
-        if not self._cloud_entries:
-            raise ValueError("CloudPool needs at least one cloud entry")
-        self.run_id = run_id or cloud.new_run_id()
-        self.poll = poll
-        self.address_of = address_of
-        self._nodes: list[Any] = []
-        self._nodes_lock = threading.Lock()
-        self._destroyed = False
-        self._known_hosts = ""
-        super().__init__([], progress=progress, **kwargs)
-        _install_sigterm_handler()
-        ref = weakref.ref(self)
-        self._atexit = lambda: (lambda pool: pool and pool.destroy_nodes())(ref())
-        atexit.register(self._atexit)
+                 connect_timeout: float = 10.0, **kwargs: Any) -> None:
+        self.launcher = CloudLauncher(entries, run_id=run_id, progress=progress, poll=poll,
+                                      address_of=address_of, connect_timeout=connect_timeout)
+        super().__init__(self.launcher, **kwargs)
 
-    def _make_hosts(self, entries: Sequence[Any]) -> list[_Host]:  # type: ignore[override]
-        hosts, base = [], 0
-        for e, entry in enumerate(self._cloud_entries):
-            count, cores = int(entry.get("count", 1)), int(entry.get("cores", 1))
-            for k in range(count):
-                host = _Host(None, base, cores, f"{entry['provider']} instance {k + 1}/{count}")
-                host.cloud_entry = e  # type: ignore[attr-defined]
-                hosts.append(host)
-                base += cores
-        return hosts
+    @property
+    def run_id(self) -> str:
+        return self.launcher.run_id
+
+    @property
+    def poll(self) -> float:
+        return self.launcher.poll
+
+    @poll.setter
+    def poll(self, seconds: float) -> None:
+        self.launcher.poll = seconds
+
+    @property
+    def address_of(self) -> Callable[[Any], tuple[str, int] | None] | None:
+        return self.launcher.address_of
+
+    @address_of.setter
+    def address_of(self, function: Callable[[Any], tuple[str, int] | None] | None) -> None:
+        self.launcher.address_of = function
+
+    @property
+    def progress(self) -> Callable[[str, str, str], None] | None:
+        return self.launcher.progress
+
+    @progress.setter
+    def progress(self, callback: Callable[[str, str, str], None] | None) -> None:
+        self.launcher.ssh.progress = callback
+
+    @property
+    def _hosts(self) -> list[Host]:
+        return self.launcher.ssh.hosts
+
+    def hosts(self) -> list[dict[str, Any]]:
+        """Each host: ``name``, ``state`` (pending, ready, failed, lost), ``cause``,
+        ``cores``, ``workers`` (indexes)."""
+        return self.launcher.ssh.host_list()
 
     def nodes(self) -> list[Any]:
         """The instances this pool created and has not destroyed yet."""
-        with self._nodes_lock:
-            return list(self._nodes)
-
-    # ------------------------------------------------------------------ start
-
-    def _start_hosts(self) -> None:
-        for e in range(len(self._cloud_entries)):
-            threading.Thread(target=self._provision, args=(e,), daemon=True,
-                             name=f"pydron-cloud-{e}").start()
-
-    def _progress(self, event: str, node: str, detail: str) -> None:
-        if self._destroyed and event in ("starting", "ready"):
-            raise _Abandoned()  # not on "destroyed": that would stop the destruction
-        if self.progress is not None:
-            self.progress(event, node, detail)
-
-    def _provision(self, e: int) -> None:
-        entry = self._cloud_entries[e]
-        hosts = [h for h in self._hosts if getattr(h, "cloud_entry", None) == e]
-        try:
-            nodes = cloud.provision(entry, self.run_id, progress=self._progress,
-                                    poll=self.poll, address_of=self.address_of)
-        except BaseException as exc:  # _Abandoned included: nothing of it is left
-            for host in hosts:
-                call_soon(self._host_failed, host, exc)
-            return
-        with self._nodes_lock:
-            gone = self._destroyed
-            if not gone:
-                self._nodes.extend(nodes)
-        if gone:
-            cloud.destroy(nodes)
-            return
-        known = entry.get("known_hosts") or self._run_known_hosts()
-        for host, node in zip(hosts, nodes):
-            try:
-                address = self.address_of(node) if self.address_of is not None else None
-                host.entry = cloud.node_ssh_entry(node, entry, known_hosts=known,
-                                                  address=address)
-            except Exception as exc:
-                call_soon(self._host_failed, host, exc)
-                continue
-            host.name = f"{node.name} ({host.entry['hostname']})"
-            host.cloud_node = node  # type: ignore[attr-defined]
-            self._bring_up_later(host)
-        for host in hosts[len(nodes):]:
-            call_soon(self._host_failed, host,
-                      cloud.CloudError("the instance did not become ready"))
-
-    def _run_known_hosts(self) -> str:
-        with self._nodes_lock:
-            if not self._known_hosts:
-                fd, path = tempfile.mkstemp(prefix=f"pydron-{self.run_id}-", suffix=".known_hosts")
-                os.close(fd)
-                self._known_hosts = path
-            return self._known_hosts
-
-    # ------------------------------------------------------------------ end
-
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop the workers (as :class:`SshPool`), then destroy the instances."""
-        try:
-            super().shutdown(wait)
-            if not wait:
-                self._close_hosts()
-        finally:
-            if not self._forked:
-                self.destroy_nodes()
+        return self.launcher.nodes()
 
     def destroy_nodes(self) -> int:
         """Destroy every instance of this run (the ones known here, and any other that
         carries the run's tag); returns how many went. Idempotent."""
-        with self._nodes_lock:
-            first = not self._destroyed
-            self._destroyed = True
-            nodes, self._nodes = self._nodes, []
-        if first:
-            atexit.unregister(self._atexit)
-        nodes = self._release_idle(nodes)
-        done = cloud.destroy(nodes, progress=self.progress) if nodes else 0
-        if (not first and not nodes) or not self._hosts_started:
-            return done  # (never started: no instance was created)
-        for entry in self._cloud_entries:
-            try:
-                left = cloud.list_tagged(entry, self.run_id)
-            except Exception as exc:
-                _log.error("pydron: cannot list the instances of run %s to destroy them "
-                           "(%s); run `python -m pydron cloud cleanup`", self.run_id, exc)
-                continue
-            left = [n for n in left if cloud.TAG_IDLE not in cloud.node_tags(n)]
-            if left:
-                done += cloud.destroy(left, progress=self.progress)
-        if self._known_hosts:
-            try:
-                os.unlink(self._known_hosts)
-            except OSError:
-                pass
-        return done
-
-
-    def _release_idle(self, nodes: list[Any]) -> list[Any]:
-        """Keep the working nodes of entries with ``idle_timeout`` (tagged idle, with a
-        reaper started); returns the nodes still to destroy."""
-        usable = {id(h.cloud_node) for h in self._hosts
-                  if h.state in ("pending", "ready") and hasattr(h, "cloud_node")}
-        rest = list(nodes)
-        for e, entry in enumerate(self._cloud_entries):
-            if cloud.idle_timeout_of(entry) is None:
-                continue
-            mine = {id(h.cloud_node) for h in self._hosts
-                    if getattr(h, "cloud_entry", None) == e and hasattr(h, "cloud_node")}
-            keep = [n for n in rest if id(n) in mine and id(n) in usable]
-            if not keep:
-                continue
-            try:
-                if not cloud.can_keep_idle(entry):
-                    _log.warning("pydron: cloud entry %s: its provider cannot tag instances "
-                                 "idle, so idle_timeout is ignored", entry.get("provider"))
-                    continue
-                stamp = cloud.release(keep, entry, progress=self.progress)
-                cloud.start_reaper(entry, stamp)
-            except Exception as exc:  # then destroy them: nothing may be left unwatched
-                _log.error("pydron: cannot keep the instances of run %s idle (%s); destroying "
-                           "them", self.run_id, exc)
-                continue
-            kept = {id(n) for n in keep}
-            rest = [n for n in rest if id(n) not in kept]
-        return rest
-
-
-def _sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _install_sigterm_handler() -> None:
-    """Make SIGTERM run the exit hooks (which destroy instances), unless the program
-    handles SIGTERM itself."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, _sigterm)
-    except (ValueError, OSError):
-        pass
+        return self.launcher.destroy_nodes()

@@ -1,7 +1,9 @@
 """Launchers: how worker processes start and end -- on this machine, over SSH, on cloud
-instances -- and nothing about calls (see :mod:`.base` for the interface).
+instances -- and nothing about calls (:mod:`.base` is the interface the engine uses).
 
-:mod:`.ssh_transport` is the SSH plumbing (paramiko: connect, check, ship pydron, forward
-ports, start supervised processes), :mod:`.cloud_provider` the libcloud provisioning,
-:mod:`.remote` the programs sent to remote hosts as source.
+:mod:`.local` starts child processes, :mod:`.ssh` starts workers on ssh hosts (through
+:mod:`.ssh_transport`, the SSH plumbing: connect, check, ship pydron, forward ports,
+start supervised processes), :mod:`.cloud` provisions instances (through
+:mod:`.cloud_provider`, the libcloud side) and hands them to an ssh launcher;
+:mod:`.remote` holds the programs sent to remote hosts as source.
 """

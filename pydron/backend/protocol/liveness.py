@@ -1,13 +1,17 @@
 """Telling a silent peer that works from one that is gone, at both ends."""
 from __future__ import annotations
 
-__all__ = ["cpu_ticks", "Liveness", "MASTER_TIMEOUT"]
+__all__ = ["cpu_ticks", "Liveness", "MASTER_TIMEOUT", "STOP_GRACE"]
 
 MASTER_TIMEOUT = 300.0
 """Default seconds of silence from a master whose connection is still open before a
 worker gives up on it. Long on purpose: a dead master closes the connection (the worker
 then exits at once) and a dead local one also triggers the parent-death signal; only a
 hung master, or a network that vanished without a reset, needs this to expire."""
+
+STOP_GRACE = 5.0
+"""Seconds a worker told BYE gets to exit before the master kills it (and so, after which a
+launcher may close what its workers ran through)."""
 
 
 def cpu_ticks(pid: int) -> int | None:
