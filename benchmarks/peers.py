@@ -731,8 +731,9 @@ def main() -> None:
 
 
 def _machine() -> str:
-    return (f"python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-            f"{time.strftime('%Y-%m-%d %H:%M')}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load average {load}, "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC")
 
 
 def _fmt(x: float) -> str:
