@@ -367,16 +367,18 @@ def test_shutdown_stops_owned_workers(env):
             assert other.submit(square, 4).result(timeout=LONG) == 16
 
 
-def test_dropped_executor_stops_owned_workers(env):
+@pytest.mark.parametrize("call_timeout", [None, 30])
+def test_dropped_executor_stops_owned_workers(env, call_timeout):
     """test_del_shutdown: an executor with a pool of its own, dropped without shutdown,
-    stops its workers once collected."""
+    stops its workers once collected (with a call_timeout, whose watchdog thread must not
+    keep it alive, too)."""
     if env.kind != "owned":
         pytest.skip("only an executor with a pool of its own has workers to stop")
-    ex = pydron.Executor(max_workers=2)
+    ex = pydron.Executor(max_workers=2, call_timeout=call_timeout)
     pids = set(ex.map(worker_pid, range(20)))
     del ex
-    gc.collect()
-    assert wait_gone(pids, 30) == []
+    wait_for(lambda: gc.collect() >= 0 and not wait_gone(pids, 0.5), 30,
+             "the dropped executor's workers to exit")
 
 
 def test_submit_after_shutdown(env):
@@ -447,6 +449,11 @@ def test_shutdown_cancel_futures(env):
     cancelled = [f for f in more if f.cancelled()]
     # Calls beyond the dispatcher's window were still queued (PENDING).
     assert len(cancelled) >= 60 - ex.dispatcher.limit
+    # ... and count as done for wait() and as_completed() (ThreadPoolExecutor leaves the
+    # futures it cancels here unnotified: wait() does not count them).
+    done, _ = cf.wait(cancelled, timeout=LONG)
+    assert done == set(cancelled)
+    assert set(cf.as_completed(cancelled, timeout=LONG)) == set(cancelled)
     env.open_gate()
     assert results(blocked) == list(range(env.parallelism))
     for i, f in enumerate(more):
@@ -646,6 +653,45 @@ def test_many_threads_submitting(env):
     assert sorted(got) == [(t, i) for t in range(8) for i in range(500)]
     wait_for(lambda: len(callbacks) == 4000, LONG, "every done callback")
     assert set(callbacks.values()) == {1}
+
+
+def test_shutdown_while_threads_submit(env):
+    """test_shutdown_race_issue12456-like: threads submit and cancel while another shuts
+    the executor down with cancel_futures: each submit either returns a future or raises
+    RuntimeError, and every future returned ends (result or cancelled), none hangs."""
+    ex = env.executor()
+    barrier = threading.Barrier(5)
+    futures = []
+    refused = []
+    lock = threading.Lock()
+
+    def client(t):
+        barrier.wait(LONG)
+        for i in range(300):
+            try:
+                f = ex.submit(identity, (t, i))
+            except RuntimeError:
+                with lock:
+                    refused.append((t, i))
+                continue
+            if i % 7 == 0:
+                f.cancel()
+            with lock:
+                futures.append((f, (t, i)))
+
+    clients = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+    for c in clients:
+        c.start()
+    barrier.wait(LONG)
+    wait_for(lambda: len(futures) >= 100, LONG, "some calls to be submitted")
+    ex.shutdown(wait=True, cancel_futures=True)
+    for c in clients:
+        c.join(LONG)
+    assert len(futures) + len(refused) == 1200
+    done, not_done = cf.wait([f for f, _ in futures], timeout=LONG)
+    assert not not_done
+    for f, value in futures:
+        assert f.cancelled() or f.result() == value
 
 
 # ---------------------------------------------------------------------- wait, as_completed
