@@ -582,6 +582,23 @@ def test_cancel_queued(env):
     assert sorted(calls.values()) == [1] * 10
 
 
+def test_cancel_call_no_thread_has_taken(env, request):
+    """ThreadPoolExecutor: a call that no thread has taken yet can be cancelled, however
+    few calls are queued. (Process kinds: ProcessPoolExecutor too refuses to cancel the
+    calls in its call queue -- max_workers + 1 of them; pydron's window is 2 * workers + 4.)"""
+    if env.processes:
+        pytest.skip("ProcessPoolExecutor's rule is test_cancel_queued's")
+    request.applymarker(pytest.mark.xfail(reason=(
+        "by design (pydron.explicit.dispatch): a call is RUNNING once handed to the pool, "
+        "and the window of calls on the pool is larger than the pool's thread count"),
+        strict=False))
+    ex = env.executor()
+    env.blockers(ex)
+    extra = ex.submit(square, 2)
+    assert not extra.running()
+    assert extra.cancel()
+
+
 # ------------------------------------------------------------------- callbacks and threads
 
 
