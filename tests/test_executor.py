@@ -556,8 +556,8 @@ def test_shutdown_waits_for_done_callbacks(env):
 def test_cancel_queued(env):
     """One blocking call per worker, then more: the calls still in the executor's queue
     can be cancelled; those handed to the pool cannot (as ProcessPoolExecutor's call queue;
-    ThreadPoolExecutor would still cancel a call no thread has taken -- see the report of
-    differences in pydron.explicit.dispatch)."""
+    ThreadPoolExecutor would still cancel a call no thread has taken: see
+    test_cancel_call_no_thread_has_taken)."""
     ex = env.executor()
     blocked = env.blockers(ex)
     limit = ex.dispatcher.limit

@@ -474,8 +474,8 @@ class Dispatcher:
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         """Refuse new calls; ``cancel_futures`` drops the queued ones; ``wait`` blocks until
-        every call has its outcome (not from inside a delivery, which could be waiting for
-        itself) and the resources are released."""
+        every call has its outcome and its future's callbacks have run (not from inside a
+        delivery, which could be waiting for itself) and the resources are released."""
         with self._lock:
             self._closed = True
             self._wake.notify_all()
