@@ -321,11 +321,6 @@ def test_future_states(env):
 
 def test_result_released_with_future(env, request):
     """test_free_reference: once the future is gone, nothing keeps its result alive."""
-    if env.processes:
-        request.applymarker(pytest.mark.xfail(reason=(
-            "MulticorePool._decode_loop keeps its last `value` (and call, entry, bufs) in "
-            "its locals while it waits for the next batch; it needs `del` after the loop"),
-            strict=False))
     ex = env.executor()
     future = ex.submit(make_token, 5)
     token = future.result(timeout=LONG)

@@ -827,6 +827,9 @@ class MulticorePool(Pool):
                 for call, entry, bufs in batch:
                     ok, value = _decode(call, entry, bufs)
                     self._deliver(call, ok, value)
+                    # While this thread waits for the next batch, its locals must not
+                    # keep the last result (or its call) alive.
+                    del call, entry, bufs, ok, value
             except BaseException:  # noqa: B902 -- this thread must go on delivering
                 _log.exception("pydron: internal error while delivering results")
             del batch
