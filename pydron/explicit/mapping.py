@@ -7,10 +7,10 @@ reaches beyond the results already consumed, and a result is let go as soon as i
 been yielded, so a map over ten million generated items holds a few chunks at a time.
 
 Chunk sizes (``chunksize="auto"``) come from measured call times: the first chunk holds
-one item, each later one at most twice the one before, aiming at :data:`TARGET_SECONDS`
-of work per chunk (as timed on the worker), so a map of 10 µs calls pays the round trip
-to a worker once per few thousand items while a map of one-second calls sends them one
-by one and keeps every worker busy.
+one item, each later one at most :data:`GROWTH` times the one before, aiming at
+:data:`TARGET_SECONDS` of work per chunk (as timed on the worker), so a map of 10 µs
+calls pays the round trip to a worker once per few thousand items while a map of
+one-second calls sends them one by one and keeps every worker busy.
 
 Failures: with ``errors="raise"`` an item's exception is raised at its position, after
 every earlier result has been yielded (calls of later items are then cancelled: queued
@@ -47,6 +47,11 @@ worker (about 0.1-1 ms) costs a few percent, short enough to spread work evenly.
 MAX_AUTO_CHUNK = 16384
 """The largest chunk ``"auto"`` forms (memory: the window holds a few of them)."""
 
+GROWTH = 4
+"""How much larger than the last one a chunk may be: fast enough that a map of tiny
+calls reaches its chunk size within a few round trips, slow enough that a first item
+much faster than the rest cannot make one chunk hold minutes of work."""
+
 ERRORS = ("raise", "return")
 _NO_INITIAL = object()
 
@@ -74,7 +79,7 @@ class ChunkSizer:
         self._per_item = per_item if self._per_item is None else \
             0.7 * self._per_item + 0.3 * per_item
         wanted = int(TARGET_SECONDS / self._per_item)
-        self._next = max(self.minimum, 1, min(wanted, 2 * max(items, self._next),
+        self._next = max(self.minimum, 1, min(wanted, GROWTH * max(items, self._next),
                                               MAX_AUTO_CHUNK))
 
 
@@ -237,10 +242,17 @@ class MapRun:
                     else:
                         self.sizer.learn(len(outcome[0]), outcome[1])
                 chunk.items = None
-                outcomes = outcome[0]
+                outcomes, clean = outcome[0], outcome[2]
                 del outcome
                 self._chunks.remove(chunk) if not self.ordered else self._chunks.popleft()
                 self._top_up()
+                if clean:
+                    # No failure inside: hand the results on at C speed, each dropped
+                    # (popped) as it is yielded.
+                    outcomes.reverse()
+                    yield from builtins.map(outcomes.pop, itertools.repeat(-1, len(outcomes)))
+                    del outcomes, chunk
+                    continue
                 for i in range(len(outcomes)):
                     value = outcomes[i]
                     outcomes[i] = None      # dropped once yielded
