@@ -250,7 +250,7 @@ def test_auto_chunks_grow_for_tiny_calls_and_stay_small_for_slow_ones():
         sizes.append(size)
         sizer.learn(size, size * 10e-6)        # 10 microseconds an item
     assert sizes[0] == 1
-    assert all(b <= mapping.GROWTH * a for a, b in zip(sizes, sizes[1:]))
+    assert all(b <= mapping.FAST_GROWTH * a for a, b in zip(sizes, sizes[1:]))
     assert sizes[-1] >= 1000
     assert sizes[-1] * 10e-6 <= 2 * mapping.TARGET_SECONDS
     slow = mapping.ChunkSizer("auto")
