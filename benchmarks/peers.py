@@ -292,7 +292,7 @@ def section_f(conf, args):
     n = 100_000
     fast = 3 if args.quick else 5                 # repetitions of the sub-second rows
     slow = 1                                      # rows of chunksize 1 (seconds each)
-    n_dask = 2_000 if args.quick else 10_000      # Dask: ~1-2 ms per task
+    n_dask = 2_000 if args.quick else 10_000      # Dask: 1-3 ms per task
     n_busy = 20_000 if args.quick else 100_000
     rows = []
     rounds = w.busy_rounds_for(10e-6)             # first, while no pool runs
@@ -347,7 +347,7 @@ def section_f(conf, args):
             t = best(lambda: client.gather(client.map(w.noop, range(n_dask), pure=False)),
                      2)
             rows.append(("Dask distributed", f"client.map + gather ({n_dask:,} items, "
-                         "not 100,000: about 1 ms each)", n_dask, t))
+                         "not 100,000: milliseconds each)", n_dask, t))
         finally:
             peer.close()
         print("measured Dask distributed", flush=True)
@@ -423,7 +423,7 @@ def section_g(conf, args):
             run(100)
             t = best(lambda: run(n_dask), 2)
             rows.append(("Dask distributed", f"client.submit + as_completed ({n_dask:,} "
-                         f"calls, not {n:,}: about 1 ms each)", n_dask, t))
+                         f"calls, not {n:,}: milliseconds each)", n_dask, t))
         finally:
             peer.close()
     print(f"G: {n:,} submit + as_completed of a no-op, {WORKERS} workers each; "
@@ -731,8 +731,9 @@ def main() -> None:
 
 
 def _machine() -> str:
-    return (f"python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-            f"{time.strftime('%Y-%m-%d %H:%M')}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load average {load}, "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC")
 
 
 def _fmt(x: float) -> str:

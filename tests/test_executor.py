@@ -220,8 +220,20 @@ class Env:
     def open_gate(self):
         open(self.gate, "a").close()
 
+    def ready(self, ex):
+        """Wait until every worker of ``ex``'s pool is up (a worker replaced by an
+        earlier test may still be starting: its calls would queue on the others)."""
+        source = ex.dispatcher.source
+        pool = source.acquire()
+        try:
+            if hasattr(pool, "start"):
+                pool.start(timeout=LONG)
+        finally:
+            source.release(pool)
+
     def blockers(self, ex, count=None):
         """One call per worker that blocks on the gate; returns once all have started."""
+        self.ready(ex)
         count = self.parallelism if count is None else count
         futures = [ex.submit(gate_wait, self.gate, self.started, i) for i in range(count)]
         wait_for(lambda: len(runs(self.started)) >= count, LONG, "the blocking calls to start")
@@ -321,11 +333,6 @@ def test_future_states(env):
 
 def test_result_released_with_future(env, request):
     """test_free_reference: once the future is gone, nothing keeps its result alive."""
-    if env.processes:
-        request.applymarker(pytest.mark.xfail(reason=(
-            "MulticorePool._decode_loop keeps its last `value` (and call, entry, bufs) in "
-            "its locals while it waits for the next batch; it needs `del` after the loop"),
-            strict=False))
     ex = env.executor()
     future = ex.submit(make_token, 5)
     token = future.result(timeout=LONG)
@@ -367,16 +374,18 @@ def test_shutdown_stops_owned_workers(env):
             assert other.submit(square, 4).result(timeout=LONG) == 16
 
 
-def test_dropped_executor_stops_owned_workers(env):
+@pytest.mark.parametrize("call_timeout", [None, 30])
+def test_dropped_executor_stops_owned_workers(env, call_timeout):
     """test_del_shutdown: an executor with a pool of its own, dropped without shutdown,
-    stops its workers once collected."""
+    stops its workers once collected (with a call_timeout, whose watchdog thread must not
+    keep it alive, too)."""
     if env.kind != "owned":
         pytest.skip("only an executor with a pool of its own has workers to stop")
-    ex = pydron.Executor(max_workers=2)
+    ex = pydron.Executor(max_workers=2, call_timeout=call_timeout)
     pids = set(ex.map(worker_pid, range(20)))
     del ex
-    gc.collect()
-    assert wait_gone(pids, 30) == []
+    wait_for(lambda: gc.collect() >= 0 and not wait_gone(pids, 0.5), 30,
+             "the dropped executor's workers to exit")
 
 
 def test_submit_after_shutdown(env):
@@ -447,6 +456,11 @@ def test_shutdown_cancel_futures(env):
     cancelled = [f for f in more if f.cancelled()]
     # Calls beyond the dispatcher's window were still queued (PENDING).
     assert len(cancelled) >= 60 - ex.dispatcher.limit
+    # ... and count as done for wait() and as_completed() (ThreadPoolExecutor leaves the
+    # futures it cancels here unnotified: wait() does not count them).
+    done, _ = cf.wait(cancelled, timeout=LONG)
+    assert done == set(cancelled)
+    assert set(cf.as_completed(cancelled, timeout=LONG)) == set(cancelled)
     env.open_gate()
     assert results(blocked) == list(range(env.parallelism))
     for i, f in enumerate(more):
@@ -549,8 +563,8 @@ def test_shutdown_waits_for_done_callbacks(env):
 def test_cancel_queued(env):
     """One blocking call per worker, then more: the calls still in the executor's queue
     can be cancelled; those handed to the pool cannot (as ProcessPoolExecutor's call queue;
-    ThreadPoolExecutor would still cancel a call no thread has taken -- see the report of
-    differences in pydron.explicit.dispatch)."""
+    ThreadPoolExecutor would still cancel a call no thread has taken: see
+    test_cancel_call_no_thread_has_taken)."""
     ex = env.executor()
     blocked = env.blockers(ex)
     limit = ex.dispatcher.limit
@@ -573,6 +587,23 @@ def test_cancel_queued(env):
     assert results(blocked) == list(range(env.parallelism))
     assert results(more[:-10]) == [i * i for i in range(limit)]
     assert sorted(calls.values()) == [1] * 10
+
+
+def test_cancel_call_no_thread_has_taken(env, request):
+    """ThreadPoolExecutor: a call that no thread has taken yet can be cancelled, however
+    few calls are queued. (Process kinds: ProcessPoolExecutor too refuses to cancel the
+    calls in its call queue -- max_workers + 1 of them; pydron's window is 2 * workers + 4.)"""
+    if env.processes:
+        pytest.skip("ProcessPoolExecutor's rule is test_cancel_queued's")
+    request.applymarker(pytest.mark.xfail(reason=(
+        "by design (pydron.explicit.dispatch): a call is RUNNING once handed to the pool, "
+        "and the window of calls on the pool is larger than the pool's thread count"),
+        strict=False))
+    ex = env.executor()
+    env.blockers(ex)
+    extra = ex.submit(square, 2)
+    assert not extra.running()
+    assert extra.cancel()
 
 
 # ------------------------------------------------------------------- callbacks and threads
@@ -648,6 +679,45 @@ def test_many_threads_submitting(env):
     assert set(callbacks.values()) == {1}
 
 
+def test_shutdown_while_threads_submit(env):
+    """test_shutdown_race_issue12456-like: threads submit and cancel while another shuts
+    the executor down with cancel_futures: each submit either returns a future or raises
+    RuntimeError, and every future returned ends (result or cancelled), none hangs."""
+    ex = env.executor()
+    barrier = threading.Barrier(5)
+    futures = []
+    refused = []
+    lock = threading.Lock()
+
+    def client(t):
+        barrier.wait(LONG)
+        for i in range(300):
+            try:
+                f = ex.submit(identity, (t, i))
+            except RuntimeError:
+                with lock:
+                    refused.append((t, i))
+                continue
+            if i % 7 == 0:
+                f.cancel()
+            with lock:
+                futures.append((f, (t, i)))
+
+    clients = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+    for c in clients:
+        c.start()
+    barrier.wait(LONG)
+    wait_for(lambda: len(futures) >= 100, LONG, "some calls to be submitted")
+    ex.shutdown(wait=True, cancel_futures=True)
+    for c in clients:
+        c.join(LONG)
+    assert len(futures) + len(refused) == 1200
+    done, not_done = cf.wait([f for f, _ in futures], timeout=LONG)
+    assert not not_done
+    for f, value in futures:
+        assert f.cancelled() or f.result() == value
+
+
 # ---------------------------------------------------------------------- wait, as_completed
 
 
@@ -676,15 +746,32 @@ def test_short_call_not_stuck_behind_long(env, request):
     ProcessPoolExecutor's workers take calls from one shared queue as they become free)."""
     if env.processes:
         request.applymarker(pytest.mark.xfail(reason=(
-            "MulticorePool._dispatch prefetches calls to a worker that is running a long "
-            "call (its limit comes from the average call time), where they wait while the "
-            "other worker is idle"), strict=False))
+            "calls sent to a worker within STUCK_AFTER of its long call's start wait behind "
+            "it: MulticorePool does not take unstarted calls back from a busy worker"),
+            strict=False))
     ex = env.executor()
     results([ex.submit(square, i) for i in range(50)])    # short calls: prefetching on
     slow = ex.submit(gate_wait, env.gate, env.started)
     wait_for(lambda: runs(env.started), LONG, "the long call to start")
     short = [ex.submit(square, i) for i in range(10)]
     done, not_done = cf.wait(short, timeout=10)
+    assert not not_done, f"{len(not_done)} short calls waited behind the long one"
+    env.open_gate()
+    assert slow.result(timeout=LONG) is None
+
+
+def test_no_calls_for_a_worker_stuck_in_a_long_call(env):
+    """Once a worker has run one call for much longer than calls take on average, it is
+    given no more while it runs it (STUCK_AFTER of pydron.backend.engine.engine): calls
+    submitted then run on the other workers at once."""
+    ex = env.executor()
+    env.ready(ex)
+    results([ex.submit(square, i) for i in range(50)])    # short calls: prefetching on
+    slow = ex.submit(gate_wait, env.gate, env.started)
+    wait_for(lambda: runs(env.started), LONG, "the long call to start")
+    time.sleep(0.3)  # the condition under test: the long call has run for a while
+    short = [ex.submit(square, i) for i in range(30)]
+    done, not_done = cf.wait(short, timeout=30)
     assert not not_done, f"{len(not_done)} short calls waited behind the long one"
     env.open_gate()
     assert slow.result(timeout=LONG) is None

@@ -250,7 +250,7 @@ def test_auto_chunks_grow_for_tiny_calls_and_stay_small_for_slow_ones():
         sizes.append(size)
         sizer.learn(size, size * 10e-6)        # 10 microseconds an item
     assert sizes[0] == 1
-    assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:]))
+    assert all(b <= mapping.FAST_GROWTH * a for a, b in zip(sizes, sizes[1:]))
     assert sizes[-1] >= 1000
     assert sizes[-1] * 10e-6 <= 2 * mapping.TARGET_SECONDS
     slow = mapping.ChunkSizer("auto")
@@ -274,7 +274,7 @@ def test_a_map_dropped_early_cancels_what_is_queued():
 
 
 MEMORY_SCRIPT = r"""
-import resource, sys
+import sys
 import pydron
 
 def inc(x):
@@ -288,7 +288,11 @@ if __name__ == "__main__":
         total += value
     n = int(sys.argv[2])
     assert total == n * (n + 1) // 2, total
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    # This process's own peak (VmHWM): getrusage's ru_maxrss would report the peak of
+    # the process that exec'ed us when that was higher (Linux keeps it across exec).
+    with open("/proc/self/status") as f:
+        peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print(peak_kb // 1024)
 """
 
 

@@ -376,33 +376,44 @@ class Dispatcher:
         with self._lock:
             heapq.heappush(self._timeouts, (work.deadline, next(self._timeout_seq), work))
             if self._watchdog is None:
-                self._watchdog = threading.Thread(target=self._watch, daemon=True,
-                                                  name="pydron-call-timeouts")
+                # A weak reference: the thread must not keep a dropped executor (and the
+                # pool of its own) alive.
+                self._watchdog = threading.Thread(
+                    target=Dispatcher._watch, args=(weakref.ref(self), self._lock,
+                                                    self._wake, self._timeouts),
+                    daemon=True, name="pydron-call-timeouts")
                 self._watchdog.start()
             elif self._timeouts[0][2] is work:
                 self._wake.notify()
 
-    def _watch(self) -> None:
-        timeouts = self._timeouts
+    @staticmethod
+    def _watch(ref: weakref.ref[Dispatcher], lock: threading.Lock,
+               wake: threading.Condition, timeouts: list[tuple[float, int, _Work]]) -> None:
+        """The timeout thread: holds the dispatcher only while it expires a call."""
         while True:
-            with self._lock:
+            with lock:
                 while True:
                     while timeouts and timeouts[0][2].settled:
                         heapq.heappop(timeouts)
+                    me = ref()
+                    if me is None:
+                        return      # dropped: no call of it is in flight
                     if not timeouts:
-                        if self._closed and not self._running:
-                            self._watchdog = None
+                        if me._closed and not me._running:
+                            me._watchdog = None
                             return
-                        self._wake.wait(1.0)
+                        del me
+                        wake.wait(1.0)
                         continue
                     left = timeouts[0][0] - time.monotonic()
                     if left <= 0:
                         work = heapq.heappop(timeouts)[2]
                         pool, handle = work.pool, work.handle
                         break
-                    self._wake.wait(left)
-            self._expire(work, pool, handle)
-            del work, pool, handle
+                    del me
+                    wake.wait(left)
+            me._expire(work, pool, handle)
+            del me, work, pool, handle
 
     def _expire(self, work: _Work, pool: Pool | None, handle: object) -> None:
         from pydron.backend.protocol.shipping import callable_name, callable_site
@@ -454,14 +465,17 @@ class Dispatcher:
         count = 0
         for work in dropped:
             if work.future.cancel():
+                # Then notified, as a queued call is when its turn comes: a cancelled future
+                # counts as done for wait() and as_completed() only once it is notified.
+                work.future.set_running_or_notify_cancel()
                 count += 1
         self._notify_if_idle()
         return count
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         """Refuse new calls; ``cancel_futures`` drops the queued ones; ``wait`` blocks until
-        every call has its outcome (not from inside a delivery, which could be waiting for
-        itself) and the resources are released."""
+        every call has its outcome and its future's callbacks have run (not from inside a
+        delivery, which could be waiting for itself) and the resources are released."""
         with self._lock:
             self._closed = True
             self._wake.notify_all()

@@ -7,10 +7,10 @@ reaches beyond the results already consumed, and a result is let go as soon as i
 been yielded, so a map over ten million generated items holds a few chunks at a time.
 
 Chunk sizes (``chunksize="auto"``) come from measured call times: the first chunk holds
-one item, each later one at most twice the one before, aiming at :data:`TARGET_SECONDS`
-of work per chunk (as timed on the worker), so a map of 10 µs calls pays the round trip
-to a worker once per few thousand items while a map of one-second calls sends them one
-by one and keeps every worker busy.
+one item, each later one at most :data:`GROWTH` times the one before, aiming at
+:data:`TARGET_SECONDS` of work per chunk (as timed on the worker), so a map of 10 µs
+calls pays the round trip to a worker once per few thousand items while a map of
+one-second calls sends them one by one and keeps every worker busy.
 
 Failures: with ``errors="raise"`` an item's exception is raised at its position, after
 every earlier result has been yielded (calls of later items are then cancelled: queued
@@ -47,6 +47,16 @@ worker (about 0.1-1 ms) costs a few percent, short enough to spread work evenly.
 MAX_AUTO_CHUNK = 16384
 """The largest chunk ``"auto"`` forms (memory: the window holds a few of them)."""
 
+GROWTH = 4
+"""How much larger than the last one a chunk may be: fast enough that a map of tiny
+calls reaches its chunk size within a few round trips, slow enough that a first item
+much faster than the rest cannot make one chunk hold minutes of work."""
+
+FAST_GROWTH = 16
+FAST_CHUNK = 0.001
+"""A chunk that took less than this many seconds may be followed by one
+:data:`FAST_GROWTH` times as large: its work is still well below a round trip."""
+
 ERRORS = ("raise", "return")
 _NO_INITIAL = object()
 
@@ -59,10 +69,24 @@ class ChunkSizer:
         self.fixed = None if chunksize == "auto" else int(chunksize)
         self.minimum = minimum
         self._next = max(1, minimum)
+        self._goal = self._next
+        self._growth = GROWTH
         self._per_item: float | None = None
 
     def size(self) -> int:
-        return self.fixed if self.fixed is not None else self._next
+        """The next chunk's size. Chunks formed one after another (a window being filled)
+        keep growing towards the goal the last measurement set."""
+        if self.fixed is not None:
+            return self.fixed
+        size = self._next
+        if self._per_item is not None:
+            self._next = min(self._goal, size * self._growth)
+        return size
+
+    @property
+    def guessing(self) -> bool:
+        """True until the first chunk's time is known (``"auto"`` only)."""
+        return self.fixed is None and self._per_item is None
 
     def learn(self, items: int, elapsed: float) -> None:
         """A chunk of ``items`` took ``elapsed`` seconds on its worker."""
@@ -73,9 +97,13 @@ class ChunkSizer:
         # shrink the chunks at once, nor one fast one make them huge.
         self._per_item = per_item if self._per_item is None else \
             0.7 * self._per_item + 0.3 * per_item
-        wanted = int(TARGET_SECONDS / self._per_item)
-        self._next = max(self.minimum, 1, min(wanted, 2 * max(items, self._next),
-                                              MAX_AUTO_CHUNK))
+        floor = max(self.minimum, 1)
+        self._goal = max(floor, min(int(TARGET_SECONDS / self._per_item), MAX_AUTO_CHUNK))
+        self._growth = FAST_GROWTH if elapsed < FAST_CHUNK else GROWTH
+        # Shrink at once when the goal says so; grow from whichever is larger, this
+        # chunk or the chunks already formed since (a late answer for a small chunk
+        # must not start the growth again from its size).
+        self._next = max(floor, min(self._goal, max(self._growth * items, self._next)))
 
 
 def _check_chunksize(chunksize: object, what: str) -> int | str:
@@ -138,7 +166,11 @@ class MapRun:
     # -- feeding -----------------------------------------------------------------------------
     def _top_up(self) -> None:
         """Submit chunks until the window is full or the inputs are exhausted."""
-        while not self._exhausted and len(self._chunks) < self.window:
+        # Until the first chunk's time is known, one one-item chunk per worker: more of
+        # them would only be more round trips before the chunks can grow.
+        window = self.window if not self.sizer.guessing else \
+            min(self.window, self.dispatcher.source.parallelism())
+        while not self._exhausted and len(self._chunks) < window:
             size = self.sizer.size()
             items: list[Any] = []
             try:
@@ -237,10 +269,17 @@ class MapRun:
                     else:
                         self.sizer.learn(len(outcome[0]), outcome[1])
                 chunk.items = None
-                outcomes = outcome[0]
+                outcomes, clean = outcome[0], outcome[2]
                 del outcome
                 self._chunks.remove(chunk) if not self.ordered else self._chunks.popleft()
                 self._top_up()
+                if clean:
+                    # No failure inside: hand the results on at C speed, each dropped
+                    # (popped) as it is yielded.
+                    outcomes.reverse()
+                    yield from builtins.map(outcomes.pop, itertools.repeat(-1, len(outcomes)))
+                    del outcomes, chunk
+                    continue
                 for i in range(len(outcomes)):
                     value = outcomes[i]
                     outcomes[i] = None      # dropped once yielded

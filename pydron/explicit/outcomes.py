@@ -46,17 +46,19 @@ def _rebuild_failure(blob: bytes | None, name: str, message: str, text: str) -> 
 
 
 class ChunkOutcome(tuple):
-    """``(outcomes, elapsed)``: one result or :class:`Failure` per item run, in order, and
-    the seconds the items took (what the map's chunk sizing learns from). With
+    """``(outcomes, elapsed, clean)``: one result or :class:`Failure` per item run, in
+    order; the seconds the items took (what the map's chunk sizing learns from); whether
+    no item failed (then the caller hands the results on without looking at each). With
     ``stop_on_error`` the outcomes end at the first Failure."""
 
     __slots__ = ()
 
-    def __new__(cls, outcomes: list[Any], elapsed: float) -> ChunkOutcome:
-        return super().__new__(cls, (outcomes, elapsed))
+    def __new__(cls, outcomes: list[Any], elapsed: float, clean: bool = False
+                ) -> ChunkOutcome:
+        return super().__new__(cls, (outcomes, elapsed, clean))
 
     def __reduce__(self) -> tuple:
-        return (ChunkOutcome, (self[0], self[1]))
+        return (ChunkOutcome, (self[0], self[1], self[2]))
 
 
 def _strip_first_frame(exc: BaseException) -> BaseException:
@@ -76,16 +78,18 @@ def run_chunk(fn: Callable[..., Any], items: Sequence[tuple], star: bool,
     """
     outcomes: list[Any] = []
     append = outcomes.append
+    clean = True
     start = time.perf_counter()
     for item in items:
         try:
             append(fn(*item) if star else fn(item))
         except BaseException as exc:  # noqa: B902 -- the item's outcome, whatever it is
             append(Failure(_strip_first_frame(exc)))
+            clean = False
             del exc
             if stop_on_error:
                 break
-    return ChunkOutcome(outcomes, time.perf_counter() - start)
+    return ChunkOutcome(outcomes, time.perf_counter() - start, clean)
 
 
 class InitializerFailed(Exception):

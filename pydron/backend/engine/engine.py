@@ -79,6 +79,11 @@ STARTING, READY, LEAVING, DEAD = WorkerState
 PREFETCH_HORIZON = 0.002
 """Calls shorter than this (seconds, on average) are queued on workers ahead of time."""
 MAX_PREFETCH = 64
+STUCK_AFTER = 0.05
+STUCK_FACTOR = 8
+"""A worker holding calls that has sent no result for max(STUCK_AFTER, STUCK_FACTOR x the
+average call time) seconds is running a long call: it is given no more calls meanwhile
+(they would wait behind that call while other workers may be idle)."""
 DECODERS = 4
 """Most threads unpickling results at once (each result's loading may block)."""
 PREFETCH_BYTES = 256 << 20
@@ -169,6 +174,7 @@ class _Proc:
         self.state = STARTING
         self.connected = False            # it passed the handshake (stays True once it did)
         self.outstanding: dict[int, _Call] = {}   # sent, in the order sent
+        self.progress_at = 0.0            # when it last sent results, or last became busy
         self.known: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.kill_reason = ""
         self.cancel_killed = False
@@ -733,6 +739,15 @@ class WorkerEngine(Pool):
             return
         limit = self._limit()
         cap = self.prefetch_bytes
+        now = time.monotonic()
+        if limit > 1:
+            # Calls are short on average, so workers take several at once -- but not a
+            # worker that has shown no progress for much longer than a call takes: it is
+            # running a long one, and what it takes would wait behind it while others idle.
+            stuck = max(STUCK_AFTER, STUCK_FACTOR * (self._ewma or 0.0))
+            ready = [p for p in ready if not p.outstanding or now - p.progress_at < stuck]
+            if not ready:
+                return
         held = {p: sum(c.size for c in p.outstanding.values()) for p in ready}
         batches: dict[_Proc, list[_Call]] = {}
         with self._lock:
@@ -751,6 +766,8 @@ class WorkerEngine(Pool):
                     break
                 pending.popleft()
                 held[proc] += call.size
+                if not proc.outstanding:
+                    proc.progress_at = now
                 call.state = SENT
                 call.proc = proc
                 proc.outstanding[call.id] = call
@@ -800,6 +817,7 @@ class WorkerEngine(Pool):
         mine: list[tuple[_Call, Outcome, list[Any]]] = []
         used = 0
         outstanding = proc.outstanding
+        proc.progress_at = time.monotonic()
         with self._lock:
             for outcome in entries:
                 nbuf = outcome.nbuf
@@ -859,6 +877,9 @@ class WorkerEngine(Pool):
                 for call, outcome, bufs in batch:
                     ok, value = _decode(call, outcome, bufs)
                     self._deliver(call, ok, value)
+                    # While this thread waits for the next batch, its locals must not
+                    # keep the last result (or its call) alive.
+                    del call, outcome, bufs, ok, value
             except BaseException:  # noqa: B902 -- this thread must go on delivering
                 _log.exception("pydron: internal error while delivering results")
             del batch
