@@ -420,7 +420,8 @@ class _Job:
     seen: bool = False  # squeue listed it at least once
     cancelled: bool = False  # we cancelled it
     proc: subprocess.Popen | None = None  # srun steps only
-    workers: int = 0
+    workers: int = 0  # srun steps: how many workers (tasks) the step runs
+    size: int = 1  # how many of the entry's `jobs` this counts as (a step: all it stands for)
 
     @property
     def step(self) -> bool:
@@ -581,6 +582,9 @@ class SlurmJobs:
         """Jobs not known to have ended."""
         return [job.id for job in self._jobs.values() if not job.status.state.ended]
 
+    def _active_size(self) -> int:
+        return sum(job.size for job in self._jobs.values() if not job.status.state.ended)
+
     def workers_of(self, job: JobId) -> range:
         """The worker indexes a job runs."""
         record = self._jobs[job]
@@ -591,12 +595,14 @@ class SlurmJobs:
         return range(first, first + self.settings.cores)
 
     def room(self) -> int:
-        """How many more jobs may be submitted now: ``jobs`` (and the user's
-        ``MaxSubmitJobs``, where known) minus the active ones."""
+        """How many more jobs may be submitted now: ``jobs`` (and the cluster's
+        ``MaxJobCount`` and the user's ``MaxSubmitJobs``, where known) minus the active
+        ones (as of the last poll)."""
         cap = self.settings.jobs
-        if not self.in_allocation and self.limits().max_submit_jobs is not None:
-            cap = min(cap, self.limits().max_submit_jobs or cap)
-        return max(0, cap - len(self.active()))
+        if not self.in_allocation:
+            limits = self.limits()
+            cap = min(cap, limits.max_job_count, limits.max_submit_jobs or cap)
+        return max(0, cap - self._active_size())
 
     # ------------------------------------------------------------------ submit
 
@@ -647,11 +653,11 @@ class SlurmJobs:
         argv = ["srun", f"--ntasks={workers}", "--cpus-per-task=1", f"--job-name={self.job_name}",
                 "--kill-on-bad-exit=0", f"--output={log_pattern}", "--input=none",
                 "bash", str(self.step_script), str(number * self.settings.cores)]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=open(self.work_dir / f"srun-{number}.err", "wb"),
-                                env=self.environ, start_new_session=True)
+        with open(self.work_dir / f"srun-{number}.err", "wb") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, env=self.environ, start_new_session=True)
         self._jobs[job] = _Job(job, number, JobStatus(JobState.RUNNING, raw="srun"),
-                               proc=proc, workers=workers)
+                               proc=proc, workers=workers, size=count)
         return job
 
     # ------------------------------------------------------------------ poll
