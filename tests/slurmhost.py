@@ -208,9 +208,10 @@ class SlurmCluster:
 
     def run(self, argv: list[str], check: bool = True, timeout: float = 30
             ) -> subprocess.CompletedProcess:
-        """Run a SLURM client command against this cluster."""
+        """Run a SLURM client command against this cluster (in its directory, where an
+        ``sbatch --wrap`` job without ``--output`` writes its ``slurm-N.out``)."""
         result = subprocess.run(argv, env=self.env(), capture_output=True, text=True,
-                                timeout=timeout)
+                                timeout=timeout, cwd=self.workdir)
         if check and result.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
         return result
