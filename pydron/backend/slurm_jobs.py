@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import shlex
 import socket
 import struct
@@ -525,7 +526,8 @@ class SlurmJobs:
                  environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.command = list(command)
-        self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        # The job name finds the run's jobs in squeue: unique per controller.
+        self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.job_name = f"pydron-{self.run_id}"
         self.poll_interval = poll_interval
         self.environ = dict(os.environ if environ is None else environ)
