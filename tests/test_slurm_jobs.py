@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -99,6 +100,15 @@ def test_settings_defaults_and_errors_name_the_key():
     for key, value in bad.items():
         with pytest.raises(ConfigError, match=f"`{key}`"):
             SlurmSettings.from_entry({key: value})
+
+
+def test_address_may_name_an_interface_and_defaults_to_the_host_name():
+    assert SlurmSettings(address="lo").resolve_address() == "127.0.0.1"
+    assert SlurmSettings(address="10.1.2.3").resolve_address() == "10.1.2.3"
+    assert SlurmSettings().resolve_address() == socket.gethostbyname(socket.gethostname())
+    argv = slurm_jobs.worker_argv(SlurmSettings(address="lo", python="/opt/py"), 4711)
+    assert argv == ["/opt/py", "-m", "pydron.backend.worker", "--host", "127.0.0.1",
+                    "--port", "4711", "--index", INDEX]
 
 
 def test_script_quotes_the_command_and_fills_in_the_index(tmp_path):
