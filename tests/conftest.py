@@ -7,7 +7,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import diffcheck  # noqa: E402
 
-pytest_plugins = ["conftest_hosts"]  # real sshd, network namespace, moto (tests/realhosts.py)
+pytest_plugins = ["conftest_hosts", "conftest_slurm"]  # real sshd, netns, moto, SLURM
 
 
 def pytest_addoption(parser):

@@ -1,0 +1,824 @@
+"""SLURM jobs for remote workers: settings, job scripts, submission, polling, cancellation.
+
+A ``{"type": "slurm"}`` entry in ``pydron.conf`` runs workers as SLURM batch jobs (or,
+inside an allocation, as ``srun`` steps). This module is the job controller a launcher
+drives; it knows SLURM and nothing of the engine: no Twisted, no connections, no calls.
+The launcher decides *when* to ask for workers and what a worker's command line is; this
+module turns that into jobs and tells what became of them.
+
+* :class:`SlurmSettings` -- the entry's keys, their defaults, and errors that name the key.
+* :func:`render_job_script` -- a bash script that runs ``cores`` copies of the worker
+  command, after the entry's ``setup`` lines. Each copy gets its worker index from the
+  job's number (the ``base`` given to ``sbatch`` plus ``$SLURM_ARRAY_TASK_ID``). The
+  pool's secret never appears on a command line, in the environment or in the script:
+  it is a 0600 file in the 0700 ``work_dir``, passed to each worker on its stdin.
+* :class:`SlurmJobs` -- ``submit(count)`` (one ``sbatch --array`` per chunk that fits the
+  site's ``MaxArraySize``), ``poll()`` (one ``squeue`` call per interval for all the run's
+  jobs, ``sacct`` only for jobs that left the queue and only where accounting exists),
+  ``cancel()`` and ``close()``. Inside an allocation (``SLURM_JOB_ID`` set) ``submit``
+  starts the workers with ``srun`` on the allocated nodes instead.
+
+Every SLURM command goes through :func:`_run` (``subprocess.run``), so that a test can
+count them. The module installs nothing global (no atexit hook, no signal handler): the
+launcher calls :meth:`SlurmJobs.close` at exit and on SIGTERM.
+"""
+from __future__ import annotations
+
+import enum
+import fcntl
+import logging
+import math
+import os
+import re
+import secrets
+import shlex
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from pydron.errors import ConfigError, PydronError
+
+__all__ = [
+    "SlurmError", "SlurmSettings", "JobState", "JobId", "JobStatus", "ClusterLimits",
+    "SlurmJobs", "render_job_script", "render_step_script", "worker_argv", "INDEX",
+    "EXIT_MARKER",
+]
+
+log = logging.getLogger("pydron.backend")
+
+INDEX = "{index}"
+"""Placeholder in a worker command line for the worker's index (the script fills it in)."""
+EXIT_MARKER = "pydron-job-exit:"
+"""The job script's last log line, with its exit status: without accounting (no ``sacct``)
+it is how a job that left the queue tells whether it failed."""
+
+_ENTRY = "slurm entry"
+MAX_JOBS = 100_000
+MAX_CORES = 1024
+MAX_SECONDS = 30 * 24 * 3600.0
+
+
+class SlurmError(PydronError):
+    """SLURM refused or failed a request; the message names the entry's key at fault (if
+    one is) and quotes the SLURM command's own message."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _invalid(key: str, value: object, expected: str) -> ConfigError:
+    return ConfigError(f"{_ENTRY}: `{key}` must be {expected}, not {value!r}")
+
+
+def _int(key: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _invalid(key, value, f"an integer from {low} to {high}")
+    return value
+
+
+def _seconds(key: str, value: object) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not 0 <= value <= MAX_SECONDS):
+        raise _invalid(key, value, f"a number of seconds from 0 to {MAX_SECONDS:.0f}")
+    return float(value)
+
+
+def _word(key: str, value: object) -> str:
+    """A value that goes into an ``#SBATCH`` line: one word, so that it cannot end the
+    directive or add a line to the script."""
+    if not isinstance(value, str) or not re.fullmatch(r"[^\s'\"\\]+", value):
+        raise _invalid(key, value, "a non-empty string without spaces or quotes")
+    return value
+
+
+_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|\d+-\d+|UNLIMITED|INFINITE", re.IGNORECASE)
+_MEMORY = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
+
+
+def _time(key: str, value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)  # minutes, as sbatch reads a bare number
+    if not isinstance(value, str) or not _TIME.fullmatch(value):
+        raise _invalid(key, value, 'a SLURM time limit: minutes, "H:MM:SS" or "D-HH:MM:SS"')
+    return value
+
+
+def _memory(key: str, value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)  # megabytes, as sbatch reads a bare number
+    if not isinstance(value, str) or not _MEMORY.fullmatch(value):
+        raise _invalid(key, value, 'memory per node as SLURM writes it: "4000", "4G", "500M"')
+    return value
+
+
+def _lines(key: str, value: object, option: bool = False) -> tuple[str, ...]:
+    """A string (split into lines) or an array of one-line strings."""
+    items = value.splitlines() if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(
+            isinstance(v, str) and "\n" not in v and "\r" not in v and "\0" not in v
+            for v in items):
+        raise _invalid(key, value, "a string or an array of one-line strings")
+    if option and not all(v.strip().startswith("-") for v in items):
+        raise _invalid(key, value, 'an array of sbatch options such as "--gres=gpu:1"')
+    return tuple(v.strip() if option else v for v in items if v.strip())
+
+
+def _path(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value or "\n" in value:
+        raise _invalid(key, value, "a path")
+    return os.path.expanduser(value)
+
+
+def _allocation(key: str, value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise _invalid(key, value, "true, false or null (null: when SLURM_JOB_ID is set)")
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """The keys of a ``{"type": "slurm"}`` entry.
+
+    ``jobs`` is the most jobs the run holds at once (the fair-share bound), ``cores`` the
+    workers each job runs (and the CPUs it asks for). ``partition``, ``account``,
+    ``qos``, ``time`` and ``memory`` become ``#SBATCH`` lines; ``sbatch_options`` adds
+    any others. ``setup`` is shell code run in each job before the workers start (``module
+    load``, ``source venv/bin/activate``); a failing line fails the job. ``python`` is the
+    interpreter on the compute nodes, ``address`` what they reach the caller at (an
+    address, a host name or a local interface's name). ``work_dir`` holds job scripts,
+    logs and the secret; it must be on a file system the compute nodes share, hence its
+    default under the home directory, not ``/tmp``. ``allocation``: start workers with
+    ``srun`` in the current allocation (``null``: when ``SLURM_JOB_ID`` is set).
+    ``idle_timeout`` and ``max_resubmissions`` are the launcher's: how long idle jobs are
+    kept, how often a failed job is replaced.
+    """
+
+    jobs: int = 1
+    cores: int = 1
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    memory: str | None = None
+    sbatch_options: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    python: str = field(default_factory=lambda: sys.executable)
+    address: str | None = None
+    idle_timeout: float = 60.0
+    max_resubmissions: int = 3
+    work_dir: str | None = None
+    allocation: bool | None = None
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, object]) -> "SlurmSettings":
+        """The settings of an entry as written in pydron.conf (``type`` is ignored);
+        :class:`ConfigError` names the first key that is unknown or invalid."""
+        known = {f.name for f in fields(cls)}
+        for key in entry:
+            if key != "type" and key not in known:
+                raise ConfigError(f"{_ENTRY}: unknown key `{key}` (known: "
+                                  f"{', '.join(sorted(known))})")
+        values: dict[str, object] = {}
+        for key, value in entry.items():
+            if key != "type":
+                values[key] = _CHECKS[key](key, value)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def in_allocation(self, environ: Mapping[str, str] = os.environ) -> bool:
+        """Whether workers start with ``srun`` in an existing allocation."""
+        if self.allocation is not None:
+            return self.allocation
+        return bool(environ.get("SLURM_JOB_ID"))
+
+    def resolve_address(self) -> str:
+        """The address compute nodes connect back to: ``address`` as given, or the IPv4
+        address of the interface it names, or (by default) this host name's address."""
+        if self.address is None:
+            return socket.gethostbyname(socket.gethostname())
+        if self.address in {name for _, name in socket.if_nameindex()}:
+            return _interface_address(self.address)
+        return self.address
+
+
+_CHECKS = {
+    "jobs": lambda k, v: _int(k, v, 1, MAX_JOBS),
+    "cores": lambda k, v: _int(k, v, 1, MAX_CORES),
+    "partition": _word, "account": _word, "qos": _word,
+    "time": _time, "memory": _memory,
+    "sbatch_options": lambda k, v: _lines(k, v, option=True),
+    "setup": _lines,
+    "python": _path,
+    "address": _word,
+    "idle_timeout": _seconds,
+    "max_resubmissions": lambda k, v: _int(k, v, 0, 1000),
+    "work_dir": _path,
+    "allocation": _allocation,
+}
+
+
+def _interface_address(name: str) -> str:
+    """The IPv4 address of a local interface (Linux ``SIOCGIFADDR``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+        except OSError as exc:
+            raise ConfigError(f"{_ENTRY}: `address`: interface {name!r} has no IPv4 address "
+                              f"({exc})") from None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def worker_argv(settings: SlurmSettings, port: int, *extra: str) -> list[str]:
+    """The worker command line a launcher would give :class:`SlurmJobs`: the worker program
+    on the compute node, connecting back to ``address:port``, with the index placeholder."""
+    return [settings.python, "-m", "pydron.backend.worker", "--host",
+            settings.resolve_address(), "--port", str(port), "--index", INDEX, *extra]
+
+
+# --------------------------------------------------------------------------- scripts
+
+
+def _shell_command(argv: Sequence[str]) -> str:
+    """``argv`` as one bash command, each argument quoted, :data:`INDEX` replaced by the
+    script's ``$PYDRON_INDEX``."""
+    words = []
+    for arg in argv:
+        parts = arg.split(INDEX)
+        words.append('"$PYDRON_INDEX"'.join(shlex.quote(p) if p else "" for p in parts)
+                     or "''")
+    return " ".join(words)
+
+
+def _directives(settings: SlurmSettings, job_name: str) -> list[str]:
+    """The ``#SBATCH`` lines: the entry's resources. (The log path goes on sbatch's
+    command line instead: a directive cannot quote a path with spaces.)"""
+    lines = [f"--job-name={job_name}", "--ntasks=1", f"--cpus-per-task={settings.cores}"]
+    for key in ("partition", "account", "qos", "time"):
+        value = getattr(settings, key)
+        if value is not None:
+            lines.append(f"--{key}={value}")
+    if settings.memory is not None:
+        lines.append(f"--mem={settings.memory}")
+    lines.extend(settings.sbatch_options)
+    return [f"#SBATCH {line}" for line in lines]
+
+
+def _setup_block(settings: SlurmSettings) -> list[str]:
+    """The ``setup`` lines under ``set -e`` (a failing line fails the job, visibly in its
+    log, rather than starting workers in a half-prepared environment)."""
+    if not settings.setup:
+        return []
+    return ["set -e", *settings.setup, "set +e"]
+
+
+def render_job_script(settings: SlurmSettings, command: Sequence[str], secret_file: Path,
+                      job_name: str) -> str:
+    """The batch script of one array: ``sbatch --array=0-N script BASE``. Task ``t`` is the
+    run's job number ``BASE + t`` and runs workers ``number * cores + i`` for ``i`` below
+    ``cores``, each with the secret on stdin. The job's exit status is the first failing
+    worker's; its last log line is :data:`EXIT_MARKER` with that status."""
+    cores = settings.cores
+    return "\n".join([
+        "#!/bin/bash",
+        *_directives(settings, job_name),
+        "# Pydron workers: written by pydron.backend.slurm_jobs for one run.",
+        f"trap 'echo \"{EXIT_MARKER} $?\"' EXIT",
+        'PYDRON_JOB_NUMBER=$(( ${1:?job number base} + ${SLURM_ARRAY_TASK_ID:-0} ))',
+        "export PYDRON_JOB_NUMBER",
+        'echo "pydron-job: number $PYDRON_JOB_NUMBER, SLURM job ${SLURM_JOB_ID:-?} '
+        'on $(hostname)"',
+        *_setup_block(settings),
+        "pydron_pids=()",
+        f"for pydron_i in $(seq 0 {cores - 1}); do",
+        f"    PYDRON_INDEX=$(( PYDRON_JOB_NUMBER * {cores} + pydron_i ))",
+        f"    {_shell_command(command)} < {shlex.quote(str(secret_file))} &",
+        '    pydron_pids+=("$!")',
+        "done",
+        "pydron_status=0",
+        'for pydron_pid in "${pydron_pids[@]}"; do',
+        '    wait "$pydron_pid" || { s=$?; [ "$pydron_status" -ne 0 ] || pydron_status=$s; }',
+        "done",
+        'exit "$pydron_status"',
+        "",
+    ])
+
+
+def render_step_script(settings: SlurmSettings, command: Sequence[str],
+                       secret_file: Path) -> str:
+    """The script each task of an ``srun`` step runs: ``bash step.sh BASE``; task
+    ``$SLURM_PROCID`` is worker ``BASE + SLURM_PROCID``."""
+    return "\n".join([
+        "#!/bin/bash",
+        'PYDRON_INDEX=$(( ${1:?first worker index} + ${SLURM_PROCID:?not run by srun} ))',
+        *_setup_block(settings),
+        f"exec {_shell_command(command)} < {shlex.quote(str(secret_file))}",
+        "",
+    ])
+
+
+# --------------------------------------------------------------------------- job states
+
+
+class JobState(enum.Enum):
+    """What became of a job. ``GONE``: it left the queue and nothing tells how it ended
+    (no accounting, no exit line in its log)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    PREEMPTED = "PREEMPTED"
+    NODE_FAIL = "NODE_FAIL"
+    TIMEOUT = "TIMEOUT"
+    GONE = "GONE"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING)
+
+    @property
+    def lost(self) -> bool:
+        """Ended without being asked to: the launcher replaces such a job (within
+        ``max_resubmissions``)."""
+        return self in (JobState.FAILED, JobState.PREEMPTED, JobState.NODE_FAIL,
+                        JobState.TIMEOUT, JobState.GONE)
+
+
+_SLURM_STATES: dict[str, JobState] = {
+    # Not (yet, or not now) running workers.
+    "PENDING": JobState.PENDING, "CONFIGURING": JobState.PENDING,
+    "REQUEUED": JobState.PENDING, "REQUEUE_FED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.PENDING, "RESV_DEL_HOLD": JobState.PENDING,
+    "SUSPENDED": JobState.PENDING, "STOPPED": JobState.PENDING,
+    # Running, or ending (the final state follows on a later poll).
+    "RUNNING": JobState.RUNNING, "COMPLETING": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING, "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    # Ended.
+    "COMPLETED": JobState.COMPLETED, "FAILED": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED, "SPECIAL_EXIT": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED, "REVOKED": JobState.CANCELLED,
+    "PREEMPTED": JobState.PREEMPTED, "NODE_FAIL": JobState.NODE_FAIL,
+    "BOOT_FAIL": JobState.NODE_FAIL, "TIMEOUT": JobState.TIMEOUT,
+    "DEADLINE": JobState.TIMEOUT,
+}
+
+
+def job_state(text: str) -> JobState:
+    """A SLURM state as squeue or sacct writes it (``"CANCELLED by 0"``, ``"CA"`` is not
+    used: we ask for long names). Unknown ones count as pending: not serving, not over."""
+    word = text.strip().split(" ")[0].rstrip("+").upper()
+    return _SLURM_STATES.get(word, JobState.PENDING)
+
+
+@dataclass(frozen=True, order=True)
+class JobId:
+    """One job of the run: a task of an array (``"123_4"``, as SLURM names it), or a
+    ``srun`` step this controller started in allocation ``job`` (``task`` is then our
+    step number and ``step`` is true)."""
+
+    job: int
+    task: int
+    step: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.job}+srun{self.task}" if self.step else f"{self.job}_{self.task}"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's state at the last poll, SLURM's reason while it is pending (``"Priority"``,
+    ``"Resources"``, ``"QOSMaxJobsPerUserLimit"`` ...) and the state as SLURM wrote it."""
+
+    state: JobState
+    reason: str = ""
+    raw: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterLimits:
+    """What ``scontrol show config`` (and, with accounting, ``sacctmgr``) says about how
+    many jobs one submission may hold: array task ids run from 0 to ``max_array_size - 1``;
+    ``max_submit_jobs`` is the user's association limit (``None``: none known)."""
+
+    max_array_size: int
+    max_job_count: int
+    accounting: bool
+    max_submit_jobs: int | None = None
+
+
+@dataclass
+class _Job:
+    id: JobId
+    number: int  # the run's job number: workers number*cores .. number*cores+cores-1
+    status: JobStatus = JobStatus(JobState.PENDING)
+    seen: bool = False  # squeue listed it at least once
+    cancelled: bool = False  # we cancelled it
+    proc: subprocess.Popen | None = None  # srun steps only
+    workers: int = 0  # srun steps: how many workers (tasks) the step runs
+    size: int = 1  # how many of the entry's `jobs` this counts as (a step: all it stands for)
+
+    @property
+    def step(self) -> bool:
+        return self.id.step
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _run(argv: Sequence[str], env: Mapping[str, str] | None = None,
+         timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run one SLURM command (every call goes through here; the tests count them)."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env=None if env is None else dict(env))
+    except FileNotFoundError:
+        raise SlurmError(f"`{argv[0]}` is not installed here (SLURM's client commands are "
+                         "needed on this machine)") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"`{' '.join(argv)}` did not answer within {timeout:.0f} s") from None
+
+
+def _message(result: subprocess.CompletedProcess) -> str:
+    text = (result.stderr or result.stdout).strip()
+    return " / ".join(text.splitlines()) or f"exit status {result.returncode}"
+
+
+def read_limits(env: Mapping[str, str] | None = None) -> ClusterLimits:
+    """``MaxArraySize``, ``MaxJobCount`` and the accounting type from ``scontrol show
+    config``; where accounting exists, the user's ``MaxSubmitJobs`` from ``sacctmgr``."""
+    result = _run(["scontrol", "show", "config"], env)
+    if result.returncode != 0:
+        raise SlurmError(f"`scontrol show config` failed: {_message(result)}")
+    config = dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", result.stdout, re.MULTILINE))
+    accounting = config.get("AccountingStorageType", "accounting_storage/none") \
+        != "accounting_storage/none"
+    return ClusterLimits(
+        max_array_size=_config_int(config, "MaxArraySize", 1001),
+        max_job_count=_config_int(config, "MaxJobCount", 10000),
+        accounting=accounting,
+        max_submit_jobs=_max_submit_jobs(env) if accounting else None)
+
+
+def _config_int(config: Mapping[str, str], key: str, default: int) -> int:
+    match = re.match(r"\d+", config.get(key, ""))
+    return int(match.group()) if match else default
+
+
+def _max_submit_jobs(env: Mapping[str, str] | None) -> int | None:
+    """The smallest ``MaxSubmitJobs`` of the user's associations (``None``: unlimited or
+    not readable; sbatch still refuses what is over it, with a message we pass on)."""
+    user = os.environ.get("USER") or str(os.getuid())
+    result = _run(["sacctmgr", "--noheader", "--parsable2", "show", "associations",
+                   f"where user={user}", "format=MaxSubmitJobs"], env)
+    values = [int(v) for v in result.stdout.split() if v.isdigit()]
+    return min(values) if result.returncode == 0 and values else None
+
+
+_KEY_HINTS = (  # sbatch's message -> the entry's key it is about
+    ("partition", "partition"), ("account", "account"), ("qos", "qos"),
+    ("time limit", "time"), ("--time", "time"), ("memory", "memory"), ("--mem", "memory"),
+)
+
+
+def _submit_error(settings: SlurmSettings, result: subprocess.CompletedProcess) -> SlurmError:
+    """sbatch's refusal as an error that names the entry's key it is about."""
+    message = _message(result)
+    lowered = message.lower()
+    for hint, key in _KEY_HINTS:
+        if hint in lowered and getattr(settings, key) is not None:
+            return SlurmError(f"{_ENTRY}: `{key}` = {getattr(settings, key)!r}: sbatch refused "
+                              f"the job: {message}")
+    if settings.sbatch_options:
+        return SlurmError(f"{_ENTRY}: sbatch refused the job (check `sbatch_options` "
+                          f"{list(settings.sbatch_options)}): {message}")
+    return SlurmError(f"{_ENTRY}: sbatch refused the job: {message}")
+
+
+def _chunks(count: int, size: int) -> Iterable[int]:
+    while count > 0:
+        yield min(count, size)
+        count -= size
+
+
+# --------------------------------------------------------------------------- controller
+
+
+class SlurmJobs:
+    """The jobs of one run: submit, poll, cancel, close.
+
+    ``command`` is the worker command line (with :data:`INDEX` where the worker's index
+    goes); ``secret`` the pool's secret, which workers read as a hex line on stdin.
+    ``poll_interval``: :meth:`poll` asks SLURM at most once per interval and answers from
+    the last answer in between, however often and for however many jobs it is called.
+    ``environ``: the environment of the SLURM commands (default: this process's, read
+    now), e.g. with ``SLURM_CONF`` naming another cluster's configuration.
+    """
+
+    def __init__(self, settings: SlurmSettings, command: Sequence[str], secret: bytes, *,
+                 run_id: str | None = None, poll_interval: float = 5.0,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.command = list(command)
+        # The job name finds the run's jobs in squeue: unique per controller.
+        self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        self.job_name = f"pydron-{self.run_id}"
+        self.poll_interval = poll_interval
+        self.environ = dict(os.environ if environ is None else environ)
+        self.work_dir = _private_dir(settings.work_dir, self.run_id)
+        self.secret_file = self._write_secret(secret)
+        self.script = self.work_dir / "job.sh"
+        self.script.write_text(render_job_script(
+            settings, self.command, self.secret_file, self.job_name))
+        self.step_script = self.work_dir / "step.sh"
+        self.step_script.write_text(render_step_script(settings, self.command,
+                                                       self.secret_file))
+        self._jobs: dict[JobId, _Job] = {}
+        self._next_number = 0
+        self._limits: ClusterLimits | None = None
+        self._last_poll: float | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ files
+
+    def _write_secret(self, secret: bytes) -> Path:
+        """The secret as a hex line in a file only we can read (created 0600, never
+        world-readable for an instant), in our 0700 work_dir."""
+        path = self.work_dir / "secret"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret.hex() + "\n")
+        return path
+
+    def log_path(self, job: JobId) -> Path:
+        """The job's log (stdout and stderr of the script and its workers; for a step
+        task 0's, the others are ``step-<allocation>.<step>-<task>.log``)."""
+        if job.step:
+            return next(iter(sorted(self.work_dir.glob(f"step-{job.job}.*-{job.task}-0.log"))),
+                        self.work_dir / f"step-{job.job}-{job.task}-0.log")
+        return self.work_dir / f"job-{job.job}_{job.task}.log"
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def in_allocation(self) -> bool:
+        return self.settings.in_allocation(self.environ)
+
+    def limits(self) -> ClusterLimits:
+        """The cluster's limits, read once per controller."""
+        if self._limits is None:
+            self._limits = read_limits(self.environ)
+        return self._limits
+
+    def jobs(self) -> dict[JobId, JobStatus]:
+        """Every job of the run and its state at the last poll (no SLURM command)."""
+        return {job.id: job.status for job in self._jobs.values()}
+
+    def active(self) -> list[JobId]:
+        """Jobs not known to have ended."""
+        return [job.id for job in self._jobs.values() if not job.status.state.ended]
+
+    def _active_size(self) -> int:
+        return sum(job.size for job in self._jobs.values() if not job.status.state.ended)
+
+    def workers_of(self, job: JobId) -> range:
+        """The worker indexes a job runs."""
+        record = self._jobs[job]
+        if record.step:
+            return range(record.number * self.settings.cores,
+                         record.number * self.settings.cores + record.workers)
+        first = record.number * self.settings.cores
+        return range(first, first + self.settings.cores)
+
+    def room(self) -> int:
+        """How many more jobs may be submitted now: ``jobs`` (and the cluster's
+        ``MaxJobCount`` and the user's ``MaxSubmitJobs``, where known) minus the active
+        ones (as of the last poll)."""
+        cap = self.settings.jobs
+        if not self.in_allocation:
+            limits = self.limits()
+            cap = min(cap, limits.max_job_count, limits.max_submit_jobs or cap)
+        return max(0, cap - self._active_size())
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, count: int) -> list[JobId]:
+        """Ask for ``count`` more jobs (fewer if :meth:`room` says so): one ``sbatch
+        --array`` per chunk of at most ``MaxArraySize`` tasks, or inside an allocation one
+        ``srun`` step of ``count * cores`` workers. Returns the new jobs' ids."""
+        if self._closed:
+            raise SlurmError("the SLURM jobs of this run are closed")
+        count = min(count, self.room())
+        if count <= 0:
+            return []
+        if self.in_allocation:
+            return [self._start_step(count)]
+        new: list[JobId] = []
+        size = max(1, self.limits().max_array_size)
+        for chunk in _chunks(count, size):
+            new.extend(self._submit_array(chunk))
+        return new
+
+    def _submit_array(self, count: int) -> list[JobId]:
+        base = self._next_number
+        result = _run(["sbatch", "--parsable", f"--array=0-{count - 1}",
+                       f"--output={self.work_dir / 'job-%A_%a.log'}", str(self.script),
+                       str(base)], self.environ)
+        if result.returncode != 0:
+            raise _submit_error(self.settings, result)
+        try:
+            array = int(result.stdout.strip().split(";")[0])
+        except ValueError:
+            raise SlurmError(f"sbatch answered {result.stdout.strip()!r}, not a job id") from None
+        self._next_number += count
+        ids = [JobId(array, task) for task in range(count)]
+        for task, job in enumerate(ids):
+            self._jobs[job] = _Job(job, base + task)
+        log.info("slurm: submitted array %d (%d jobs of %d workers)", array, count,
+                 self.settings.cores)
+        return ids
+
+    def _start_step(self, count: int) -> JobId:
+        """Workers as one ``srun`` step in the current allocation, each task a worker."""
+        allocation = int(self.environ.get("SLURM_JOB_ID", "0") or 0)
+        number = self._next_number
+        self._next_number += count
+        workers = count * self.settings.cores
+        job = JobId(allocation, number, step=True)
+        log_pattern = self.work_dir / f"step-%j.%s-{number}-%t.log"
+        argv = ["srun", f"--ntasks={workers}", "--cpus-per-task=1", f"--job-name={self.job_name}",
+                "--kill-on-bad-exit=0", f"--output={log_pattern}", "--input=none",
+                "bash", str(self.step_script), str(number * self.settings.cores)]
+        with open(self.work_dir / f"srun-{number}.err", "wb") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, env=self.environ, start_new_session=True)
+        self._jobs[job] = _Job(job, number, JobStatus(JobState.RUNNING, raw="srun"),
+                               proc=proc, workers=workers, size=count)
+        return job
+
+    # ------------------------------------------------------------------ poll
+
+    def poll(self, force: bool = False) -> dict[JobId, JobStatus]:
+        """Every job's state: from one ``squeue`` call for all of them, at most once per
+        ``poll_interval`` (``force`` asks now). Jobs that left the queue are looked up
+        once, with one ``sacct`` call where accounting exists, else from their logs."""
+        now = time.monotonic()
+        if (not force and self._last_poll is not None
+                and now - self._last_poll < self.poll_interval):
+            return self.jobs()
+        self._last_poll = now
+        self._poll_steps()
+        waiting = [j for j in self._jobs.values() if not j.step and not j.status.state.ended]
+        if waiting:
+            self._poll_queue(waiting)
+        return self.jobs()
+
+    def _poll_queue(self, waiting: list[_Job]) -> None:
+        rows = self._squeue()
+        if rows is None:
+            return  # squeue failed: keep the last states (logged)
+        gone: list[_Job] = []
+        for job in waiting:
+            status = rows.get(job.id)
+            if status is None:
+                gone.append(job)
+            else:
+                job.seen = True
+                job.status = status
+        if gone:
+            self._resolve_gone(gone)
+
+    def _squeue(self) -> dict[JobId, JobStatus] | None:
+        """One squeue call for all the run's jobs (by the run's job name), one line per
+        array task, recently ended ones included (``--states=all``)."""
+        result = _run(["squeue", "--noheader", "--array", "--states=all",
+                       f"--name={self.job_name}", "--format=%F|%K|%T|%r"], self.environ)
+        if result.returncode != 0:
+            log.warning("slurm: squeue failed, job states not updated: %s", _message(result))
+            return None
+        rows: dict[JobId, JobStatus] = {}
+        for line in result.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 4 or not parts[0].isdigit() or not parts[1].isdigit():
+                continue
+            reason = "" if parts[3] in ("None", "(null)") else parts[3]
+            rows[JobId(int(parts[0]), int(parts[1]))] = JobStatus(
+                job_state(parts[2]), reason, parts[2])
+        return rows
+
+    def _resolve_gone(self, gone: list[_Job]) -> None:
+        """Jobs squeue no longer lists: one sacct call (with accounting), else each log's
+        exit line; a job we cancelled is CANCELLED whatever its log says."""
+        found = self._sacct([job.id for job in gone]) if self.limits().accounting else {}
+        for job in gone:
+            if job.cancelled:
+                job.status = JobStatus(JobState.CANCELLED, raw="cancelled by this run")
+            elif job.id in found:
+                job.status = found[job.id]
+            else:
+                job.status = self._status_from_log(job.id)
+
+    def _sacct(self, ids: list[JobId]) -> dict[JobId, JobStatus]:
+        result = _run(["sacct", "--noheader", "--parsable2", "--allocations",
+                       f"--jobs={','.join(str(i) for i in ids)}", "--format=JobID,State"],
+                      self.environ)
+        found: dict[JobId, JobStatus] = {}
+        for line in result.stdout.splitlines() if result.returncode == 0 else []:
+            match = re.fullmatch(r"(\d+)_(\d+)\|(.+)", line.strip())
+            if match:
+                found[JobId(int(match[1]), int(match[2]))] = JobStatus(
+                    job_state(match[3]), raw=match[3])
+        return found
+
+    def _status_from_log(self, job: JobId) -> JobStatus:
+        """A gone job's end from its log: the script's exit line (0: COMPLETED, else
+        FAILED); a log without one (killed) is FAILED, no log at all GONE."""
+        try:
+            text = self.log_path(job).read_text(errors="replace")
+        except OSError:
+            return JobStatus(JobState.GONE, raw="no log")
+        codes = re.findall(rf"^{re.escape(EXIT_MARKER)} (\d+)\s*$", text, re.MULTILINE)
+        if not codes:
+            return JobStatus(JobState.FAILED, raw="log without exit line")
+        state = JobState.COMPLETED if codes[-1] == "0" else JobState.FAILED
+        return JobStatus(state, raw=f"exit {codes[-1]} (log)")
+
+    def _poll_steps(self) -> None:
+        for job in self._jobs.values():
+            if job.proc is None or job.status.state.ended:
+                continue
+            code = job.proc.poll()
+            if code is None:
+                continue
+            if job.cancelled:
+                state = JobState.CANCELLED
+            else:
+                state = JobState.COMPLETED if code == 0 else JobState.FAILED
+            job.status = JobStatus(state, raw=f"srun exit {code}")
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, ids: Iterable[JobId] | None = None) -> None:
+        """End the given jobs, or all of the run's (one ``scancel`` call; srun steps are
+        ended by signalling their srun, which takes the step's tasks with it)."""
+        chosen = [self._jobs[i] for i in ids] if ids is not None else list(self._jobs.values())
+        chosen = [job for job in chosen if not job.status.state.ended]
+        for job in chosen:
+            job.cancelled = True
+        arrays = [job for job in chosen if not job.step]
+        if arrays:
+            if ids is None:  # the whole arrays, pending tasks included
+                targets = sorted({str(job.id.job) for job in arrays})
+            else:
+                targets = [str(job.id) for job in arrays]
+            result = _run(["scancel", *targets], self.environ)
+            if result.returncode != 0:
+                log.warning("slurm: scancel %s: %s", " ".join(targets), _message(result))
+        for job in chosen:
+            if job.proc is not None:
+                _stop_step(job.proc)
+        self._last_poll = None  # the next poll asks SLURM
+
+    def close(self) -> None:
+        """Cancel every job of the run and remove the secret (job scripts and logs stay,
+        for a person to read). The launcher calls this at exit and on SIGTERM; twice is
+        harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.cancel()
+        finally:
+            try:
+                self.secret_file.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _stop_step(proc: subprocess.Popen) -> None:
+    """End an srun step: SIGTERM to srun (it forwards it to every task), then, if srun is
+    still there after a few seconds, SIGKILL (slurmd then kills the tasks)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _private_dir(parent: str | None, run_id: str) -> Path:
+    """A fresh 0700 directory for the run: under ``work_dir`` if given, else under
+    ``~/.pydron/slurm`` (a directory compute nodes usually share; ``/tmp`` is per node)."""
+    base = Path(parent) if parent else Path.home() / ".pydron" / "slurm"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=base))
+    os.chmod(path, 0o700)
+    return path
