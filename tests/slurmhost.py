@@ -1,6 +1,6 @@
 """A real single-node SLURM cluster for the tests: munged, slurmctld and slurmd on this machine.
 
-The SLURM job controller (``pydron.backend.slurm_jobs``) drives ``sbatch``, ``squeue``,
+The SLURM job controller (``pydron.backend.launchers.slurm_jobs``) drives ``sbatch``, ``squeue``,
 ``scancel`` and ``srun``; what matters is how the real commands answer (their output
 formats, their error messages, array limits, jobs leaving the queue), so the tests run
 them against a real controller, not a mock. Everything lives in a private temporary

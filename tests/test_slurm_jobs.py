@@ -1,4 +1,4 @@
-"""pydron.backend.slurm_jobs against a real single-node SLURM (tests/slurmhost.py).
+"""pydron.backend.launchers.slurm_jobs against a real single-node SLURM (tests/slurmhost.py).
 
 The worker command in these tests is a small shell or Python program, not the real worker
 (that needs the engine's launcher): what is tested is what SLURM makes of the jobs --
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from pydron.backend import slurm_jobs
-from pydron.backend.slurm_jobs import (
+from pydron.backend.launchers import slurm_jobs
+from pydron.backend.launchers.slurm_jobs import (
     INDEX, JobId, JobState, SlurmError, SlurmJobs, SlurmSettings,
 )
 from pydron.errors import ConfigError
@@ -306,7 +306,7 @@ def test_inside_an_allocation_workers_start_with_srun(slurm, tmp_path):
     token = f"pydron-step-{os.getpid()}"
     program.write_text(textwrap.dedent(f"""
         import os, subprocess, sys, time
-        from pydron.backend.slurm_jobs import INDEX, JobState, SlurmJobs, SlurmSettings
+        from pydron.backend.launchers.slurm_jobs import INDEX, JobState, SlurmJobs, SlurmSettings
         programs = []
         real_run = subprocess.run
         def run(argv, *a, **k):

@@ -286,7 +286,7 @@ def render_job_script(settings: SlurmSettings, command: Sequence[str], secret_fi
     return "\n".join([
         "#!/bin/bash",
         *_directives(settings, job_name),
-        "# Pydron workers: written by pydron.backend.slurm_jobs for one run.",
+        "# Pydron workers: written by pydron.backend.launchers.slurm_jobs for one run.",
         f"trap 'echo \"{EXIT_MARKER} $?\"' EXIT",
         'PYDRON_JOB_NUMBER=$(( ${1:?job number base} + ${SLURM_ARRAY_TASK_ID:-0} ))',
         "export PYDRON_JOB_NUMBER",
