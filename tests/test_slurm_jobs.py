@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pydron.backend.launchers import slurm_jobs
+from pydron.backend.launchers import batch_jobs, slurm_jobs
 from pydron.backend.launchers.slurm_jobs import (
     INDEX, JobId, JobState, SlurmError, SlurmJobs, SlurmSettings,
 )
@@ -118,8 +118,8 @@ def test_script_quotes_the_command_and_fills_in_the_index(tmp_path):
                                           tmp_path / "secret", "pydron-x")
     assert "#SBATCH --partition=short" in script and "#SBATCH --mem=2G" in script
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH --cpus-per-task=3" in script
-    assert f" < {tmp_path}/secret &" in script
-    command = slurm_jobs._shell_command(  # each word reaches the program as written
+    assert f" < {tmp_path}/secret\n" in script and " pydron_worker &\n" in script
+    command = batch_jobs.shell_command(  # each word reaches the program as written
         [sys.executable, "-c", "import sys; print(sys.argv[1:])", "a b", f"--index={INDEX}",
          "$HOME", INDEX, "it's"])
     out = subprocess.run(["bash", "-c", f"PYDRON_INDEX=7; {command}"], capture_output=True,

@@ -304,6 +304,7 @@ class WorkerEngine(Pool):
         self.secret = handshake.new_secret()
         self._launcher = launcher
         self._wants_demand = bool(launcher.wants_demand)
+        self._idle_timeout: float | None = launcher.idle_timeout
         self._begun = False                # launcher.begin() called
         self._fatal = ""                   # the launcher gave up (events.failed)
 
@@ -663,13 +664,31 @@ class WorkerEngine(Pool):
     # -- connection events (called by master.WorkerProtocol) ----------------------------
     def claim(self, info: dict[str, Any], conn: Any) -> _Proc | None:
         """The process an authenticated connection belongs to, if it is one we await."""
-        proc = self._procs.get(info.get("index"))  # type: ignore[arg-type]
+        index = info.get("index")
+        proc = self._procs.get(index)  # type: ignore[arg-type]
+        if proc is None and isinstance(index, int):
+            proc = self._adopt(index)
         if proc is None or (proc.pid and proc.pid != info.get("pid")) or \
                 proc.conn is not None or proc.dead:
             return None
         if not proc.pid and isinstance(info.get("pid"), int):
             proc.pid = info["pid"]  # a remote worker: its pid is known from now on
         proc.conn = conn
+        return proc
+
+    def _adopt(self, index: int) -> _Proc | None:
+        """A worker the launcher's job started (not :meth:`_spawn`) connects: take it
+        in if the launcher wants it."""
+        with self._lock:
+            if self._exiting or (self._stopping and not self._has_work()):
+                return None
+            handle = self._launcher.adopt(index)
+            if handle is None:
+                return None
+            proc = _Proc(index, handle)
+            self._procs[index] = proc
+            self._spawned.add(index)
+        self._watch(proc)
         return proc
 
     def refused(self, info: dict[str, Any], reason: str) -> None:
@@ -683,6 +702,7 @@ class WorkerEngine(Pool):
         if proc.timer is not None and proc.timer.active():
             proc.timer.cancel()
         proc.timer = None
+        proc.progress_at = time.monotonic()  # idle from now (see _retire_idle)
         with self._lock:
             proc.connected = True
             if proc.state is STARTING:
@@ -1059,6 +1079,21 @@ class WorkerEngine(Pool):
                           f"{now - conn.last_rx:.1f} s)")
                 continue
             conn.send([beat])
+        if self._idle_timeout is not None:
+            self._retire_idle(now, self._idle_timeout)
+
+    def _retire_idle(self, now: float, idle: float) -> None:
+        """Tell workers that had nothing to do for ``idle`` seconds, while no call is
+        queued, to go (the launcher's :attr:`~Launcher.idle_timeout`: a batch job whose
+        workers all went ends, and frees its node for others)."""
+        if self._stopping or self._queued():
+            return
+        for proc in list(self._procs.values()):
+            if proc.state is READY and not proc.outstanding and \
+                    now - proc.progress_at >= idle:
+                _log.info("pydron: worker %d idle for %.0f s: told to go", proc.index,
+                          now - proc.progress_at)
+                self._say_bye(proc)
 
     # -- call_timeout --------------------------------------------------------------------
     def _arm_timeouts(self) -> None:
@@ -1130,17 +1165,10 @@ class WorkerEngine(Pool):
 
     def _maybe_stop(self) -> None:
         """Once no work is left: say BYE to every worker; when all have exited, done."""
-        reactor = get_reactor()
         for proc in list(self._procs.values()):
             if proc.state is LEAVING or proc.state is DEAD:
                 continue
-            proc.become(LEAVING)
-            if proc.connected and proc.conn is not None:
-                proc.conn.send([frames.frame(frames.BYE)])
-                proc.conn.transport.loseConnection()
-                reactor.callLater(STOP_GRACE, self._kill_if_alive, proc)
-            else:
-                proc.kill()
+            self._say_bye(proc)
         if self._port is not None:
             self._port.stopListening()
             self._port = None
@@ -1152,6 +1180,17 @@ class WorkerEngine(Pool):
                 stop = not self._undelivered
             if stop:
                 self._set_stopped()
+
+    def _say_bye(self, proc: _Proc) -> None:
+        """Tell a worker to go (BYE) and close its connection; kill it if it has not
+        gone after a grace period (or at once, if it never connected)."""
+        proc.become(LEAVING)
+        if proc.connected and proc.conn is not None:
+            proc.conn.send([frames.frame(frames.BYE)])
+            proc.conn.transport.loseConnection()
+            get_reactor().callLater(STOP_GRACE, self._kill_if_alive, proc)
+        else:
+            proc.kill()
 
     def _set_stopped(self) -> None:
         """Every worker has exited and every result has been delivered: done. The
@@ -1194,12 +1233,14 @@ class WorkerEngine(Pool):
         self._ensure_workers()
         self._dispatch()
 
-    def _slots_lost(self, indexes: list[int], reason: str) -> None:
+    def _slots_lost(self, indexes: list[int], reason: str, counted: bool) -> None:
         for index in indexes:
             proc = self._procs.get(index)
             if proc is not None and not proc.dead:
                 if not proc.kill_reason:
                     proc.kill_reason = reason
+                if not counted and proc.state is not LEAVING:
+                    proc.become(LEAVING)  # an end the launcher explains: no failed start
                 proc.popen.kill()
 
     def _describe_exit(self, index: int, refused: str, how: str) -> None:
@@ -1243,8 +1284,13 @@ class _Events:
     def slots_changed(self) -> None:
         self._run(self._engine._slots_changed)
 
-    def slots_lost(self, indexes: Iterable[int], reason: str) -> None:
-        self._run(self._engine._slots_lost, list(indexes), reason)
+    def slots_lost(self, indexes: Iterable[int], reason: str, counted: bool = True) -> None:
+        self._run(self._engine._slots_lost, list(indexes), reason, counted)
+
+    def worker_start(self, index: int) -> WorkerStart:
+        engine = self._engine
+        return WorkerStart(index, engine._port_number, engine._protocol_options(),
+                           engine.secret)
 
     def describe_exit(self, index: int, refused: str = "", how: str = "") -> None:
         self._engine._describe_exit(index, refused, how)  # only from Launcher.exited

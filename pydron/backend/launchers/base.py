@@ -25,11 +25,12 @@ threads of the launcher's own.
 """
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable, Iterable
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
-__all__ = ["WorkerStart", "WorkerProcess", "EngineEvents", "Launcher"]
+__all__ = ["WorkerStart", "WorkerProcess", "EngineEvents", "Launcher", "exit_on_sigterm"]
 
 
 class WorkerStart(NamedTuple):
@@ -79,9 +80,16 @@ class EngineEvents(Protocol):
     def slots_changed(self) -> None:
         """Slots appeared (a host is ready, a job started): start workers there."""
 
-    def slots_lost(self, indexes: Iterable[int], reason: str) -> None:
+    def slots_lost(self, indexes: Iterable[int], reason: str, counted: bool = True) -> None:
         """These slots are gone (their host, their job): end their workers, saying
-        ``reason`` in the messages; the calls they ran run elsewhere."""
+        ``reason`` in the messages; the calls they ran run elsewhere. ``counted=False``:
+        the launcher knows why they went (a batch job ended), so their ends count
+        neither as failed starts nor towards ``respawns_per_minute``."""
+
+    def worker_start(self, index: int) -> WorkerStart:
+        """What :meth:`Launcher.launch` would be given for slot ``index`` (after
+        :meth:`Launcher.begin`): for a launcher whose workers someone else starts (a
+        batch job's script needs the port, the options and the secret)."""
 
     def describe_exit(self, index: int, refused: str = "", how: str = "") -> None:
         """What the launcher knows of the end of the worker in ``index`` that is being
@@ -97,15 +105,16 @@ class EngineEvents(Protocol):
 class Launcher(Protocol):
     """Starts worker processes and watches them end; knows nothing about calls.
 
-    A batch-scheduler launcher (SLURM, Grid Engine) fits as follows: its
-    :attr:`listen_host` is an address the compute nodes reach; :meth:`begin` starts its
-    polling thread; with :attr:`wants_demand` the engine tells it through :meth:`demand`
-    how many calls are queued and running, so that it submits jobs only while calls are
-    queued and cancels idle ones; a job that starts offers its slots
-    (``events.slots_changed()``), its :meth:`launch` returns a handle whose pid is 0 (the
-    worker starts later, on another node, and connects back), and a job that ended,
-    failed or was preempted is reported with ``events.slots_lost(...)`` (its calls run
-    elsewhere) or through the handle's exit. :meth:`close` cancels every job of the run.
+    A batch-scheduler launcher (SLURM, Grid Engine;
+    :mod:`pydron.backend.launchers.batch`) fits as follows: its :attr:`listen_host` is
+    an address the compute nodes reach; :meth:`begin` starts its polling thread; with
+    :attr:`wants_demand` the engine tells it through :meth:`demand` how many calls are
+    queued and running, so that it submits jobs only while calls are queued; it offers
+    no slots, and :meth:`adopt` takes in each worker its jobs start, with a handle whose
+    pid is 0; :attr:`idle_timeout` lets workers go when there is no work, so that their
+    jobs end; a job that ended, failed or was preempted is reported with
+    ``events.slots_lost(..., counted=False)`` (its calls run elsewhere). :meth:`close`
+    cancels every job of the run.
     """
 
     listen_host: str
@@ -114,6 +123,11 @@ class Launcher(Protocol):
 
     wants_demand: bool
     """Whether the engine should call :meth:`demand` (it costs a little per dispatch)."""
+
+    idle_timeout: float | None
+    """Seconds a connected worker may stay idle, with no call queued, before the engine
+    tells it to go (BYE) -- a batch job whose workers all went ends and frees its node;
+    None: workers stay for the pool's life."""
 
     def bind(self, events: EngineEvents) -> None:
         """Called once, when the engine is made: where to report to."""
@@ -136,6 +150,13 @@ class Launcher(Protocol):
                    callback: Callable[[int], None]) -> Callable[[], None]:
         """Call ``callback(exit code)`` in the reactor thread once ``process`` has ended
         (negative: killed by that signal); returns a function that stops watching."""
+
+    def adopt(self, index: int) -> WorkerProcess | None:
+        """A worker passed the handshake for slot ``index``, which has no process: the
+        handle to take it in with, or None to turn it away. A launcher whose workers are
+        started by someone else (a batch job, which also starts a worker again after
+        the engine ended it) offers no slots and adopts what connects; the others
+        return None."""
 
     def connected(self, index: int) -> None:
         """The worker of slot ``index`` passed the handshake."""
@@ -162,3 +183,23 @@ class Launcher(Protocol):
     def kill_now(self) -> None:
         """At interpreter exit, after the engine killed its workers: release everything
         at once."""
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM run the exit hooks, unless the program handles SIGTERM itself.
+
+    Python's default for SIGTERM ends the process without ``atexit``; a launcher that
+    holds outside resources (cloud instances, batch jobs) frees them in the engine's exit
+    hook, so SIGTERM raises SystemExit instead. Only from the main thread (signal's rule);
+    elsewhere nothing changes, and the resources end by their own watchdogs."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _sigterm)
+    except (ValueError, OSError):
+        pass
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import signal
 import tempfile
 import threading
 import weakref
@@ -33,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydron.backend.launchers import cloud_provider as cloud
-from pydron.backend.launchers.base import EngineEvents, WorkerStart
+from pydron.backend.launchers.base import EngineEvents, WorkerStart, exit_on_sigterm
 from pydron.backend.launchers.ssh import Host, SshLauncher
 from pydron.backend.reactor import call_soon
 
@@ -84,7 +83,7 @@ class CloudLauncher:
         self._known_hosts = ""
         self.ssh = SshLauncher(self._make_hosts(), connect_timeout=connect_timeout,
                                progress=progress, start_hosts=self._start_hosts)
-        _install_sigterm_handler()
+        exit_on_sigterm()
         ref = weakref.ref(self)
         self._atexit = lambda: (lambda launcher: launcher and launcher.destroy_nodes())(ref())
         atexit.register(self._atexit)
@@ -112,6 +111,7 @@ class CloudLauncher:
         return self.ssh.listen_host
 
     wants_demand = False
+    idle_timeout = None
 
     def bind(self, events: EngineEvents) -> None:
         self.ssh.bind(events)
@@ -130,6 +130,9 @@ class CloudLauncher:
 
     def watch_exit(self, process: Any, callback: Callable[[int], None]) -> Callable[[], None]:
         return self.ssh.watch_exit(process, callback)
+
+    def adopt(self, index: int) -> None:
+        return None
 
     def connected(self, index: int) -> None:
         self.ssh.connected(index)
@@ -276,19 +279,3 @@ class CloudLauncher:
             kept = {id(n) for n in keep}
             rest = [n for n in rest if id(n) not in kept]
         return rest
-
-
-def _sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _install_sigterm_handler() -> None:
-    """Make SIGTERM run the exit hooks (which destroy instances), unless the program
-    handles SIGTERM itself."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, _sigterm)
-    except (ValueError, OSError):
-        pass

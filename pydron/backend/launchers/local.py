@@ -23,6 +23,7 @@ class LocalLauncher:
 
     listen_host = "127.0.0.1"
     wants_demand = False
+    idle_timeout = None
 
     def __init__(self, cores: int) -> None:
         self.cores = cores
@@ -56,6 +57,9 @@ class LocalLauncher:
     def watch_exit(self, process: subprocess.Popen,  # type: ignore[override]
                    callback: Callable[[int], None]) -> Callable[[], None]:
         return watch_exit(process, callback)
+
+    def adopt(self, index: int) -> None:
+        return None  # every worker here is one this launcher started
 
     def connected(self, index: int) -> None:
         pass

@@ -24,25 +24,22 @@ launcher calls :meth:`SlurmJobs.close` at exit and on SIGTERM.
 """
 from __future__ import annotations
 
-import enum
-import fcntl
 import logging
-import math
 import os
 import re
 import secrets
-import shlex
-import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydron.errors import ConfigError, PydronError
+from pydron.backend.launchers import batch_jobs as batch
+from pydron.backend.launchers.batch_jobs import (
+    EXIT_MARKER, INDEX, JobId, JobState, JobStatus, worker_loop,
+)
+from pydron.errors import PydronError
 
 __all__ = [
     "SlurmError", "SlurmSettings", "JobState", "JobId", "JobStatus", "ClusterLimits",
@@ -52,16 +49,10 @@ __all__ = [
 
 log = logging.getLogger("pydron.backend")
 
-INDEX = "{index}"
-"""Placeholder in a worker command line for the worker's index (the script fills it in)."""
-EXIT_MARKER = "pydron-job-exit:"
-"""The job script's last log line, with its exit status: without accounting (no ``sacct``)
-it is how a job that left the queue tells whether it failed."""
 
 _ENTRY = "slurm entry"
 MAX_JOBS = 100_000
 MAX_CORES = 1024
-MAX_SECONDS = 30 * 24 * 3600.0
 
 
 class SlurmError(PydronError):
@@ -72,73 +63,24 @@ class SlurmError(PydronError):
 # --------------------------------------------------------------------------- settings
 
 
-def _invalid(key: str, value: object, expected: str) -> ConfigError:
-    return ConfigError(f"{_ENTRY}: `{key}` must be {expected}, not {value!r}")
-
-
-def _int(key: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _invalid(key, value, f"an integer from {low} to {high}")
-    return value
-
-
-def _seconds(key: str, value: object) -> float:
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not 0 <= value <= MAX_SECONDS):
-        raise _invalid(key, value, f"a number of seconds from 0 to {MAX_SECONDS:.0f}")
-    return float(value)
-
-
-def _word(key: str, value: object) -> str:
-    """A value that goes into an ``#SBATCH`` line: one word, so that it cannot end the
-    directive or add a line to the script."""
-    if not isinstance(value, str) or not re.fullmatch(r"[^\s'\"\\]+", value):
-        raise _invalid(key, value, "a non-empty string without spaces or quotes")
-    return value
-
-
 _TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|\d+-\d+|UNLIMITED|INFINITE", re.IGNORECASE)
 _MEMORY = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
 
 
-def _time(key: str, value: object) -> str:
+def _time(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return str(value)  # minutes, as sbatch reads a bare number
     if not isinstance(value, str) or not _TIME.fullmatch(value):
-        raise _invalid(key, value, 'a SLURM time limit: minutes, "H:MM:SS" or "D-HH:MM:SS"')
+        raise ValueError('a SLURM time limit: minutes, "H:MM:SS" or "D-HH:MM:SS"')
     return value
 
 
-def _memory(key: str, value: object) -> str:
+def _memory(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return str(value)  # megabytes, as sbatch reads a bare number
     if not isinstance(value, str) or not _MEMORY.fullmatch(value):
-        raise _invalid(key, value, 'memory per node as SLURM writes it: "4000", "4G", "500M"')
+        raise ValueError('memory per node as SLURM writes it: "4000", "4G", "500M"')
     return value
-
-
-def _lines(key: str, value: object, option: bool = False) -> tuple[str, ...]:
-    """A string (split into lines) or an array of one-line strings."""
-    items = value.splitlines() if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(
-            isinstance(v, str) and "\n" not in v and "\r" not in v and "\0" not in v
-            for v in items):
-        raise _invalid(key, value, "a string or an array of one-line strings")
-    if option and not all(v.strip().startswith("-") for v in items):
-        raise _invalid(key, value, 'an array of sbatch options such as "--gres=gpu:1"')
-    return tuple(v.strip() if option else v for v in items if v.strip())
-
-
-def _path(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value or "\n" in value:
-        raise _invalid(key, value, "a path")
-    return os.path.expanduser(value)
-
-
-def _allocation(key: str, value: object) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise _invalid(key, value, "true, false or null (null: when SLURM_JOB_ID is set)")
 
 
 @dataclass(frozen=True)
@@ -174,21 +116,13 @@ class SlurmSettings:
     max_resubmissions: int = 3
     work_dir: str | None = None
     allocation: bool | None = None
+    poll_interval: float = 5.0
 
     @classmethod
     def from_entry(cls, entry: Mapping[str, object]) -> "SlurmSettings":
         """The settings of an entry as written in pydron.conf (``type`` is ignored);
         :class:`ConfigError` names the first key that is unknown or invalid."""
-        known = {f.name for f in fields(cls)}
-        for key in entry:
-            if key != "type" and key not in known:
-                raise ConfigError(f"{_ENTRY}: unknown key `{key}` (known: "
-                                  f"{', '.join(sorted(known))})")
-        values: dict[str, object] = {}
-        for key, value in entry.items():
-            if key != "type":
-                values[key] = _CHECKS[key](key, value)
-        return cls(**values)  # type: ignore[arg-type]
+        return batch.settings_from_entry(cls, entry, _CHECKS, _ENTRY)
 
     def in_allocation(self, environ: Mapping[str, str] = os.environ) -> bool:
         """Whether workers start with ``srun`` in an existing allocation."""
@@ -197,40 +131,26 @@ class SlurmSettings:
         return bool(environ.get("SLURM_JOB_ID"))
 
     def resolve_address(self) -> str:
-        """The address compute nodes connect back to: ``address`` as given, or the IPv4
-        address of the interface it names, or (by default) this host name's address."""
-        if self.address is None:
-            return socket.gethostbyname(socket.gethostname())
-        if self.address in {name for _, name in socket.if_nameindex()}:
-            return _interface_address(self.address)
-        return self.address
+        """The address compute nodes connect back to (see
+        :func:`~pydron.backend.launchers.batch_jobs.resolve_address`)."""
+        return batch.resolve_address(self.address, _ENTRY)
 
 
-_CHECKS = {
-    "jobs": lambda k, v: _int(k, v, 1, MAX_JOBS),
-    "cores": lambda k, v: _int(k, v, 1, MAX_CORES),
-    "partition": _word, "account": _word, "qos": _word,
+_CHECKS: dict[str, batch.Check] = {
+    "jobs": batch.integer(1, MAX_JOBS),
+    "cores": batch.integer(1, MAX_CORES),
+    "partition": batch.word, "account": batch.word, "qos": batch.word,
     "time": _time, "memory": _memory,
-    "sbatch_options": lambda k, v: _lines(k, v, option=True),
-    "setup": _lines,
-    "python": _path,
-    "address": _word,
-    "idle_timeout": _seconds,
-    "max_resubmissions": lambda k, v: _int(k, v, 0, 1000),
-    "work_dir": _path,
-    "allocation": _allocation,
+    "sbatch_options": batch.options("sbatch", "--gres=gpu:1"),
+    "setup": batch.lines,
+    "python": batch.path,
+    "address": batch.word,
+    "idle_timeout": batch.seconds,
+    "max_resubmissions": batch.integer(0, 1000),
+    "work_dir": batch.path,
+    "allocation": batch.optional_bool,
+    "poll_interval": lambda v: batch.seconds(v, 0.05),
 }
-
-
-def _interface_address(name: str) -> str:
-    """The IPv4 address of a local interface (Linux ``SIOCGIFADDR``)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
-        except OSError as exc:
-            raise ConfigError(f"{_ENTRY}: `address`: interface {name!r} has no IPv4 address "
-                              f"({exc})") from None
-    return socket.inet_ntoa(packed[20:24])
 
 
 def worker_argv(settings: SlurmSettings, port: int, *extra: str) -> list[str]:
@@ -241,17 +161,6 @@ def worker_argv(settings: SlurmSettings, port: int, *extra: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- scripts
-
-
-def _shell_command(argv: Sequence[str]) -> str:
-    """``argv`` as one bash command, each argument quoted, :data:`INDEX` replaced by the
-    script's ``$PYDRON_INDEX``."""
-    words = []
-    for arg in argv:
-        parts = arg.split(INDEX)
-        words.append('"$PYDRON_INDEX"'.join(shlex.quote(p) if p else "" for p in parts)
-                     or "''")
-    return " ".join(words)
 
 
 def _directives(settings: SlurmSettings, job_name: str) -> list[str]:
@@ -280,8 +189,9 @@ def render_job_script(settings: SlurmSettings, command: Sequence[str], secret_fi
                       job_name: str) -> str:
     """The batch script of one array: ``sbatch --array=0-N script BASE``. Task ``t`` is the
     run's job number ``BASE + t`` and runs workers ``number * cores + i`` for ``i`` below
-    ``cores``, each with the secret on stdin. The job's exit status is the first failing
-    worker's; its last log line is :data:`EXIT_MARKER` with that status."""
+    ``cores``, each with the secret on stdin (and started again after the engine ended
+    it: :func:`~pydron.backend.launchers.batch_jobs.worker_loop`). The job's exit status
+    is the first failing worker's; its last log line is :data:`EXIT_MARKER` with that status."""
     cores = settings.cores
     return "\n".join([
         "#!/bin/bash",
@@ -293,10 +203,10 @@ def render_job_script(settings: SlurmSettings, command: Sequence[str], secret_fi
         'echo "pydron-job: number $PYDRON_JOB_NUMBER, SLURM job ${SLURM_JOB_ID:-?} '
         'on $(hostname)"',
         *_setup_block(settings),
+        *worker_loop(command, secret_file),
         "pydron_pids=()",
         f"for pydron_i in $(seq 0 {cores - 1}); do",
-        f"    PYDRON_INDEX=$(( PYDRON_JOB_NUMBER * {cores} + pydron_i ))",
-        f"    {_shell_command(command)} < {shlex.quote(str(secret_file))} &",
+        f"    PYDRON_INDEX=$(( PYDRON_JOB_NUMBER * {cores} + pydron_i )) pydron_worker &",
         '    pydron_pids+=("$!")',
         "done",
         "pydron_status=0",
@@ -316,38 +226,13 @@ def render_step_script(settings: SlurmSettings, command: Sequence[str],
         "#!/bin/bash",
         'PYDRON_INDEX=$(( ${1:?first worker index} + ${SLURM_PROCID:?not run by srun} ))',
         *_setup_block(settings),
-        f"exec {_shell_command(command)} < {shlex.quote(str(secret_file))}",
+        *worker_loop(command, secret_file),
+        "pydron_worker",
         "",
     ])
 
 
 # --------------------------------------------------------------------------- job states
-
-
-class JobState(enum.Enum):
-    """What became of a job. ``GONE``: it left the queue and nothing tells how it ended
-    (no accounting, no exit line in its log)."""
-
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    PREEMPTED = "PREEMPTED"
-    NODE_FAIL = "NODE_FAIL"
-    TIMEOUT = "TIMEOUT"
-    GONE = "GONE"
-
-    @property
-    def ended(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING)
-
-    @property
-    def lost(self) -> bool:
-        """Ended without being asked to: the launcher replaces such a job (within
-        ``max_resubmissions``)."""
-        return self in (JobState.FAILED, JobState.PREEMPTED, JobState.NODE_FAIL,
-                        JobState.TIMEOUT, JobState.GONE)
 
 
 _SLURM_STATES: dict[str, JobState] = {
@@ -375,30 +260,6 @@ def job_state(text: str) -> JobState:
     used: we ask for long names). Unknown ones count as pending: not serving, not over."""
     word = text.strip().split(" ")[0].rstrip("+").upper()
     return _SLURM_STATES.get(word, JobState.PENDING)
-
-
-@dataclass(frozen=True, order=True)
-class JobId:
-    """One job of the run: a task of an array (``"123_4"``, as SLURM names it), or a
-    ``srun`` step this controller started in allocation ``job`` (``task`` is then our
-    step number and ``step`` is true)."""
-
-    job: int
-    task: int
-    step: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.job}+srun{self.task}" if self.step else f"{self.job}_{self.task}"
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """A job's state at the last poll, SLURM's reason while it is pending (``"Priority"``,
-    ``"Resources"``, ``"QOSMaxJobsPerUserLimit"`` ...) and the state as SLURM wrote it."""
-
-    state: JobState
-    reason: str = ""
-    raw: str = ""
 
 
 @dataclass(frozen=True)
@@ -531,8 +392,9 @@ class SlurmJobs:
         self.job_name = f"pydron-{self.run_id}"
         self.poll_interval = poll_interval
         self.environ = dict(os.environ if environ is None else environ)
-        self.work_dir = _private_dir(settings.work_dir, self.run_id)
-        self.secret_file = self._write_secret(secret)
+        self.work_dir = batch.private_dir(settings.work_dir, self.run_id,
+                                          Path.home() / ".pydron" / "slurm")
+        self.secret_file = batch.write_secret(self.work_dir, secret)
         self.script = self.work_dir / "job.sh"
         self.script.write_text(render_job_script(
             settings, self.command, self.secret_file, self.job_name))
@@ -546,15 +408,6 @@ class SlurmJobs:
         self._closed = False
 
     # ------------------------------------------------------------------ files
-
-    def _write_secret(self, secret: bytes) -> Path:
-        """The secret as a hex line in a file only we can read (created 0600, never
-        world-readable for an instant), in our 0700 work_dir."""
-        path = self.work_dir / "secret"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret.hex() + "\n")
-        return path
 
     def log_path(self, job: JobId) -> Path:
         """The job's log (stdout and stderr of the script and its workers; for a step
@@ -586,6 +439,10 @@ class SlurmJobs:
 
     def _active_size(self) -> int:
         return sum(job.size for job in self._jobs.values() if not job.status.state.ended)
+
+    def cancelled_here(self, job: JobId) -> bool:
+        """Whether this run cancelled the job (its CANCELLED is then no loss)."""
+        return self._jobs[job].cancelled
 
     def workers_of(self, job: JobId) -> range:
         """The worker indexes a job runs."""
@@ -812,13 +669,3 @@ def _stop_step(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-
-
-def _private_dir(parent: str | None, run_id: str) -> Path:
-    """A fresh 0700 directory for the run: under ``work_dir`` if given, else under
-    ``~/.pydron/slurm`` (a directory compute nodes usually share; ``/tmp`` is per node)."""
-    base = Path(parent) if parent else Path.home() / ".pydron" / "slurm"
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=base))
-    os.chmod(path, 0o700)
-    return path

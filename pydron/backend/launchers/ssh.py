@@ -223,6 +223,7 @@ class SshLauncher:
 
     listen_host = "127.0.0.1"  # the workers connect through a forward of their SSH connection
     wants_demand = False
+    idle_timeout = None
 
     def __init__(self, hosts: list[Host], *, connect_timeout: float = 10.0,
                  progress: Callable[[str, str, str], None] | None = None,
@@ -267,6 +268,9 @@ class SshLauncher:
 
     def watch_exit(self, process: Any, callback: Callable[[int], None]) -> Callable[[], None]:
         return process.on_exit(callback)
+
+    def adopt(self, index: int) -> None:
+        return None  # every worker here is one this launcher started
 
     def connected(self, index: int) -> None:
         host = self._by_index.get(index)
