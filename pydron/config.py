@@ -27,6 +27,7 @@ on the ``pydron.config`` logger.
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
 import logging
 import math
@@ -483,6 +484,32 @@ _SSH_KEYS: dict[str, Check] = {
     "known_hosts": _string, "required": _bool,
 }
 
+def _batch_check(module: str, key: str) -> Check:
+    """The check of ``key`` in a batch scheduler's entry, from the module that reads
+    the entry (``CHECKS`` of :mod:`pydron.backend.launchers.slurm_jobs`, ``sge_jobs``):
+    one definition of what each key may be. Imported when a file is checked, not when
+    this module is: the backend imports this module."""
+    def check(value: object) -> object:
+        checks = importlib.import_module(f"pydron.backend.launchers.{module}").CHECKS
+        try:
+            return checks[key](value)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+    return check
+
+
+_SLURM_KEYS = ("jobs", "cores", "partition", "account", "qos", "time", "memory",
+               "sbatch_options", "setup", "python", "address", "idle_timeout",
+               "max_resubmissions", "work_dir", "allocation", "poll_interval")
+_SGE_KEYS = ("jobs", "cores", "queue", "parallel_environment", "qsub_options", "time",
+             "memory", "setup", "python", "address", "idle_timeout", "max_resubmissions",
+             "work_dir", "poll_interval")
+
+
+def _batch_count(entry: Mapping[str, object]) -> int:
+    return int(entry.get("jobs", 1)) * int(entry.get("cores", 1))  # type: ignore[call-overload]
+
+
 WORKER_TYPES: dict[str, WorkerType] = {
     # In-process threads: good for functional calls that release the GIL (numpy, I/O).
     "threads": WorkerType(
@@ -523,6 +550,13 @@ WORKER_TYPES: dict[str, WorkerType] = {
         secrets={"accesskey": ("a secret access key", _ACCESS_KEY_ADVICE)},
         normalise=_normalise_cloud,
     ),
+    # Workers in SLURM batch jobs (pydron.backend.slurmpool): `jobs` jobs of `cores`
+    # workers, submitted while calls are queued; inside an allocation, srun steps.
+    "slurm": WorkerType(keys={k: _batch_check("slurm_jobs", k) for k in _SLURM_KEYS},
+                        count=_batch_count),
+    # Workers in Grid Engine array jobs (pydron.backend.sgepool), the same way.
+    "sge": WorkerType(keys={k: _batch_check("sge_jobs", k) for k in _SGE_KEYS},
+                      count=_batch_count),
     # Worker processes on this machine, one call at a time each: CPU-bound Python code.
     "multicore": WorkerType(
         keys={"cores": _local_workers},

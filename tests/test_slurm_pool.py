@@ -78,3 +78,174 @@ def test_calls_run_inside_slurm_jobs_and_the_answer_is_exact(slurm, tmp_path):
         pool.shutdown()
     wait_until(lambda: not run_jobs(slurm), timeout=20, what="the run's jobs to leave")
     assert not (tmp_path / "slurm").exists() or not any((tmp_path / "slurm").iterdir())
+
+
+def collect(pool: SlurmPool, fn, arguments) -> dict[int, tuple[bool, object]]:
+    """Submit ``fn(*arguments[i])`` for each i; a dict that fills with (ok, value)."""
+    done: dict[int, tuple[bool, object]] = {}
+    for i, args in enumerate(arguments):
+        pool.submit(fn, tuple(args), {}, lambda ok, value, i=i: done.setdefault(i, (ok, value)))
+    return done
+
+
+@pydron.functional
+def marked(path: str, x: int, seconds: float) -> int:
+    """Records each run (so a test sees a rerun) and sleeps."""
+    with open(path, "a") as f:
+        f.write(f"{x} {os.environ.get('SLURM_JOB_ID')} {os.environ.get('SLURM_ARRAY_TASK_ID')}\n")
+    time.sleep(seconds)
+    return x * x
+
+
+def test_a_job_cancelled_mid_call_is_replaced_and_the_call_runs_again(slurm, tmp_path):
+    runs = tmp_path / "runs"
+    pool = SlurmPool(entry(tmp_path, jobs=1))
+    try:
+        done = collect(pool, marked, [(str(runs), 7, 4.0)])
+        first = wait_until(lambda: runs.exists() and runs.read_text().split(), timeout=30,
+                           what="the call to start in a job")
+        slurm.run(["scancel", f"{first[1]}"])  # the job, not by the run itself
+        wait_until(lambda: done, timeout=60, what="the call's result")
+        assert done[0] == (True, 49)
+        lines = runs.read_text().splitlines()
+        assert len(lines) == 2 and lines[0].split()[1] != lines[1].split()[1], lines
+        states = {j["id"]: j["state"] for j in pool.jobs()}
+        assert "CANCELLED" in states.values() and len(states) == 2, states
+    finally:
+        pool.shutdown()
+
+
+def test_no_job_is_left_while_idle_past_idle_timeout_nor_after_the_run(slurm, tmp_path):
+    pool = SlurmPool(entry(tmp_path, jobs=2, idle_timeout=1))
+    try:
+        done = collect(pool, slow_square, [(x, 0.5) for x in range(4)])
+        wait_until(lambda: len(done) == 4, timeout=60, what="4 results")
+        assert sorted(v for _, v in done.values()) == [0, 1, 4, 9]
+        wait_until(lambda: not run_jobs(slurm), timeout=20,
+                   what="idle jobs to end while the pool lives")
+        time.sleep(1.0)
+        assert not run_jobs(slurm), "a job came back with no work queued"
+        done = collect(pool, slow_square, [(5, 0.1)])  # work returns: so does a job
+        wait_until(lambda: done, timeout=60, what="a result after the idle end")
+        assert done[0] == (True, 25)
+    finally:
+        pool.shutdown()
+    wait_until(lambda: not run_jobs(slurm), timeout=20, what="no job after the run")
+
+
+def test_a_bad_partition_is_named_with_sbatchs_message(slurm, tmp_path):
+    pool = SlurmPool(entry(tmp_path, partition="nosuchpartition"))
+    try:
+        done = collect(pool, slow_square, [(2, 0.0)])
+        wait_until(lambda: done, timeout=30, what="the call to fail")
+        ok, error = done[0]
+        assert not ok and isinstance(error, WorkerLostError), error
+        assert "`partition` = 'nosuchpartition'" in str(error)
+        assert "invalid partition" in str(error).lower(), error
+    finally:
+        pool.shutdown()
+
+
+def test_a_job_that_keeps_failing_is_replaced_then_named_with_its_log(slurm, tmp_path):
+    pool = SlurmPool(entry(tmp_path, jobs=1, max_resubmissions=1,
+                           setup=["echo setting up; exit 3"]))
+    try:
+        done = collect(pool, slow_square, [(2, 0.0)])
+        wait_until(lambda: done, timeout=60, what="the call to fail")
+        ok, error = done[0]
+        assert not ok and isinstance(error, WorkerLostError), error
+        message = str(error)
+        assert "FAILED" in message and "max_resubmissions=1" in message, message
+        log = message.split("its log is ")[1].split(";")[0].split(" ")[0]
+        assert Path(log).exists() and "setting up" in Path(log).read_text()
+        assert "setting up" in message  # the log's last lines are quoted
+        assert len(pool.jobs()) == 2  # the first, and the one that replaced it
+    finally:
+        pool.shutdown()
+    assert Path(log).exists()  # a failed job's log stays for a person to read
+
+
+def test_a_pending_job_is_reported_with_the_schedulers_reason(slurm, tmp_path, caplog):
+    pool = SlurmPool(entry(tmp_path, jobs=1, sbatch_options=["--begin=now+1hour"]))
+    try:
+        with caplog.at_level("WARNING", logger="pydron.backend"):
+            collect(pool, slow_square, [(2, 0.0)])
+            wait_until(lambda: "is pending (reason: BeginTime)" in caplog.text, timeout=30,
+                       what="the pending reason in the log")
+        assert [j["reason"] for j in pool.jobs()] == ["BeginTime"]
+    finally:
+        pool.shutdown(wait=False)
+    wait_until(lambda: not run_jobs(slurm), timeout=20, what="the pending job cancelled")
+
+
+def test_max_array_size_of_the_cluster_is_honoured(slurm_small_array, tmp_path):
+    pool = SlurmPool(entry(tmp_path, jobs=3), environ=slurm_small_array.env())
+    try:
+        done = collect(pool, slow_square, [(x, 2.0) for x in range(3)])
+        wait_until(lambda: len(done) == 3, timeout=60, what="3 results")
+        assert sorted(v for _, v in done.values()) == [0, 1, 4]
+        jobs = pool.jobs()
+        arrays = {j["id"].split("_")[0] for j in jobs}
+        tasks = {j["id"].split("_")[1] for j in jobs}
+        assert len(jobs) == 3 and len(arrays) == 2 and tasks <= {"0", "1"}, jobs
+    finally:
+        pool.shutdown()
+
+
+_CALLER = """
+import os, sys, time
+import pydron
+from pydron.backend.slurmpool import SlurmPool
+
+def nap(seconds):
+    time.sleep(seconds)
+    return os.environ.get("SLURM_JOB_ID")
+
+pool = SlurmPool({{"jobs": 2, "cores": 1, "poll_interval": 0.2, "work_dir": {work_dir!r}}})
+started = []
+for _ in range(2):
+    pool.submit(nap, (120,), {{}}, lambda ok, value: None)
+while len([j for j in pool.jobs() if j["state"] == "RUNNING"]) < 2:
+    time.sleep(0.1)
+print("running", flush=True)
+{ending}
+"""
+
+
+def _start_caller(tmp_path: Path, ending: str) -> subprocess.Popen:
+    script = tmp_path / "caller.py"
+    script.write_text(_CALLER.format(work_dir=str(tmp_path / "slurm"), ending=ending))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    assert line.strip() == "running", f"the caller said {line!r} (exit {proc.poll()})"
+    return proc
+
+
+def test_caller_killed_with_sigkill_leaves_no_job_within_30_s(slurm, tmp_path):
+    proc = _start_caller(tmp_path, "time.sleep(600)")
+    assert len(run_jobs(slurm)) == 2
+    proc.kill()
+    proc.wait()
+    began = time.monotonic()
+    wait_until(lambda: not run_jobs(slurm), timeout=30, what="the orphaned jobs to end")
+    print(f"jobs gone {time.monotonic() - began:.1f} s after the SIGKILL")
+
+
+@pytest.mark.parametrize("how", ["sigterm", "shutdown"])
+def test_sigterm_and_shutdown_cancel_every_job(slurm, tmp_path, how):
+    ending = {"sigterm": "time.sleep(600)",
+              "shutdown": "pydron.shutdown(); pool.shutdown(wait=False); print('done', "
+                          "flush=True); time.sleep(600)"}[how]
+    proc = _start_caller(tmp_path, ending)
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    else:
+        assert proc.stdout.readline().strip() == "done"  # type: ignore[union-attr]
+    try:
+        # scancel'd at once: well before the workers would notice a dead caller.
+        wait_until(lambda: not run_jobs(slurm), timeout=10, what="the jobs cancelled")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydron.backend.launchers import batch_jobs as batch
@@ -43,8 +43,8 @@ from pydron.errors import PydronError
 
 __all__ = [
     "SlurmError", "SlurmSettings", "JobState", "JobId", "JobStatus", "ClusterLimits",
-    "SlurmJobs", "render_job_script", "render_step_script", "worker_argv", "INDEX",
-    "EXIT_MARKER",
+    "SlurmJobs", "CHECKS", "allocation_workers", "render_job_script", "render_step_script",
+    "worker_argv", "INDEX", "EXIT_MARKER",
 ]
 
 log = logging.getLogger("pydron.backend")
@@ -96,9 +96,11 @@ class SlurmSettings:
     address, a host name or a local interface's name). ``work_dir`` holds job scripts,
     logs and the secret; it must be on a file system the compute nodes share, hence its
     default under the home directory, not ``/tmp``. ``allocation``: start workers with
-    ``srun`` in the current allocation (``null``: when ``SLURM_JOB_ID`` is set).
-    ``idle_timeout`` and ``max_resubmissions`` are the launcher's: how long idle jobs are
-    kept, how often a failed job is replaced.
+    ``srun`` in the current allocation (``null``, the default: when ``SLURM_JOB_ID`` is
+    set and the entry gives no ``jobs``); there ``cores`` defaults to the allocation's
+    tasks (or CPUs). ``idle_timeout`` (how long an idle worker is kept) and
+    ``max_resubmissions`` (how many lost jobs are replaced in a run) are the batch
+    launcher's; ``poll_interval`` is the seconds between two ``squeue`` calls.
     """
 
     jobs: int = 1
@@ -122,7 +124,13 @@ class SlurmSettings:
     def from_entry(cls, entry: Mapping[str, object]) -> "SlurmSettings":
         """The settings of an entry as written in pydron.conf (``type`` is ignored);
         :class:`ConfigError` names the first key that is unknown or invalid."""
-        return batch.settings_from_entry(cls, entry, _CHECKS, _ENTRY)
+        settings = batch.settings_from_entry(cls, entry, CHECKS, _ENTRY)
+        if "allocation" not in entry and "jobs" in entry:
+            # Jobs to submit were asked for: submit them, even from inside a job.
+            settings = replace(settings, allocation=False)
+        if "cores" not in entry and "jobs" not in entry and settings.in_allocation():
+            settings = replace(settings, cores=allocation_workers(os.environ))
+        return settings
 
     def in_allocation(self, environ: Mapping[str, str] = os.environ) -> bool:
         """Whether workers start with ``srun`` in an existing allocation."""
@@ -136,7 +144,7 @@ class SlurmSettings:
         return batch.resolve_address(self.address, _ENTRY)
 
 
-_CHECKS: dict[str, batch.Check] = {
+CHECKS: dict[str, batch.Check] = {  # pydron.config checks a file's slurm entries with these
     "jobs": batch.integer(1, MAX_JOBS),
     "cores": batch.integer(1, MAX_CORES),
     "partition": batch.word, "account": batch.word, "qos": batch.word,
@@ -151,6 +159,20 @@ _CHECKS: dict[str, batch.Check] = {
     "allocation": batch.optional_bool,
     "poll_interval": lambda v: batch.seconds(v, 0.05),
 }
+
+
+def allocation_workers(environ: Mapping[str, str]) -> int:
+    """How many workers fit the current allocation: its tasks (``SLURM_NTASKS``, from
+    ``salloc -n``), else its CPUs (``SLURM_JOB_CPUS_PER_NODE``, written ``"4(x2),2"``)."""
+    tasks = environ.get("SLURM_NTASKS", "")
+    if tasks.isdigit() and int(tasks) > 0:
+        return min(int(tasks), MAX_CORES)
+    total = 0
+    for part in environ.get("SLURM_JOB_CPUS_PER_NODE", "").split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if match:
+            total += int(match[1]) * int(match[2] or 1)
+    return min(max(total, 1), MAX_CORES)
 
 
 def worker_argv(settings: SlurmSettings, port: int, *extra: str) -> list[str]:
