@@ -23,6 +23,10 @@ What it took (none of it is in Debian's postinst, which configures one system ce
   The alias file makes all those names one host.
 * ``min_uid 0``/``min_gid 0``: the tests run as root, and Grid Engine by default runs
   no job of a uid under 1000.
+* ``login_shells none``: by default Grid Engine starts a ``-S /bin/bash`` job as a login
+  shell, which reads root's profile; on a machine where that runs ``pyenv init`` (a
+  ``pyenv rehash`` under a lock), a job killed there leaves the lock and the next jobs
+  hang in it. A site's profile is the site's business; the tests want the job script.
 * a fast scheduler (``schedule_interval 0:0:1``, ``flush_submit_sec``/``flush_finish_sec``
   1) and accounting flushed every second, so that jobs start and are accounted for in
   about a second, as the tests' deadlines expect.
@@ -116,6 +120,7 @@ _CONFIG_CHANGES = {  # the global configuration: Debian's default, with these va
     "mailer": "/bin/true",
     "min_uid": "0",
     "min_gid": "0",
+    "login_shells": "none",
     "load_report_time": "00:00:05",
     "reporting_params": "accounting=true reporting=false flush_time=00:00:01 joblog=false "
                         "sharelog=00:00:00",

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -249,3 +248,73 @@ def test_sigterm_and_shutdown_cancel_every_job(slurm, tmp_path, how):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pydron.schedule
+def scheduled_sum(n: int) -> tuple[int, set[str]]:
+    values = []
+    for x in range(n):
+        values.append(job_of(x))
+    total = 0
+    jobs = set()
+    for square, job in values:
+        total += square
+        jobs.add(job)
+    return total, jobs
+
+
+def square_in_job(x: int) -> tuple[int, str]:
+    return x * x, os.environ.get("SLURM_JOB_ID", "")
+
+
+def test_every_api_runs_on_the_slurm_pool(slurm, tmp_path):
+    pydron.configure({"workers": [{"type": "slurm", **entry(tmp_path, jobs=2)}]})
+    try:
+        total, jobs = scheduled_sum(12)
+        assert total == sum(x * x for x in range(12))
+        assert jobs and all(j.isdigit() for j in jobs), jobs
+        with pydron.Executor() as executor:
+            results = list(executor.map(square_in_job, range(10)))
+        assert [r[0] for r in results] == [x * x for x in range(10)]
+        assert all(r[1].isdigit() for r in results)
+        results = list(pydron.map(square_in_job, range(30)))
+        assert [r[0] for r in results] == [x * x for x in range(30)]
+        assert all(r[1].isdigit() for r in results)
+        with pydron.Pool() as pool:
+            results = pool.map(square_in_job, range(10))
+            assert [r[0] for r in results] == [x * x for x in range(10)]
+            assert all(r[1].isdigit() for r in results)
+        assert run_jobs(slurm)  # the process-wide pool keeps its jobs between calls
+    finally:
+        pydron.shutdown()
+        pydron.configure(None)
+    wait_until(lambda: not run_jobs(slurm), timeout=20, what="no job after shutdown()")
+
+
+_IN_ALLOCATION = """
+import os
+import pydron
+
+def where(x):
+    return x * x, os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+
+pydron.configure({{"workers": [{{"type": "slurm", "poll_interval": 0.2,
+                                "work_dir": {work_dir!r}}}]}})
+results = list(pydron.map(where, range(8)))
+assert [r[0] for r in results] == [x * x for x in range(8)], results
+print("allocation", os.environ["SLURM_JOB_ID"], "parallelism",
+      pydron.backend.get_pool().parallelism)
+print("workers", sorted({{(r[1], r[2]) for r in results}}))
+"""
+
+
+def test_inside_salloc_workers_start_with_srun(slurm, tmp_path):
+    script = tmp_path / "in_allocation.py"
+    script.write_text(_IN_ALLOCATION.format(work_dir=str(tmp_path / "slurm")))
+    result = slurm.run(["salloc", "-n", "2", sys.executable, str(script)], timeout=120)
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    allocation, _, parallelism = lines["allocation"].split()
+    assert parallelism == "2"  # the allocation's tasks
+    workers = eval(lines["workers"])  # noqa: S307 - our own script's output
+    assert workers and all(job == allocation and step is not None and step.isdigit()
+                           for job, step in workers), (workers, result.stderr)

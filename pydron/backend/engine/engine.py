@@ -739,9 +739,10 @@ class WorkerEngine(Pool):
         requests resources only while calls are queued)."""
         self._send_queued()
         if self._wants_demand:
-            queued = sum(1 for c in self._queue if c.state == QUEUED)
+            # len() counts calls cancelled while queued too, until dispatch reaches them:
+            # a scan here would cost O(queue) on every dispatch.
             running = sum(len(p.outstanding) for p in self._procs.values())
-            self._launcher.demand(queued, running)
+            self._launcher.demand(len(self._queue), running)
 
     def _send_queued(self) -> None:
         """Send queued calls, in order, to the ready workers holding the fewest.

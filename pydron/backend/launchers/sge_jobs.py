@@ -339,7 +339,7 @@ def _message(result: subprocess.CompletedProcess) -> str:
 
 def parse_config(text: str) -> dict[str, str]:
     """``qconf -sconf``'s ``name value`` lines (a value continued with ``\\`` joined)."""
-    joined = re.sub(r"\\\n\s*", " ", text)
+    joined = re.sub(r"\s*\\\n\s*", " ", text)
     config: dict[str, str] = {}
     for line in joined.splitlines():
         parts = line.strip().split(None, 1)
