@@ -16,8 +16,24 @@ from pydron.explicit import Executor, map, map_reduce, reduce  # noqa: F401 (see
 from pydron.explicit.mp_pool import Pool
 from pydron.purity import functional
 from pydron._version import __version__
+from pydron.backend import recorder as _recorder
 
 
+def _observe(config):  # noqa: ANN001,ANN202 - the observe layer loads when a pool is built
+    from pydron.observe import configure_from
+    configure_from(config)
+
+
+_recorder.on_config = _observe
+
+
+def cache(path, max_size=None):  # noqa: ANN001,ANN201
+    """Store every functional call's result under ``path`` from now on (the ``"cache"``
+    key of ``pydron.conf`` in code): the configuration in force, with this cache; see
+    docs/observability.md."""
+    from dataclasses import replace
+    from pydron.backend import current_config
+    configure(replace(current_config(), cache={"path": str(path), "max_size": max_size}))
 
 
 def explain(func):  # noqa: ANN001,ANN201 - kept light: networkx loads only when asked
@@ -33,7 +49,7 @@ def graph(func):  # noqa: ANN001,ANN201
 
 
 __all__ = [
-    "schedule", "functional", "explain", "graph", "configure", "shutdown",
+    "schedule", "functional", "explain", "graph", "configure", "shutdown", "cache",
     # map and reduce are left out on purpose: `from pydron import *` must not replace the
     # builtins of the same names. They are pydron.map and pydron.reduce.
     "Executor", "map_reduce", "wait", "as_completed", "shared", "Shared", "Pool",

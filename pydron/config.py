@@ -114,6 +114,12 @@ class Config:
     prefetch_bytes: int = 256 << 20
     shared_cache: int = 2 << 30
     """Bytes of shared objects each worker process keeps (least recently used out)."""
+    progress: bool | None = None
+    """The progress line on stderr (None: when stderr is a terminal)."""
+    trace: str | None = None
+    """Where the trace file goes (``{time}`` and ``{pid}`` filled in); None: no trace."""
+    cache: Mapping[str, object] | None = None
+    """The result cache: ``{"path": ..., "max_size": ...}``; None: no cache."""
 
     @property
     def capacity(self) -> int:
@@ -564,6 +570,36 @@ WORKER_TYPES: dict[str, WorkerType] = {
     ),
 }
 
+_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]i?B?|B)?\s*", re.IGNORECASE)
+
+
+def _size(value: object) -> object:
+    """Bytes: an integer, or a string such as ``"10GB"``, ``"500 MB"``, ``"1.5GiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and _SIZE.fullmatch(value):
+        return value
+    raise _Invalid('a size in bytes: an integer, or a string such as "10GB" or "500MB"')
+
+
+def _cache(value: object) -> object:
+    """The result cache: a folder, or ``{"path": folder, "max_size": size}``."""
+    if isinstance(value, str) and value:
+        return types.MappingProxyType({"path": os.path.expanduser(value), "max_size": None})
+    if isinstance(value, Mapping) and isinstance(value.get("path"), str) and value["path"] \
+            and set(value) <= {"path", "max_size"}:
+        size = value.get("max_size")
+        return types.MappingProxyType({"path": os.path.expanduser(value["path"]),
+                                       "max_size": None if size is None else _size(size)})
+    raise _Invalid('a folder, or {"path": folder, "max_size": size such as "10GB"}')
+
+
+def _trace(value: object) -> object:
+    if isinstance(value, str) and value.strip():
+        return os.path.expanduser(value)
+    raise _Invalid('a file name such as "trace-{time}.json"')
+
+
 _TOP_LEVEL: dict[str, Check] = {
     "workers": lambda value: value,  # checked in detail by _parse_workers
     "max_retries": _retries,
@@ -574,6 +610,9 @@ _TOP_LEVEL: dict[str, Check] = {
     "max_frame": _max_frame,
     "prefetch_bytes": _prefetch_bytes,
     "shared_cache": _shared_cache,
+    "progress": _bool,
+    "trace": _trace,
+    "cache": _cache,
 }
 
 
@@ -678,10 +717,12 @@ def parse_config(data: object, source: str = "<dict>") -> Config:
     limits = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
               for key in ("call_timeout", "respawns_per_minute", "master_timeout")
               if key in data}
+    seeing = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
+              for key in ("progress", "trace", "cache") if key in data}
     problems.raise_if_any()
     _report_secrets(problems)
     return Config(workers=workers, source=source, max_retries=max_retries,  # type: ignore[arg-type]
-                  window=window, **sizes, **limits)  # type: ignore[arg-type]
+                  window=window, **sizes, **limits, **seeing)  # type: ignore[arg-type]
 
 
 def _parse_workers(value: object, problems: _Problems) -> tuple[WorkerSpec, ...]:

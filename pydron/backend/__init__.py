@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
+from pydron.backend import recorder
 from pydron.backend.composite import CompositePool
 from pydron.backend.context import in_worker, worker_context
 from pydron.backend.inline import InlinePool
@@ -99,7 +100,20 @@ _held = threading.local()  # .pools: the pools this thread's runs hold (nested r
 
 
 def pool_from_config(config: Config) -> Pool:
-    """Build (but do not register) the pool a configuration describes."""
+    """Build (but do not register) the pool a configuration describes: its workers, and
+    around them the result cache if ``cache`` names one; the progress line and the trace
+    file it asks for start here too (:data:`pydron.backend.recorder.on_config`)."""
+    if recorder.on_config is not None:
+        recorder.on_config(config)
+    pool = _workers_pool(config)
+    if config.cache is not None:
+        from pydron.cache import CachingPool, ResultCache
+        pool = CachingPool(pool, ResultCache.shared(config.cache["path"],
+                                                    config.cache.get("max_size")))
+    return pool
+
+
+def _workers_pool(config: Config) -> Pool:
     for spec in config.workers:
         if spec.type not in POOL_FACTORIES:
             raise NotImplementedError(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydron.backend.context import worker_context
-from pydron.backend.pool import OnDone, Pool, run_call
+from pydron.backend.pool import OnDone, Pool, record_submit, run_call
 
 __all__ = ["InlinePool"]
 
@@ -32,7 +32,7 @@ class InlinePool(Pool):
         if self._closed:
             raise RuntimeError("cannot submit to a pool that has been shut down")
         with worker_context():
-            run_call(fn, args, kwargs, on_done)
+            run_call(fn, args, kwargs, on_done, record_submit(fn, args), "inline")
         return None
 
     def cancel(self, handle: object) -> bool:

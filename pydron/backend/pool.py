@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import abc
 import logging
+import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from pydron.backend import recorder as _recorder
 from pydron.backend import sharing
+from pydron.backend.recorder import WorkerTag
 
-__all__ = ["Pool", "OnDone", "run_call"]
+__all__ = ["Pool", "OnDone", "run_call", "thread_tag", "record_submit"]
 
 OnDone = Callable[[bool, Any], None]
 """``on_done(ok, value)``: ok True -> value is the result; False -> the exception raised."""
@@ -58,7 +63,8 @@ class Pool(abc.ABC):
         """
 
 
-def run_call(fn: Callable[..., Any], args: tuple, kwargs: dict, on_done: OnDone) -> None:
+def run_call(fn: Callable[..., Any], args: tuple, kwargs: dict, on_done: OnDone,
+             token: Any = None, kind: str = "threads") -> None:
     """Run one call and deliver its outcome: the shared core of the in-process pools.
 
     An exception raised by ``on_done`` itself is a bug in the runtime, not in the user's
@@ -67,8 +73,14 @@ def run_call(fn: Callable[..., Any], args: tuple, kwargs: dict, on_done: OnDone)
 
     Shared handles in the arguments (nested in tuples, lists, dicts, sets and frozensets
     too) are replaced by their objects first; while no shared object exists in this
-    process, that is one truth test.
+    process, that is one truth test. ``token``: the active recorder's for this call
+    (:mod:`pydron.backend.recorder`), which hears of its start and end here.
     """
+    rec = _recorder.active if token is not None else None
+    if rec is not None:
+        tag = thread_tag(kind)
+        rec.sent(token, tag)
+        started = time.perf_counter()
     try:
         if sharing._entries:
             args, kwargs = sharing.resolve_args(args, kwargs)
@@ -77,7 +89,23 @@ def run_call(fn: Callable[..., Any], args: tuple, kwargs: dict, on_done: OnDone)
     except BaseException as exc:  # noqa: B902 -- every failure must reach the caller
         value = exc
         ok = False
+    if rec is not None:
+        rec.finished(token, ok, tag, time.perf_counter() - started, 0,
+                     "" if ok else f"{type(value).__name__}: {value}"[:300])
     try:
         on_done(ok, value)
     except BaseException:
         _log.exception("pydron: the completion callback of %r raised", fn)
+
+
+def record_submit(fn: Callable[..., Any], args: tuple) -> Any:
+    """The active recorder's token for a call submitted to an in-process pool, or None."""
+    rec = _recorder.active
+    return rec.submitted(fn, args, 0) if rec is not None else None
+
+
+def thread_tag(kind: str) -> WorkerTag:
+    """The current thread as a worker of an in-process pool (``pydron-thread-3`` is 3)."""
+    thread = threading.current_thread()
+    suffix = thread.name.rsplit("-", 1)[-1]
+    return WorkerTag(kind, socket.gethostname(), int(suffix) if suffix.isdigit() else 0, 0)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydron.backend.context import worker_context
-from pydron.backend.pool import OnDone, Pool, run_call
+from pydron.backend.pool import OnDone, Pool, record_submit, run_call
 
 _log = logging.getLogger("pydron.backend")
 
@@ -34,7 +34,7 @@ __all__ = ["ThreadPool"]
 class _Call:
     """One submitted call; also its handle. Identity-hashed, so it can key a dict."""
 
-    __slots__ = ("fn", "args", "kwargs", "on_done")
+    __slots__ = ("fn", "args", "kwargs", "on_done", "token")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
                  on_done: OnDone) -> None:
@@ -42,6 +42,7 @@ class _Call:
         self.args = args
         self.kwargs = kwargs
         self.on_done = on_done
+        self.token = record_submit(fn, args)
 
     def clear(self) -> None:
         """Drop the references, so a handle kept by the runtime pins no large arguments."""
@@ -59,7 +60,7 @@ def _work(get: Callable[[], _Call | None], claim: Callable[[_Call, bool], bool],
                 return
             if claim(call, False):  # False: cancel() got there first
                 if watchdog is None:
-                    run_call(call.fn, call.args, call.kwargs, call.on_done)
+                    run_call(call.fn, call.args, call.kwargs, call.on_done, call.token)
                 elif not watchdog.run(call):
                     call.clear()
                     return  # abandoned at its deadline: another thread has our place
@@ -106,7 +107,7 @@ class _Watchdog:
                 entry[2](ok, value)
             # else: the caller was told at the deadline; this outcome is dropped
 
-        run_call(call.fn, call.args, call.kwargs, finish)
+        run_call(call.fn, call.args, call.kwargs, finish, call.token)
         return on_time
 
     def stop(self) -> None:
@@ -232,6 +233,10 @@ class ThreadPool(Pool):
         except TypeError:  # an unhashable object is not one of our handles
             return False
         if claimed:
+            if handle.token is not None:  # type: ignore[attr-defined]
+                from pydron.backend import recorder
+                if recorder.active is not None:
+                    recorder.active.cancelled(handle.token)  # type: ignore[attr-defined]
             handle.clear()  # type: ignore[attr-defined]
         return claimed
 

@@ -391,6 +391,9 @@ def reduce_chunk(fn: Callable[[Any, Any], Any], items: list[Any], star: bool,
     return ChunkOutcome([value], time.perf_counter() - start)
 
 
+reduce_chunk.pydron_chunk = True  # type: ignore[attr-defined]  # counted as its items (observe)
+
+
 _OWN_CODES = {reduce_chunk.__code__}
 
 

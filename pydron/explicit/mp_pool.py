@@ -138,6 +138,9 @@ def run_marked(fn: Callable[..., Any], items: list, star: bool,
 # ---------------------------------------------------------------------- the dispatcher
 
 
+run_marked.pydron_chunk = True  # type: ignore[attr-defined]  # counted as its items (observe)
+
+
 class _PoolDispatcher(Dispatcher):
     """A dispatcher that knows the futures of its unfinished calls, so that terminate can
     stop the running ones (Dispatcher.withdraw) as well as the queued ones."""

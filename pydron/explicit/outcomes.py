@@ -92,6 +92,9 @@ def run_chunk(fn: Callable[..., Any], items: Sequence[tuple], star: bool,
     return ChunkOutcome(outcomes, time.perf_counter() - start, clean)
 
 
+run_chunk.pydron_chunk = True  # type: ignore[attr-defined]  # counted as its items (observe)
+
+
 class InitializerFailed(Exception):
     """Raised on a worker, in place of a call, when the executor's initializer raised
     there: the executor is then broken, as the standard library's executors are."""
@@ -139,6 +142,9 @@ def run_initialized(init: Initializer, fn: Callable[..., Any], args: tuple,
         raise InitializerFailed(f"the executor's initializer {_name(init.function)} failed "
                                 f"on this worker earlier ({state})")
     return fn(*args, **kwargs)
+
+
+run_initialized.pydron_wraps = 1  # type: ignore[attr-defined]  # recorded as the call it wraps
 
 
 def _name(fn: object) -> str:

@@ -26,7 +26,7 @@ from collections import deque
 from heapq import heappop, heappush
 from typing import Any, Callable, Optional
 
-from pydron import purity
+from pydron import callsite, purity
 from pydron.errors import CallTimeoutError, SerializationError, WorkerLostError
 from pydron.dataflow.template import (RETURN_FLAG, RETURN_VALUE, UNBOUND, Block, CallStep,
                                       IfStep, LoopStep, NativeStep, ReturnSignal, Template)
@@ -470,6 +470,8 @@ class Run:
                 args, kwargs = build(*values)
             if kind == purity.DISPATCH:
                 self.inflight[node] = None
+                if callsite.wanted:
+                    callsite.announce(f"{self.template.filename}:{node.step.lineno}")
                 handle = self.pool.submit(callee, args, kwargs, self.on_done(node))
                 if node in self.inflight:
                     self.inflight[node] = handle

@@ -53,7 +53,9 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pydron.backend import recorder as _recorder
 from pydron.backend import sharing
+from pydron.backend.recorder import WorkerTag
 from pydron.backend.launchers.base import Launcher, WorkerStart
 from pydron.backend.protocol import frames, handshake, liveness
 from pydron.backend.pool import OnDone, Pool
@@ -137,7 +139,8 @@ class _Call:
     """One submitted call; also its handle."""
 
     __slots__ = ("id", "fn", "digest", "fn_blob", "args", "buffers", "on_done", "state",
-                 "proc", "attempts", "size", "deaths", "pins")
+                 "proc", "attempts", "size", "deaths", "pins", "token", "elapsed",
+                 "result_bytes")
 
     def __init__(self, call_id: int, fn: Callable[..., Any], digest: bytes, fn_blob: bytes,
                  args: bytes, buffers: list[memoryview], on_done: OnDone,
@@ -155,6 +158,9 @@ class _Call:
         self.deaths: list[str] = []  # how its workers died, each while running it, in a row
         self.size = len(args) + sum(b.nbytes for b in buffers)  # bytes a worker receives
         self.pins = pins  # the shared objects its arguments refer to (kept for the worker)
+        self.token: Any = None  # the active recorder's, if one was active at submit
+        self.elapsed = 0.0      # its run on the worker, and its result's bytes (recorded
+        self.result_bytes = 0   # only with a token)
 
     def clear(self) -> None:
         """Drop the data, so that a handle the runtime keeps pins nothing large."""
@@ -185,6 +191,7 @@ class _Proc:
         self.timer: Any = None
         self.unwatch: Callable[[], None] | None = None
         self.liveness = liveness.Liveness(popen.pid)  # silent, but computing?
+        self.tag: WorkerTag | None = None  # who it is, for the recorder (once connected)
 
     @property
     def ready(self) -> bool:
@@ -304,6 +311,7 @@ class WorkerEngine(Pool):
         self.secret = handshake.new_secret()
         self._launcher = launcher
         self._wants_demand = bool(launcher.wants_demand)
+        self._kind: str = launcher.kind
         self._idle_timeout: float | None = launcher.idle_timeout
         self._begun = False                # launcher.begin() called
         self._fatal = ""                   # the launcher gave up (events.failed)
@@ -401,6 +409,9 @@ class WorkerEngine(Pool):
         # Like the other pools, this relies on the caller not to change an argument
         # before its call is done (the runtime orders a mutation after earlier readers).
         call = _Call(next(self._ids), fn, digest, fn_blob, blob, raw, on_done, pins or None)
+        rec = _recorder.active
+        if rec is not None:
+            call.token = rec.submitted(fn, args, call.size)
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot submit to a pool that has been shut down")
@@ -428,6 +439,8 @@ class WorkerEngine(Pool):
             if state != QUEUED and state != SENT:
                 return False
             handle.state = CANCELLED
+        if handle.token is not None and _recorder.active is not None:
+            _recorder.active.cancelled(handle.token)
         if state == SENT:
             call_soon(self._withdraw, handle)
         else:
@@ -673,6 +686,9 @@ class WorkerEngine(Pool):
             return None
         if not proc.pid and isinstance(info.get("pid"), int):
             proc.pid = info["pid"]  # a remote worker: its pid is known from now on
+        host = info.get("host")
+        proc.tag = WorkerTag(self._kind, host if isinstance(host, str) else "?", proc.index,
+                             proc.pid)
         proc.conn = conn
         return proc
 
@@ -709,6 +725,9 @@ class WorkerEngine(Pool):
                 proc.become(READY)
             self._changed.notify_all()
         self._start_failures = 0
+        rec = _recorder.active
+        if rec is not None and proc.tag is not None:
+            rec.worker_joined(proc.tag)
         if self._stopping and not self._has_work():
             self._maybe_stop()
         else:
@@ -771,6 +790,7 @@ class WorkerEngine(Pool):
                 return
         held = {p: sum(c.size for c in p.outstanding.values()) for p in ready}
         batches: dict[_Proc, list[_Call]] = {}
+        rec = _recorder.active
         with self._lock:
             while pending:
                 call = pending[0]
@@ -791,6 +811,8 @@ class WorkerEngine(Pool):
                     proc.progress_at = now
                 call.state = SENT
                 call.proc = proc
+                if rec is not None and call.token is not None:
+                    rec.sent(call.token, proc.tag)
                 proc.outstanding[call.id] = call
                 batch = batches.get(proc)
                 if batch is None:
@@ -851,6 +873,10 @@ class WorkerEngine(Pool):
         for call, outcome, bufs in mine:
             elapsed = outcome.elapsed
             ewma = elapsed if ewma is None else 0.8 * ewma + 0.2 * elapsed
+            if call.token is not None:
+                call.elapsed = elapsed
+                call.result_bytes = len(outcome.blob or b"") + sum(
+                    memoryview(b).nbytes for b in bufs)
         self._ewma = ewma
         if mine:
             self._after_deliveries(mine)
@@ -911,6 +937,14 @@ class WorkerEngine(Pool):
                 self._set_stopped()
 
     def _deliver(self, call: _Call, ok: bool, value: Any) -> None:
+        if call.token is not None:
+            rec = _recorder.active
+            if rec is not None:
+                proc = call.proc
+                rec.finished(call.token, ok, proc.tag if proc is not None else None,
+                             call.elapsed, call.result_bytes,
+                             "" if ok else f"{type(value).__name__}: {value}"[:300])
+            call.token = None
         on_done = call.on_done
         call.clear()
         call.fn = None
@@ -992,6 +1026,16 @@ class WorkerEngine(Pool):
                 call.state = QUEUED
                 requeue.append(call)
         self._queue.extendleft(reversed(requeue))
+        rec = _recorder.active
+        if rec is not None:
+            for call in requeue:
+                if call.token is not None:
+                    rec.requeued(call.token, proc.tag, f"worker {proc.index} {how}")
+            if proc.tag is not None:
+                if leaving or cancel_death:
+                    rec.worker_gone(proc.tag)
+                else:
+                    rec.worker_left(proc.tag, how)
         for call in failed:
             self._deliver(call, False, WorkerLostError(
                 self._lost_message(proc, how, call, bool(_oom_hint(proc, code)))))

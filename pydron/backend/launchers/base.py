@@ -124,6 +124,9 @@ class Launcher(Protocol):
     wants_demand: bool
     """Whether the engine should call :meth:`demand` (it costs a little per dispatch)."""
 
+    kind: str
+    """What a worker of this launcher is called in traces: "multicore", "ssh" ..."""
+
     idle_timeout: float | None
     """Seconds a connected worker may stay idle, with no call queued, before the engine
     tells it to go (BYE) -- a batch job whose workers all went ends and frees its node;

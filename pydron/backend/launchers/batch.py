@@ -160,6 +160,7 @@ class BatchLauncher:
                  scheduler: str) -> None:
         self.settings = settings
         self.scheduler = scheduler
+        self.kind = scheduler.lower()
         self.listen_host = settings.resolve_address()
         self.idle_timeout: float | None = settings.idle_timeout
         self.controller: JobController | None = None

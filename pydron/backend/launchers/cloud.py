@@ -112,6 +112,7 @@ class CloudLauncher:
 
     wants_demand = False
     idle_timeout = None
+    kind = "cloud"
 
     def bind(self, events: EngineEvents) -> None:
         self.ssh.bind(events)

@@ -24,6 +24,7 @@ class LocalLauncher:
     listen_host = "127.0.0.1"
     wants_demand = False
     idle_timeout = None
+    kind = "multicore"
 
     def __init__(self, cores: int) -> None:
         self.cores = cores

@@ -61,6 +61,9 @@ log = logging.getLogger("pydron.backend")
 _ENTRY = "sge entry"
 MAX_JOBS = 100_000
 MAX_CORES = 1024
+ACCOUNTING_GRACE = 20.0
+"""How long a killed job that left the queue waits for its accounting record (Grid
+Engine's default ``flush_time`` is 15 s) before its log alone decides: FAILED."""
 SEPARATOR = "."
 """How Grid Engine writes a task of an array: ``123.4``."""
 
@@ -313,6 +316,7 @@ class _Job:
     seen: bool = False  # qstat listed it at least once
     cancelled: bool = False  # we cancelled it
     delete: bool = False  # in the error state: to be deleted (not a cancel of ours)
+    gone_since: float | None = None  # when qstat first no longer listed it
 
 
 # --------------------------------------------------------------------------- commands
@@ -425,8 +429,8 @@ def parse_qstat_xml(text: str, job_name: str) -> dict[JobId, JobStatus]:
 
 def parse_qacct(text: str) -> dict[JobId, JobStatus]:
     """``qacct -j``'s records (blocks of ``name value`` lines between ``=====`` lines):
-    ``failed`` 0 and ``exit_status`` 0 is COMPLETED; ``failed`` naming ``h_rt`` TIMEOUT
-    (Grid Engine killed it at its time limit); anything else FAILED."""
+    ``failed`` 0 and ``exit_status`` 0 is COMPLETED; ``failed`` naming only the time
+    limit TIMEOUT; anything else FAILED, with qacct's words in ``raw``."""
     found: dict[JobId, JobStatus] = {}
     for block in re.split(r"^=+\s*$", text, flags=re.MULTILINE):
         fields = parse_config(block)
@@ -439,9 +443,9 @@ def parse_qacct(text: str) -> dict[JobId, JobStatus]:
             "exit_status") else "0"
         if failed.split()[0] == "0" and exit_status == "0":
             state = JobState.COMPLETED
-        elif "h_rt" in failed or "s_rt" in failed:
+        elif re.search(r"\b[hs]_rt\b", failed) and "vmem" not in failed:
             state = JobState.TIMEOUT
-        else:
+        else:  # 37 "qmaster enforced h_rt, h_cpu, or h_vmem limit" is any of them
             state = JobState.FAILED
         found[JobId(int(number), task_id, separator=SEPARATOR)] = JobStatus(
             state, raw=f"failed {failed}, exit_status {exit_status} (qacct)")
@@ -620,15 +624,23 @@ class SgeJobs:
 
     def _resolve_gone(self, gone: list[_Job]) -> None:
         """Jobs qstat no longer lists: one qacct call (with accounting), else each log's
-        exit line; a job we cancelled is CANCELLED whatever its log says."""
+        exit line; a job we cancelled is CANCELLED whatever its log says. A job killed
+        (a log without exit line) that qacct does not know yet keeps its last state for up
+        to :data:`ACCOUNTING_GRACE` seconds: Grid Engine writes the accounting file only
+        every ``flush_time``, and qacct is what tells why a job was killed."""
         found = self._qacct() if self.limits().accounting else {}
+        now = time.monotonic()
         for job in gone:
             if job.cancelled:
                 job.status = JobStatus(JobState.CANCELLED, raw="cancelled by this run")
             elif job.id in found:
                 job.status = found[job.id]
             else:
-                job.status = self._status_from_log(job.id)
+                status = self._status_from_log(job.id)
+                job.gone_since = job.gone_since or now
+                if (status.raw != "log without exit line" or not self.limits().accounting
+                        or now - job.gone_since >= ACCOUNTING_GRACE):
+                    job.status = status
 
     def _qacct(self) -> dict[JobId, JobStatus]:
         """The run's finished jobs in the accounting file (by job name: one call). A job

@@ -224,6 +224,7 @@ class SshLauncher:
     listen_host = "127.0.0.1"  # the workers connect through a forward of their SSH connection
     wants_demand = False
     idle_timeout = None
+    kind = "ssh"
 
     def __init__(self, hosts: list[Host], *, connect_timeout: float = 10.0,
                  progress: Callable[[str, str, str], None] | None = None,

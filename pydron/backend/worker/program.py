@@ -517,7 +517,7 @@ def _handshake(sock: socket.socket, secret: bytes, index: int, timeout: float) -
     kind, hello = _recv_frame(sock)
     if kind != frames.HELLO or len(hello) != frames.NONCE_SIZE:
         raise handshake.HandshakeError("the peer did not start with a HELLO")
-    mine = handshake.local_info(index=index, pid=os.getpid())
+    mine = handshake.local_info(index=index, pid=os.getpid(), host=socket.gethostname())
     auth, nonce_w = handshake.encode_auth(secret, hello, mine)
     sock.sendall(frames.frame(frames.AUTH, auth))
     kind, answer = _recv_frame(sock)

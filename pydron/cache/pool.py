@@ -1,0 +1,130 @@
+"""A pool that answers calls it has seen before from a :class:`ResultCache`.
+
+It wraps any other pool, so every kind of worker (threads, processes, hosts, clouds)
+gets durable results without knowing about them:
+
+* the key (:func:`~pydron.cache.keys.call_key`) is computed in the caller, in ``submit``;
+* a hit is answered at once, inside ``submit``, as the Pool interface allows;
+* a miss goes to the inner pool; a successful result is written to the store *before* the
+  caller's ``on_done`` sees it, so a run killed right after it used a result has also kept
+  it. The write happens in the thread that delivers the result (a result-decoding thread
+  of the process pools, a worker thread of the thread pool), never on the caller's loop;
+* failures are passed through and never stored: an exception may come from a lost
+  worker, a timeout, a full disk -- nothing that should be replayed on the next run;
+* a call whose key cannot be computed (arguments that cannot be pickled) simply runs
+  uncached: the inner pool then reports its own, better error.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pydron.backend.pool import OnDone, Pool
+from pydron.cache.keys import call_key
+from pydron.cache.store import ResultCache
+
+__all__ = ["CachingPool"]
+
+_log = logging.getLogger("pydron.cache")
+
+
+class _Answered:
+    """The handle of a call answered from the cache: there is nothing left to cancel."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<pydron.cache: answered from the cache>"
+
+
+_ANSWERED = _Answered()
+
+
+def _label(fn: Callable[..., Any]) -> str:
+    target = getattr(fn, "__func__", fn)
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{name}" if module else name
+
+
+class CachingPool(Pool):
+    """``inner`` with results kept in ``cache`` across runs (see the module docstring).
+
+    ``hits`` and ``misses`` count the calls answered from the cache and the calls sent to
+    ``inner`` (``uncached``: those of them whose key could not be computed).
+    """
+
+    def __init__(self, inner: Pool, cache: ResultCache) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.hits = 0
+        self.misses = 0
+        self.uncached = 0
+        self._lock = threading.Lock()
+
+    @property
+    def parallelism(self) -> int:  # type: ignore[override]
+        """The inner pool's (read each time: some pools grow and shrink)."""
+        return self.inner.parallelism
+
+    def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
+               on_done: OnDone) -> object:
+        """Answer from the cache, or run on the inner pool and store the result."""
+        try:
+            key: str | None = call_key(fn, args, kwargs)
+        except Exception as exc:  # unpicklable arguments: the inner pool will say why
+            _log.debug("pydron: no cache key for %s: %r", _label(fn), exc)
+            key = None
+        if key is not None:
+            try:
+                hit, value = self.cache.get(key)
+            except Exception:  # a broken store must not break the run: compute instead
+                _log.exception("pydron: the result cache could not be read")
+                hit, value = False, None
+            if hit:
+                with self._lock:
+                    self.hits += 1
+                try:
+                    on_done(True, value)
+                except BaseException:
+                    _log.exception("pydron: the completion callback of %r raised", fn)
+                return _ANSWERED
+        with self._lock:
+            self.misses += 1
+            if key is None:
+                self.uncached += 1
+        if key is None:
+            return self.inner.submit(fn, args, kwargs, on_done)
+        return self.inner.submit(fn, args, kwargs, self._storing(key, _label(fn), on_done))
+
+    def _storing(self, key: str, label: str, on_done: OnDone) -> OnDone:
+        cache = self.cache
+
+        def done(ok: bool, value: Any) -> None:
+            if ok:
+                try:
+                    cache.put(key, value, label)
+                except Exception:  # disk full, store closed: the result still counts
+                    _log.exception("pydron: could not store the result of %s", label)
+            on_done(ok, value)
+
+        return done
+
+    def cancel(self, handle: object) -> bool:
+        """False for a call answered from the cache; otherwise the inner pool's answer."""
+        if handle is _ANSWERED:
+            return False
+        return self.inner.cancel(handle)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Shut the inner pool down. The cache stays open: it may be shared."""
+        self.inner.shutdown(wait)
+
+    def __getattr__(self, name: str) -> Any:
+        # The inner pool's extras (start, worker_pids, ...) stay reachable through the
+        # wrapper. Only called for names the wrapper itself does not have.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)

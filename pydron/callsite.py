@@ -1,0 +1,33 @@
+"""Where the next functional call is made, for the trace file.
+
+The runtime knows the line of a scheduled function that makes each call; the recorder
+(:mod:`pydron.observe.recorder`), which hears of the call from the pool, does not. This
+leaf module (no imports of pydron's own, like :mod:`pydron.errors`, so that every layer
+may use it) carries that line from one to the other within a thread: the runtime calls
+:func:`announce` just before it submits a call, while :data:`wanted` is set (only while
+something records: the cost when nothing does is one global test per call), and the
+recorder calls :func:`take` at submit.
+"""
+from __future__ import annotations
+
+import threading
+
+__all__ = ["wanted", "announce", "take"]
+
+wanted = False
+"""Set by the recorder while it records; the runtime announces sites only then."""
+
+_here = threading.local()
+
+
+def announce(where: str) -> None:
+    """The next call submitted from this thread is made at ``where`` (``file:line``)."""
+    _here.where = where
+
+
+def take() -> str | None:
+    """The site announced for this thread's call being submitted (then forgotten)."""
+    where = getattr(_here, "where", None)
+    if where is not None:
+        _here.where = None
+    return where
