@@ -7,7 +7,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import diffcheck  # noqa: E402
 
-pytest_plugins = ["conftest_hosts", "conftest_slurm"]  # real sshd, netns, moto, SLURM
+pytest_plugins = [  # real sshd, netns, moto, SLURM, Grid Engine
+    "conftest_hosts", "conftest_slurm", "conftest_sge"]
 
 
 def pytest_addoption(parser):

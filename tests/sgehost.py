@@ -72,21 +72,30 @@ __all__ = ["SgeCluster", "ensure_sge", "PACKAGES", "QUEUE", "PE"]
 
 def ensure_sge() -> None:
     """Install Debian's gridengine packages with apt if a daemon or client is missing (needs
-    root). Their postinst asks debconf questions: answered first (noninteractively)."""
+    root). Only the programs are wanted: debconf is told not to configure a system cell
+    (``shared/gridengineconfig false``), and a temporary ``policy-rc.d`` keeps the
+    packages' postinst from starting system daemons (which, without a cell, would fail
+    and fail the install) where the machine has none (Debian's container images do)."""
     if _sge_present():
         return
     if os.geteuid() != 0:
         raise Unavailable("gridengine is missing and installing it needs root")
     if shutil.which("apt-get") is None or shutil.which("debconf-set-selections") is None:
         raise Unavailable("gridengine is missing and there is no apt-get to install it")
-    host = socket.gethostname()
-    answers = "".join(
-        f"{package} shared/gridenginemaster string {host}\n"
-        f"{package} shared/gridenginecell string default\n"
-        f"{package} shared/gridengineconfig boolean true\n"
-        for package in ("gridengine-common", "gridengine-client", "gridengine-master"))
+    answers = "".join(f"{package} shared/gridengineconfig boolean false\n"
+                      for package in ("gridengine-common", "gridengine-client",
+                                      "gridengine-master"))
     subprocess.run(["debconf-set-selections"], input=answers, text=True, capture_output=True)
-    _apt_install(*PACKAGES)
+    policy = Path("/usr/sbin/policy-rc.d")
+    added = not policy.exists()
+    if added:
+        policy.write_text("#!/bin/sh\n# pydron tests: no daemons while installing\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        _apt_install(*PACKAGES)
+    finally:
+        if added:
+            policy.unlink(missing_ok=True)
     if not _sge_present():
         raise Unavailable(f"{' '.join(PACKAGES)} were installed but a daemon or client is "
                           "missing")
@@ -391,7 +400,7 @@ class SgeCluster:
                 continue
             proc.terminate()
             try:
-                proc.wait(3)
+                proc.wait(1)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -26,6 +27,7 @@ from pydron.backend.launchers.sge_jobs import (
     INDEX, ClusterLimits, JobId, JobState, SgeError, SgeJobs, SgeSettings,
 )
 from pydron.errors import ConfigError
+from sgehost import PE
 
 
 def wait_until(check: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
@@ -175,7 +177,8 @@ def test_array_tasks_run_workers_with_their_index_and_secret(sge, controllers, t
               f"' '.join([os.environ['JOB_ID'], os.environ['SGE_TASK_ID'], "
               f"os.environ.get('PYDRON_TEST_SETUP', '-'), str(s == {secret.hex()!r})]))")
     jobs = controllers([sys.executable, "-c", record, INDEX, str(seen)], secret=secret,
-                       jobs=2, cores=2, setup=("export PYDRON_TEST_SETUP=ready",))
+                       jobs=2, cores=2, parallel_environment=PE,
+                       setup=("export PYDRON_TEST_SETUP=ready",))
     ids = jobs.submit(2)
     assert [i.task for i in ids] == [1, 2] and len({i.job for i in ids}) == 1
     assert [str(i) for i in ids] == [f"{ids[0].job}.1", f"{ids[0].job}.2"]
@@ -183,6 +186,7 @@ def test_array_tasks_run_workers_with_their_index_and_secret(sge, controllers, t
     assert stat.S_IMODE(jobs.work_dir.stat().st_mode) == 0o700
     shown = sge.run(["qstat", "-j", str(ids[0].job)]).stdout
     assert jobs.job_name in shown and secret.hex() not in shown
+    assert re.search(rf"parallel environment:\s+{PE} range:\s+2", shown), shown  # 2 slots
     wait_until(lambda: all_in(jobs, JobState.COMPLETED), what="both jobs COMPLETED")
     files = {p.name: p.read_text().split() for p in seen.iterdir()}
     assert sorted(files) == [f"worker-{i}" for i in range(4)]  # 2 jobs x 2 cores
@@ -191,7 +195,6 @@ def test_array_tasks_run_workers_with_their_index_and_secret(sge, controllers, t
             assert files[f"worker-{index}"] == [str(job.job), str(job.task), "ready", "True"]
         assert f"{sge_jobs.EXIT_MARKER} 0" in jobs.log_path(job).read_text()
     assert list(jobs.workers_of(ids[1])) == [2, 3]
-    assert "(qacct)" in jobs.jobs()[ids[0]].raw or "(log)" in jobs.jobs()[ids[0]].raw
 
 
 def test_poll_asks_qstat_once_per_interval_and_some_jobs_wait(sge, controllers, calls):
@@ -235,6 +238,10 @@ def test_cancel_ends_running_jobs(sge, controllers):
 def test_cancel_one_and_close_cancels_the_rest(sge, controllers, calls):
     jobs = controllers(["sleep", "300"], jobs=sge.slots + 1)
     first, *rest = jobs.submit(sge.slots + 1)  # the last one pending
+    # (A job deleted while it is being sent to its host takes ~10 s to go: wait until
+    # it runs.)
+    wait_until(lambda: states(jobs)[first] is JobState.RUNNING and "r" in
+               jobs.jobs()[first].raw, what="the first job running")
     calls.clear()
     jobs.cancel([first])
     assert calls["qdel"] == 1
@@ -284,7 +291,7 @@ def test_bad_queue_names_the_key_and_quotes_qsub(sge, controllers):
     assert jobs.jobs() == {}
 
 
-def test_failing_jobs_end_failed_by_accounting_and_by_log(sge, controllers, monkeypatch):
+def test_failing_jobs_end_failed_by_accounting_and_by_log(sge, controllers):
     jobs = controllers(["sh", "-c", 'exit "$0"', INDEX], jobs=2)
     ok, bad = jobs.submit(2)  # worker 0 exits 0, worker 1 exits 1
     assert jobs.limits().accounting
@@ -293,6 +300,12 @@ def test_failing_jobs_end_failed_by_accounting_and_by_log(sge, controllers, monk
     assert found[ok].state is JobState.COMPLETED and found[bad].state is JobState.FAILED
     assert found[bad].state.lost and not found[ok].state.lost
     assert f"{sge_jobs.EXIT_MARKER} 1" in jobs.log_path(bad).read_text()
+    # The accounting record says so too (it is written within flush_time, 1 s here).
+    accounted = wait_until(lambda: (lambda found: found if len(found) == 2 else None)(
+        sge_jobs.parse_qacct(sge.run(["qacct", "-j", jobs.job_name], check=False).stdout)),
+        what="both jobs in qacct")
+    assert accounted[ok].state is JobState.COMPLETED and accounted[bad].state is JobState.FAILED
+    assert "exit_status 1" in accounted[bad].raw
     # Without accounting, the log's exit line tells.
     jobs = controllers(["sh", "-c", 'exit "$0"', INDEX], jobs=2)
     jobs._limits = ClusterLimits(accounting=False)
@@ -301,6 +314,18 @@ def test_failing_jobs_end_failed_by_accounting_and_by_log(sge, controllers, monk
     found = jobs.jobs()
     assert found[ok].state is JobState.COMPLETED and found[bad].state is JobState.FAILED
     assert found[bad].raw == "exit 1 (log)"
+
+
+def test_a_job_past_its_time_limit_is_failed_by_accounting(sge, controllers):
+    """Killed at h_rt: no exit line in the log, so the poll waits for qacct's record (which
+    says why) rather than deciding from the log at once."""
+    jobs = controllers(["sleep", "300"], time="1")
+    [job] = jobs.submit(1)
+    status = wait_until(lambda: (lambda s: s if s.state.ended else None)(
+        jobs.poll(force=True)[job]), what="the job to be killed")
+    assert status.state is JobState.FAILED and "(qacct)" in status.raw, status
+    assert "h_rt" in status.raw and "exit_status 137" in status.raw
+    assert sge_jobs.EXIT_MARKER not in jobs.log_path(job).read_text()
 
 
 def test_failing_setup_fails_the_job_and_starts_no_worker(sge, controllers):
@@ -329,24 +354,7 @@ def test_missing_commands_raise_sge_error(tmp_path):
         with pytest.raises(SgeError, match="`qconf` is not installed"):
             jobs.submit(1)
     finally:
-        jobs._closed = True
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _processes_with(token: str) -> list[int]:
-    """PIDs of processes whose command line contains ``token``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if token.encode() in f.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
+        jobs.close()  # no jobs: no qdel
 
 
 def test_secret_is_on_no_command_line(sge, controllers):
@@ -364,6 +372,23 @@ def test_secret_is_on_no_command_line(sge, controllers):
                                               text=True).stdout
     jobs.close()
     assert not jobs.secret_file.exists()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _processes_with(token: str) -> list[int]:
+    """PIDs of processes whose command line contains ``token``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if token.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
 
 
 def _read(path: Path) -> str:

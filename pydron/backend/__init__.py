@@ -71,6 +71,11 @@ def _slurm(spec: WorkerSpec, config: Config) -> Pool:
     return SlurmPool(dict(spec.options), max_retries=config.max_retries, **_limits(config))
 
 
+def _sge(spec: WorkerSpec, config: Config) -> Pool:
+    from pydron.backend.sgepool import SgePool
+    return SgePool(dict(spec.options), max_retries=config.max_retries, **_limits(config))
+
+
 GROUP_FACTORIES: dict[str, Callable[[list[WorkerSpec], Config], Pool]] = {
     "ssh": _ssh_group,
     "cloud": _cloud_group,
@@ -85,6 +90,7 @@ POOL_FACTORIES: dict[str, Callable[[WorkerSpec, Config], Pool]] = {
     "ssh": lambda spec, config: _ssh_group([spec], config),
     "cloud": lambda spec, config: _cloud_group([spec], config),
     "slurm": _slurm,
+    "sge": _sge,
 }
 """How to build a pool for each worker type of :data:`pydron.config.WORKER_TYPES`, from
 its entry and the whole configuration (for settings such as ``max_retries``)."""

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydron.backend.engine.engine import WorkerEngine
-from pydron.backend.launchers.batch import BatchLauncher, job_environment
+from pydron.backend.launchers.batch import BatchLauncher, with_caller_path
 from pydron.backend.launchers.slurm_jobs import SlurmJobs, SlurmSettings
 
 __all__ = ["SlurmPool"]
@@ -21,19 +21,17 @@ __all__ = ["SlurmPool"]
 class SlurmPool(WorkerEngine):
     """Workers in the SLURM jobs a ``{"type": "slurm"}`` entry describes (a mapping, as
     in pydron.conf, or :class:`SlurmSettings`); ``environ`` is the environment of the
-    SLURM commands (default: this process's), which the jobs inherit, with the caller's
-    ``sys.path`` as ``PYTHONPATH``: workers import what the caller imports, from the same
-    folders (compute nodes share the file system; a ``setup`` line may say otherwise).
-    Its parallelism is ``jobs * cores``; other
-    keyword arguments are the engine's (as :class:`~pydron.backend.multicore.
-    MulticorePool`'s)."""
+    SLURM commands (default: this process's), which the jobs inherit; the job script
+    exports the caller's ``sys.path`` as ``PYTHONPATH`` before the entry's ``setup``
+    (:func:`~pydron.backend.launchers.batch.with_caller_path`). Its parallelism is
+    ``jobs * cores``; other keyword arguments are the engine's (as
+    :class:`~pydron.backend.multicore.MulticorePool`'s)."""
 
     def __init__(self, entry: Mapping[str, Any] | SlurmSettings, *,
                  environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         settings = entry if isinstance(entry, SlurmSettings) else \
             SlurmSettings.from_entry(entry)
-        self.settings = settings
-        environ = job_environment(environ)
+        self.settings = settings = with_caller_path(settings)
 
         def make_jobs(command: list[str], secret: bytes) -> SlurmJobs:
             return SlurmJobs(settings, command, secret, poll_interval=settings.poll_interval,

@@ -28,10 +28,12 @@ helper between calls gives a new key at once.
 """
 from __future__ import annotations
 
+import __future__
 import ast
 import functools
 import hashlib
 import inspect
+import operator
 import os
 import pickle
 import sys
@@ -61,6 +63,9 @@ except ImportError:  # pragma: no cover - xxhash is a declared dependency
         return hashlib.blake2b(digest_size=16)
 
 _MISSING = object()
+_FUTURE_FLAGS = functools.reduce(
+    operator.or_, (getattr(__future__, name).compiler_flag
+                   for name in __future__.all_feature_names), 0)
 _SIMPLE = (int, float, complex, str, bytes, bool, type(None))
 _LIB_DIRS = tuple(sorted({os.path.realpath(p) + os.sep for p in (
     sysconfig.get_paths().get(name) for name in ("stdlib", "platstdlib", "purelib", "platlib"))
@@ -110,6 +115,7 @@ def args_digest(args: tuple, kwargs: dict) -> bytes:
 # --------------------------------------------------------------------------- code
 
 
+@functools.lru_cache(maxsize=4096)
 def is_user_module(name: str | None) -> bool:
     """True for the user's own modules: not the standard library, not installed packages
     (site-packages, dist-packages), not pydron. A module without a file (``__main__`` of
@@ -121,8 +127,8 @@ def is_user_module(name: str | None) -> bool:
         return False
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None)
-    if not path:
-        return module is not None and not hasattr(module, "__path__")
+    if not path:  # unknown to this process, or file-less: following it costs only misses
+        return not hasattr(module, "__path__")
     path = os.path.realpath(path)
     if "site-packages" in path or "dist-packages" in path or path.startswith(_PYDRON_DIR):
         return False
@@ -130,13 +136,17 @@ def is_user_module(name: str | None) -> bool:
 
 
 def _unwrap(obj: Any) -> Any:
-    """The function behind decorators that keep ``__wrapped__`` (functools.wraps)."""
-    seen = 0
-    while seen < 100:
-        inner = getattr(obj, "__wrapped__", None) if not isinstance(obj, type) else None
+    """The function behind a callable object that keeps ``__wrapped__`` (a cache wrapper,
+    a scheduled function). A wrapper *function* is kept: its own code may change the
+    result, and the function it wraps is followed through its closure and
+    ``__wrapped__`` (see :meth:`_Walk.function`)."""
+    for _ in range(100):
+        if isinstance(obj, (types.FunctionType, type, types.MethodType, functools.partial)):
+            return obj
+        inner = getattr(obj, "__wrapped__", None)
         if inner is None or inner is obj:
             return obj
-        obj, seen = inner, seen + 1
+        obj = inner
     return obj
 
 
@@ -160,13 +170,23 @@ def _strip_docstrings(tree: ast.AST) -> None:
                 node.body = body[1:] or [ast.Pass()]
 
 
+def _signature(code: types.CodeType) -> tuple:
+    """What a code object does, without its line numbers or file: for comparing the code
+    compiled from the source on disk with the code that runs."""
+    consts = tuple(_signature(c) if isinstance(c, types.CodeType) else (type(c), repr(c))
+                   for c in code.co_consts)
+    return (code.co_name, code.co_code, code.co_names, code.co_varnames, code.co_freevars,
+            code.co_cellvars, code.co_flags, code.co_argcount, code.co_kwonlyargcount, consts)
+
+
 def _matching_code(module_code: types.CodeType, code: types.CodeType) -> bool:
-    """True if compiling the source gave the running code: same name, bytecode, names."""
+    """True if compiling the source gave the running code (a nested code object of the
+    module's that does exactly what ``code`` does)."""
+    wanted = _signature(code)
     stack = [module_code]
     while stack:
         current = stack.pop()
-        if current.co_name == code.co_name and current.co_code == code.co_code and \
-                current.co_names == code.co_names and current.co_varnames == code.co_varnames:
+        if current.co_name == code.co_name and _signature(current) == wanted:
             return True
         stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
     return False
@@ -184,7 +204,8 @@ def _source_digest(fn: types.FunctionType) -> bytes | None:
             not isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
         return None
     try:
-        compiled = compile(tree, fn.__code__.co_filename, "exec", dont_inherit=True)
+        compiled = compile(tree, fn.__code__.co_filename, "exec", dont_inherit=True,
+                           flags=fn.__code__.co_flags & _FUTURE_FLAGS)
     except (SyntaxError, ValueError):
         return None
     if not _matching_code(compiled, fn.__code__):
@@ -204,8 +225,10 @@ def _code_bytes(code: types.CodeType, doc: object, out: list[bytes]) -> None:
             repr((code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount,
                   code.co_flags)).encode()]
     consts = code.co_consts
-    if doc is not None and consts and consts[0] == doc:
-        consts = consts[1:]  # the docstring
+    if consts and isinstance(doc, (str, type(None))) and type(consts[0]) is type(doc) and \
+            consts[0] == doc:
+        out.append(b"<doc>")  # the docstring (or, before 3.12, its empty slot)
+        consts = consts[1:]
     for const in consts:
         if isinstance(const, types.CodeType):
             _code_bytes(const, None, out)
@@ -216,7 +239,7 @@ def _code_bytes(code: types.CodeType, doc: object, out: list[bytes]) -> None:
 
 def _bytecode_digest(fn: types.FunctionType) -> bytes:
     parts: list[bytes] = [b"code:"]
-    _code_bytes(fn.__code__, fn.__doc__, parts)
+    _code_bytes(fn.__code__, fn.__doc__ if fn.__code__.co_name != "<lambda>" else 0, parts)
     for default in (fn.__defaults__ or ()) + tuple((fn.__kwdefaults__ or {}).items()):
         parts.append(_simple_bytes(default) if _is_simple(default) else
                      type(default).__qualname__.encode())
@@ -279,6 +302,11 @@ class _Walk:
             if is_user_module(value.__module__):
                 self.add(b"class " + name.encode(), b"")
                 self.klass(value)
+        elif isinstance(value, functools.partial):  # scaled = partial(scale, k=2)
+            self.add(b"partial " + name.encode(), b"".join(
+                _simple_bytes(v) if _is_simple(v) else type(v).__qualname__.encode()
+                for v in (*value.args, *sorted(value.keywords.items()))))
+            self.value(name + ".func", value.func)
 
     def function(self, fn: types.FunctionType) -> None:
         if id(fn) in self.seen:
@@ -305,6 +333,9 @@ class _Walk:
             self.cells.append((cell, content))
             if content is not _MISSING:
                 self.value(f"<cell {index}>", content)
+        wrapped = fn.__dict__.get("__wrapped__")
+        if wrapped is not None:  # functools.wraps: the wrapped function counts too
+            self.value("<wrapped>", wrapped)
 
     def module(self, module: types.ModuleType, names: list[str]) -> None:
         """``helpers.scale(x)``: the other names the code reads, as attributes of a user

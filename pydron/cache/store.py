@@ -11,6 +11,12 @@ result cache needs is exactly what it already does well and what is easy to get 
   database;
 * a size limit with eviction (``max_size``), kept without scanning the directory.
 
+Durability is against the death of processes (``kill -9``, a crash), which is what a
+long pipeline meets: SQLite runs in WAL mode with ``synchronous=NORMAL``, so a committed
+entry is in the operating system's hands at once, without an fsync per result (which
+would cost milliseconds each). A power cut may lose the last results, never corrupt the
+store.
+
 Eviction is "least recently stored": a hit then costs one read and no write (LRU would
 write an access time on every hit, which serializes readers). Values are pickled here
 (protocol 5; cloudpickle for what plain pickle refuses), so diskcache only sees bytes.
@@ -35,7 +41,8 @@ _log = logging.getLogger("pydron.cache")
 _UNLIMITED = 2 ** 62
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4,
           "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
-          "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
+          "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4,
+          "ki": 1024, "mi": 1024 ** 2, "gi": 1024 ** 3, "ti": 1024 ** 4}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*")
 
 
@@ -45,8 +52,8 @@ class CacheWarning(UserWarning):
 
 def parse_size(size: int | str) -> int:
     """Bytes from an int or a string: ``"500MB"``, ``"10GB"`` (powers of 1000),
-    ``"1.5GiB"`` (powers of 1024), ``"2G"`` (a bare letter: powers of 1024, as in ``du``),
-    ``"4096"``. Case does not matter."""
+    ``"1.5GiB"`` or ``"1.5Gi"`` (powers of 1024), ``"2G"`` (a bare letter: powers of 1024,
+    as in ``du``), ``"4096"``. Case does not matter."""
     if isinstance(size, bool):
         raise TypeError(f"a size is an int of bytes or a string like '10GB', not {size!r}")
     if isinstance(size, int):
@@ -73,6 +80,10 @@ def dumps(value: object) -> bytes:
         return cloudpickle.dumps(value, 5)
 
 
+_shared: dict[str, ResultCache] = {}
+_shared_lock = threading.Lock()
+
+
 class ResultCache:
     """Results of functional calls by key, in the directory ``path`` (created if need be).
 
@@ -90,6 +101,23 @@ class ResultCache:
                                       eviction_policy="least-recently-stored")
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, path: str | os.PathLike[str], max_size: int | str | None = None
+               ) -> ResultCache:
+        """This process's one ResultCache for ``path``: what every pool built from a
+        configuration uses, so that ``configure()`` replacing the pool neither opens the
+        store again nor closes it under calls still finishing on the old pool. A
+        ``max_size`` given here (not None) becomes the store's limit."""
+        real = os.path.realpath(os.path.expanduser(os.fspath(path)))
+        with _shared_lock:
+            cache = _shared.get(real)
+            if cache is None:
+                cache = _shared[real] = cls(path, max_size)
+            elif max_size is not None and parse_size(max_size) != cache.max_size:
+                cache.max_size = parse_size(max_size)
+                cache._store.reset("size_limit", cache.max_size)
+            return cache
 
     def get(self, key: str) -> tuple[bool, Any]:
         """``(True, value)`` if ``key`` is stored, else ``(False, None)``. An entry that

@@ -15,10 +15,12 @@ pool and every API report to the same one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from pydron.backend import recorder as backend_recorder
 from pydron.observe.recorder import CallRecorder
 
 __all__ = ["configure_from", "active_recorder", "write_trace", "progress_wanted",
-           "trace_wanted"]
+           "trace_wanted", "recording"]
 
 _log = logging.getLogger("pydron.observe")
 _lock = threading.Lock()
@@ -92,6 +94,22 @@ def configure_from(config: Any) -> None:
 
 def active_recorder() -> CallRecorder | None:
     return _recorder
+
+
+@contextlib.contextmanager
+def recording(keep_events: bool = True) -> Iterator[CallRecorder]:
+    """Record the calls made inside the block in a recorder of their own (the process's,
+    if one is on, hears nothing of them meanwhile): ``with recording() as rec: ...``, then
+    :func:`pydron.observe.trace.write_trace` (rec, path) or ``rec.counts()``."""
+    previous, wanted = backend_recorder.active, callsite.wanted
+    recorder = CallRecorder(keep_events=keep_events)
+    backend_recorder.set_active(recorder)
+    callsite.wanted = True
+    try:
+        yield recorder
+    finally:
+        backend_recorder.set_active(previous)
+        callsite.wanted = wanted
 
 
 def write_trace(path: str | os.PathLike[str] | None = None) -> Path | None:

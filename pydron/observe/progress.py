@@ -12,6 +12,7 @@ second. tqdm's ``delay`` keeps a burst shorter than about a second from printing
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ class ProgressLine:
         self.interval = interval
         self.delay = delay
         self._bar: Any = None
+        self._began = 0.0           # when the current burst's line was made
         self._base = Counts()       # the counts when the current burst began
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -67,21 +69,31 @@ class ProgressLine:
             if counts.submitted == base.submitted:
                 return  # nothing new since the last burst
             self._bar = self._new_bar()
+            self._began = time.perf_counter()
         bar = self._bar
         bar.total = counts.submitted - base.submitted
         bar.n = counts.finished - base.finished
         bar.set_postfix_str(self._postfix(counts, base), refresh=False)
-        bar.refresh()
+        shown = time.perf_counter() - self._began >= self.delay
+        if shown:
+            bar.refresh()
         quiet = time.perf_counter() - counts.last_change >= QUIET_AFTER
         if final or (not busy and quiet):
+            if not shown:
+                bar.disable = True  # a burst shorter than the delay leaves no trace
             bar.close()
             self._bar = None
             self._base = counts
 
     def _new_bar(self) -> Any:
         from tqdm import tqdm
+        # The size once per burst: a terminal that reports none (a pseudo-terminal nobody
+        # sized says 0 x 0, and tqdm then hides the line as off-screen) gets $COLUMNS and
+        # $LINES, else 100 x 24.
+        size = shutil.get_terminal_size((100, 24))
         return tqdm(total=0, file=self.stream if self.stream is not None else sys.stderr,
-                    unit="call", delay=self.delay, dynamic_ncols=True, leave=True,
+                    unit="call", delay=self.delay, ncols=size.columns or 100,
+                    nrows=size.lines or 24, leave=True,
                     desc="pydron", smoothing=0.1,
                     bar_format="{desc}: {n}/{total} calls {bar} {elapsed}<{remaining}"
                                "{postfix}")

@@ -88,9 +88,10 @@ class Call(NamedTuple):
 class Bar(NamedTuple):
     """What is drawn for one or more adjacent calls that would not be told apart.
 
-    ``count`` calls were merged into it; ``function``, ``site``, ``call_id`` and
-    ``attempt`` are those of its longest call (so the bar has the colour of the function
-    that took most of its width, near enough), and ``ok`` is false if any of them failed.
+    ``count`` calls were merged into it; ``function`` is the one that was busy longest in
+    it, ``site``, ``call_id`` and ``attempt`` those of its longest call of that function,
+    ``ok`` is false if any of its calls failed, and ``fill`` is the fraction of the bar's
+    width that was busy (1.0 unless calls narrower than a pixel were binned together).
     """
 
     start_s: float
@@ -101,6 +102,7 @@ class Bar(NamedTuple):
     site: str = ""
     call_id: int | None = None
     attempt: int = 1
+    fill: float = 1.0
 
 
 class Marker(NamedTuple):
@@ -376,7 +378,8 @@ def load_trace(path: str | Path) -> Trace:
 
     several = len({pid for pid, _ in keys}) > 1
     order = sorted(keys, key=lambda k: (
-        process_sort.get(k[0], 0), _id_key(k[0]), thread_sort.get(k, 0), _id_key(k[1])))
+        process_sort.get(k[0], k[0] if _number(k[0]) else 0), _id_key(k[0]),
+        thread_sort.get(k, k[1] if _number(k[1]) else 0), _id_key(k[1])))
     tracks: list[Track] = []
     index: dict[tuple[Any, Any], int] = {}
     for pid, tid in order:
@@ -396,7 +399,7 @@ def load_trace(path: str | Path) -> Trace:
             attempt if isinstance(attempt, int) else 1))
         busy[name] = busy.get(name, 0.0) + (te - ts)
     for track in tracks:
-        track.calls.sort()
+        track.calls.sort(key=lambda c: (c.start_s, c.end_s))
     markers = sorted((Marker((ts - origin) / 1e6, kind, None if key is None else index[key],
                              text) for key, ts, kind, text in raw_marks),
                      key=lambda m: (m.time_s, -1 if m.track is None else m.track))
@@ -408,42 +411,117 @@ def load_trace(path: str | Path) -> Trace:
 # --------------------------------------------------------------------------- merging
 
 
+def _bar(c: Call, count: int = 1, fill: float = 1.0) -> Bar:
+    return Bar(c.start_s, c.end_s, c.function, c.ok, count, c.site, c.call_id, c.attempt, fill)
+
+
+def _level(fill: float) -> int:
+    """Fill fractions that look alike (quarters; 85% and more counts as full)."""
+    return 4 if fill >= 0.85 else min(3, max(1, math.ceil(fill * 4)))
+
+
+def _bin_dense(calls: list[Call], res: float) -> list[Bar]:
+    """Bars for a run of calls narrower than a pixel, none a pixel from the next.
+
+    Each pixel takes the function that was busy longest in it and a fill fraction (how much
+    of the pixel was busy, drawn as the colour's strength); neighbouring pixels that look
+    alike become one bar. So a worker running many tiny calls of mixed functions shows what
+    it mostly ran and how busy it was, not one misleading solid bar.
+    """
+    if len(calls) == 1:
+        return [_bar(calls[0])]
+    t0 = calls[0].start_s
+    busy: dict[int, dict[str, float]] = {}
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    widest: dict[int, tuple[float, Call]] = {}
+    count: dict[int, int] = {}
+    ok: dict[int, bool] = {}
+    for c in calls:
+        b0 = int((c.start_s - t0) / res)
+        b1 = max(b0, int((c.end_s - t0) / res))
+        for b in range(b0, b1 + 1):
+            lo, hi = max(c.start_s, t0 + b * res), min(c.end_s, t0 + (b + 1) * res)
+            if hi <= lo and b != b0:
+                continue
+            per = busy.setdefault(b, {})
+            per[c.function] = per.get(c.function, 0.0) + max(0.0, hi - lo)
+            first[b] = min(first.get(b, lo), lo)
+            last[b] = max(last.get(b, hi), hi)
+        dur = c.end_s - c.start_s
+        if b0 not in widest or dur > widest[b0][0]:
+            widest[b0] = (dur, c)
+        count[b0] = count.get(b0, 0) + 1
+        ok[b0] = ok.get(b0, True) and c.ok
+    bars: list[Bar] = []
+    prev_bin, prev_level, prev_busy, rep = -2, 0, 0.0, calls[0]
+    for b in sorted(busy):
+        per = busy[b]
+        function = max(per, key=lambda f: (per[f], f))
+        total = sum(per.values())
+        fill = min(1.0, total / max(last[b] - first[b], 1e-12))
+        level = _level(fill)
+        if b in widest and widest[b][1].function == function:
+            rep = widest[b][1]
+        if bars and b == prev_bin + 1 and bars[-1].function == function and level == prev_level:
+            prev = bars[-1]
+            prev_busy += total
+            end = max(prev.end_s, last[b])
+            bars[-1] = prev._replace(end_s=end, ok=prev.ok and ok.get(b, True),
+                                     count=prev.count + count.get(b, 0),
+                                     fill=min(1.0, prev_busy / max(end - prev.start_s, 1e-12)))
+        else:
+            prev_busy = total
+            bars.append(Bar(first[b], last[b], function, ok.get(b, True), count.get(b, 0),
+                            rep.site if rep.function == function else "",
+                            rep.call_id if rep.function == function else None,
+                            rep.attempt, fill))
+        prev_bin, prev_level = b, level
+    return bars
+
+
 def merge_calls(calls: Sequence[Call], resolution_s: float) -> list[Bar]:
     """Bars for ``calls`` (sorted by start) at ``resolution_s`` seconds per pixel.
 
-    A call joins the bar before it when the gap between them is under a pixel and they
-    would not be told apart anyway: they are of the same function, or one of them is
-    narrower than a pixel. So a row never has more than about two bars per pixel, however
-    many calls it ran, while every call or idle gap that is at least a pixel wide keeps
-    its own bar or gap. With ``resolution_s <= 0`` every call is its own bar.
+    Calls at least a pixel wide keep their own bars, except that one joins the bar before it
+    when both are of the same function and the gap between them is under a pixel (they
+    would be drawn as one bar anyway). Runs of calls narrower than a pixel with gaps under a
+    pixel are binned per pixel (see :func:`_bin_dense`): such a bar's ``fill`` says how much
+    of it was busy. So a row never has more than about two bars per pixel, however many
+    calls it ran, while every call and idle gap at least a pixel wide stays visible. With
+    ``resolution_s <= 0`` every call is its own bar.
     """
     if resolution_s <= 0:
-        return [Bar(c.start_s, c.end_s, c.function, c.ok, 1, c.site, c.call_id, c.attempt)
-                for c in calls]
+        return [_bar(c) for c in calls]
     bars: list[Bar] = []
-    start = end = 0.0
-    widest: Call | None = None
-    widest_dur = 0.0
-    ok = True
-    count = 0
+    dense: list[Call] = []
+    dense_end = 0.0
     for c in calls:
-        dur = c.end_s - c.start_s
-        if widest is not None and c.start_s - end < resolution_s and (
-                c.function == widest.function or dur < resolution_s
-                or end - start < resolution_s):
-            end = max(end, c.end_s)
-            ok = ok and c.ok
-            count += 1
-            if dur > widest_dur:
-                widest, widest_dur = c, dur
+        if c.end_s - c.start_s < resolution_s:
+            if dense and c.start_s - dense_end >= resolution_s:
+                bars += _bin_dense(dense, resolution_s)
+                dense = []
+            if not dense:
+                dense_end = c.end_s
+            dense.append(c)
+            dense_end = max(dense_end, c.end_s)
             continue
-        if widest is not None:
-            bars.append(Bar(start, end, widest.function, ok, count, widest.site,
-                            widest.call_id, widest.attempt))
-        start, end, widest, widest_dur, ok, count = c.start_s, c.end_s, c, dur, c.ok, 1
-    if widest is not None:
-        bars.append(Bar(start, end, widest.function, ok, count, widest.site, widest.call_id,
-                        widest.attempt))
+        if dense:
+            bars += _bin_dense(dense, resolution_s)
+            dense = []
+        prev = bars[-1] if bars else None
+        if (prev is not None and prev.fill == 1.0 and prev.function == c.function
+                and c.start_s - prev.end_s < resolution_s):
+            longer = (c.end_s - c.start_s) > (prev.end_s - prev.start_s)
+            bars[-1] = prev._replace(
+                end_s=max(prev.end_s, c.end_s), ok=prev.ok and c.ok, count=prev.count + 1,
+                site=c.site if longer else prev.site,
+                call_id=c.call_id if longer else prev.call_id,
+                attempt=c.attempt if longer else prev.attempt)
+        else:
+            bars.append(_bar(c))
+    if dense:
+        bars += _bin_dense(dense, resolution_s)
     return bars
 
 
@@ -502,7 +580,7 @@ h1{font-size:18px;margin:0 0 2px}
 .labels .axis-spacer{height:var(--axis)}
 .pydron-row{height:var(--row);line-height:var(--row);font-size:var(--font);padding:0 8px;
  white-space:nowrap;overflow:hidden;text-overflow:ellipsis;display:flex;gap:8px}
-.pydron-row:nth-child(even){background:#f4f4f4}
+.pydron-row:nth-child(odd){background:#f4f4f4}
 .pydron-row .name{flex:1 1 auto;overflow:hidden;text-overflow:ellipsis}
 .pydron-row .busy{flex:0 0 auto;color:#777}
 .plot{flex:1 1 auto;min-width:0;position:relative}
@@ -518,10 +596,11 @@ canvas{display:block;width:100%;cursor:crosshair}
 .empty{padding:24px;color:#777}
 """
 
-# Drawn by the browser from the JSON in #pydron-data: rows of bars, each bar 7 integers
+# Drawn by the browser from the JSON in #pydron-data: rows of bars, each bar 8 integers
 # (gap since the previous bar's end in µs, duration in µs, function index, site index,
-# merged calls, flags: 1 failed, and call id or -1). Delta-coded integers keep 100,000
-# calls to a few MB, and drawing merges bars narrower than a pixel again at every zoom.
+# merged calls, flags: 1 failed 2 retried, call id or -1, busy percent). Delta-coded
+# integers keep 100,000 calls to a few MB. At every zoom, bars under 1.5 px are binned per
+# pixel again (the function busy longest in a pixel colours it, busy time its strength).
 _JS = r"""
 (function () {
 "use strict";
@@ -529,14 +608,14 @@ var D = JSON.parse(document.getElementById("pydron-data").textContent);
 var cv = document.getElementById("pydron-canvas");
 if (!cv) return;
 var ctx = cv.getContext("2d"), tip = document.getElementById("pydron-tip");
-var RH = D.rowHeight, AX = D.axisHeight, PAD = 10, BOT = 22;
+var RH = D.rowHeight, AX = D.axisHeight, PAD = 10, BOT = 22, S = 8;
 var MK = {"retry": "#f5a623", "worker lost": "#000000", "failure": "#e00000",
           "other": "#888888"};
 var rows = D.rows.map(function (bars) {
-  var n = bars.length / 7, s = new Float64Array(n), e = new Float64Array(n),
+  var n = bars.length / S, s = new Float64Array(n), e = new Float64Array(n),
       pe = new Float64Array(n), t = 0, m = -Infinity;
   for (var i = 0; i < n; i++) {
-    t += bars[7 * i]; s[i] = t / 1e6; t += bars[7 * i + 1]; e[i] = t / 1e6;
+    t += bars[S * i]; s[i] = t / 1e6; t += bars[S * i + 1]; e[i] = t / 1e6;
     m = Math.max(m, e[i]); pe[i] = m;
   }
   return {s: s, e: e, pe: pe, b: bars, n: n, marks: []};
@@ -587,28 +666,35 @@ function draw() {
   var lo = PAD, hiX = W - PAD;
   for (i = 0; i < rows.length; i++) {
     r = rows[i]; y = AX + i * RH + off;
-    var k = lower(r.pe, v0), px0 = 0, px1 = -1, pw = -1, pf = -1, fail = false, any = false;
+    var k = lower(r.pe, v0), cp = -1, acc = {}, tot = 0, cfail = false;
     var flush = function () {
-      if (!any) return;
-      var a = Math.max(lo, px0), b = Math.min(hiX, px1);
-      if (b < a) return;
-      ctx.globalAlpha = hl >= 0 && pf !== hl ? 0.2 : 1;
-      ctx.fillStyle = D.functions[pf][1];
-      ctx.fillRect(a, y, Math.max(1, b - a), bh);
-      if (fail) { ctx.strokeStyle = "#e00000"; ctx.lineWidth = 1.5;
-        ctx.strokeRect(a + 0.75, y + 0.75, Math.max(1, b - a) - 1.5, bh - 1.5); }
+      if (cp < 0) return;
+      var best = -1, bw = -1;
+      for (var key in acc) if (acc[key] > bw) { bw = acc[key]; best = +key; }
+      ctx.globalAlpha = (hl >= 0 && best !== hl ? 0.2 : 1) * Math.max(0.25, Math.min(1, tot));
+      ctx.fillStyle = D.functions[best][1]; ctx.fillRect(cp, y, 1, bh);
       ctx.globalAlpha = 1;
+      if (cfail) { ctx.fillStyle = "#e00000"; ctx.fillRect(cp, y, 1, 2);
+        ctx.fillRect(cp, y + bh - 2, 1, 2); }
+      cp = -1; acc = {}; tot = 0; cfail = false;
     };
     for (j = k; j < r.n && r.s[j] <= v1; j++) {
-      var a = X(r.s[j]), b = X(r.e[j]), f = r.b[7 * j + 2], w = b - a;
-      var failed = (r.b[7 * j + 5] & 1) === 1;
-      if (any && a < px1 + 1 && (f === pf || w < 1 || px1 - px0 < 1)) {
-        if (w > pw) { pw = w; pf = f; }
-        if (b > px1) px1 = b;
-        fail = fail || failed;
-      } else {
-        flush(); any = true; px0 = a; px1 = b; pw = w; pf = f; fail = failed;
+      var a = Math.max(lo, X(r.s[j])), b = Math.min(hiX, X(r.e[j])), f = r.b[S * j + 2];
+      var failed = (r.b[S * j + 5] & 1) === 1, fill = r.b[S * j + 7] / 100;
+      if (b < lo || a > hiX) continue;
+      if (b - a >= 1.5) {
+        flush();
+        ctx.globalAlpha = (hl >= 0 && f !== hl ? 0.2 : 1) * Math.max(0.25, fill);
+        ctx.fillStyle = D.functions[f][1]; ctx.fillRect(a, y, b - a, bh);
+        ctx.globalAlpha = 1;
+        if (failed) { ctx.strokeStyle = "#e00000"; ctx.lineWidth = 1.5;
+          ctx.strokeRect(a + 0.75, y + 0.75, b - a - 1.5, bh - 1.5); }
+        continue;
       }
+      var p = Math.floor(a);
+      if (p !== cp) { flush(); cp = p; }
+      acc[f] = (acc[f] || 0) + (b - a) * fill; tot += (b - a) * fill;
+      cfail = cfail || failed;
     }
     flush();
   }
@@ -658,7 +744,7 @@ function pick(ev) {
     if (dd < hd) { hd = dd; hit = i; }
   }
   if (hit >= 0 && hd <= tol) {
-    var b = r.b, o = 7 * hit, fn = D.functions[b[o + 2]][0], lines = [fn];
+    var b = r.b, o = S * hit, fn = D.functions[b[o + 2]][0], lines = [fn];
     if (b[o + 3] >= 0) lines.push(D.sites[b[o + 3]]);
     lines.push(fmtD(r.e[hit] - r.s[hit]) + "  (" + r.s[hit].toFixed(3) + " s to " +
                r.e[hit].toFixed(3) + " s)");
@@ -725,8 +811,9 @@ def render_html(trace: Trace, title: str | None = None) -> str:
     on one ``<canvas>``: hover shows a call's function, site and duration, the mouse wheel
     zooms, dragging pans, a double click shows the whole run again, and hovering a legend
     entry highlights that function. ``data-bars`` counts the bars after merging at
-    :data:`HTML_RESOLUTION` (see :func:`merge_calls`): equal to the calls unless calls
-    narrower than 1/20,000 of the run touch each other.
+    :data:`HTML_RESOLUTION` (see :func:`merge_calls`): equal to the calls unless calls of
+    one function follow each other within 1/20,000 of the run, or calls narrower than that
+    come closer than that to each other.
     """
     title = title or Path(trace.path).name
     stats = trace.function_stats()
@@ -748,7 +835,7 @@ def render_html(trace: Trace, title: str | None = None) -> str:
             flags = (0 if b.ok else 1) | (2 if b.attempt > 1 else 0)
             call_id = b.call_id if b.call_id is not None and b.count == 1 else -1
             flat += (start - prev, end - start, fn_index[b.function], site, b.count, flags,
-                     call_id)
+                     call_id, round(100 * b.fill))
             prev = end
         row_data.append(flat)
         busy = track.busy_s / trace.span_s if trace.span_s > 0 else 0.0
@@ -824,8 +911,8 @@ def render_html(trace: Trace, title: str | None = None) -> str:
 
 def _matplotlib() -> Any:
     try:
-        import matplotlib
-        matplotlib.use("Agg", force=False)  # no display needed; a no-op once pyplot runs
+        # A Figure of its own draws with Agg, without pyplot: no display, and the
+        # caller's backend and open figures are left alone.
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
@@ -835,6 +922,15 @@ def _matplotlib() -> Any:
             f"install it (python -m pip install matplotlib) or write an .html timeline "
             f"instead (-o timeline.html), which needs nothing") from None
     return Figure, Line2D, Patch
+
+
+def _tint(colour: str, fill: float) -> tuple[float, float, float]:
+    """``colour`` mixed with white by ``fill`` (at least a quarter, so a bar stays visible):
+    an opaque colour, so that overlaps and the PNG's pixels stay simple."""
+    strength = max(0.25, min(1.0, fill))
+    rgb = (int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16))
+    r, g, b = (1 - strength * (1 - v / 255) for v in rgb)
+    return r, g, b
 
 
 def _label(text: str, width: int = 40) -> str:
@@ -862,14 +958,23 @@ def render_png(trace: Trace, path: str | Path, title: str | None = None) -> None
         odd = list(range(1, n, 2))
         ax.barh([i + 0.5 for i in odd], [span * 1.04] * len(odd), left=-span * 0.02, height=1,
                 color="#f4f4f4", zorder=0)
+    def outline(bar: Bar) -> bool:
+        return not bar.ok and bar.end_s - bar.start_s >= 8 * resolution
+
     for i, track in enumerate(trace.tracks):
         bars = merge_calls(track.calls, resolution)
         if not bars:
             continue
         ax.broken_barh([(b.start_s, max(b.end_s - b.start_s, resolution / 2)) for b in bars],
-                       (i + 0.15, 0.7), facecolors=[trace.colours[b.function] for b in bars],
-                       edgecolors=["#e00000" if not b.ok else "none" for b in bars],
-                       linewidths=[1.2 if not b.ok else 0 for b in bars], zorder=2)
+                       (i + 0.15, 0.7),
+                       facecolors=[_tint(trace.colours[b.function], b.fill) for b in bars],
+                       edgecolors=["#e00000" if outline(b) else "none" for b in bars],
+                       linewidths=[1.2 if outline(b) else 0 for b in bars], zorder=2)
+        # A failed call too narrow for an outline gets a red tick on the bar's top edge.
+        ticks = [b.start_s for b in bars if not b.ok and not outline(b)]
+        if ticks:
+            ax.plot(ticks, [i + 0.15] * len(ticks), linestyle="none", marker="|",
+                    color="#e00000", markersize=4, zorder=3)
     styles = {RETRY: dict(marker="v", color="#f5a623", markeredgecolor="black", markersize=7),
               WORKER_LOST: dict(marker="X", color="black", markeredgecolor="white",
                                 markersize=8),

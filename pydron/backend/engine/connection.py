@@ -30,7 +30,7 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 
-from pydron.backend.protocol import frames, handshake, replies
+from pydron.backend.protocol import frames, log_records, handshake, replies
 from pydron.backend.protocol.records import outcomes_of
 
 __all__ = ["WorkerProtocol", "WorkerFactory"]
@@ -173,6 +173,27 @@ class WorkerProtocol(Protocol):
         self._timer = None
         self.pool.ready(proc)
 
+    def _log_record(self, payload: Any) -> None:
+        """A worker's log record: to the caller's logger of the same name, tagged with
+        the worker and the call (see :mod:`pydron.backend.protocol.log_records`)."""
+        proc = self.proc
+        worker = f"worker {proc.index} (pid {proc.pid})"
+        if proc.tag is not None and proc.tag.host:
+            worker += f" on {proc.tag.host}"
+
+        def call_name(call_id: int) -> str | None:
+            call = proc.outstanding.get(call_id)
+            fn = call.fn if call is not None else None
+            return getattr(fn, "__qualname__", None) if fn is not None else None
+        try:
+            record = log_records.record_of(payload, worker, call_name)
+        except (ValueError, UnicodeError) as exc:
+            _log.warning("pydron: %s sent an unreadable log record: %s", worker, exc)
+            return
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+
     def _unlist(self) -> None:
         """No longer one of the factory's unauthenticated connections."""
         if self.factory is not None:
@@ -194,6 +215,8 @@ class WorkerProtocol(Protocol):
             _write_output(payload)
         elif kind == frames.HEARTBEAT:
             pass
+        elif kind == frames.LOG:
+            self._log_record(payload)
         elif kind == frames.MODULE_REQUEST:
             self._module_request(payload)
         elif kind == frames.SHARED_REQUEST:

@@ -312,6 +312,7 @@ class WorkerEngine(Pool):
         self._launcher = launcher
         self._wants_demand = bool(launcher.wants_demand)
         self._kind: str = launcher.kind
+        self._log_level = logging.getLogger().getEffectiveLevel()  # workers log at it
         self._idle_timeout: float | None = launcher.idle_timeout
         self._begun = False                # launcher.begin() called
         self._fatal = ""                   # the launcher gave up (events.failed)
@@ -592,7 +593,8 @@ class WorkerEngine(Pool):
         """The worker's command-line options for the protocol's settings."""
         return ["--heartbeat", str(self.heartbeat), "--timeout", str(self.heartbeat_timeout),
                 "--max-frame", str(self.max_frame), "--master-timeout", str(self.master_timeout),
-                "--shared-cache", str(self.shared_cache)]
+                "--shared-cache", str(self.shared_cache),
+                "--log-level", str(self._log_level)]
 
     def _spawn(self, index: int) -> None:
         """Start worker ``index``; it connects back on its own. A respawn (the slot had a
@@ -1032,7 +1034,7 @@ class WorkerEngine(Pool):
                 if call.token is not None:
                     rec.requeued(call.token, proc.tag, f"worker {proc.index} {how}")
             if proc.tag is not None:
-                if leaving or cancel_death:
+                if leaving or cancel_death or self._exiting or self._stopping:
                     rec.worker_gone(proc.tag)
                 else:
                     rec.worker_left(proc.tag, how)

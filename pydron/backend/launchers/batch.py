@@ -41,15 +41,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
+import shlex
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pydron.backend.launchers.base import EngineEvents, exit_on_sigterm
 from pydron.backend.launchers.local import worker_env
@@ -60,7 +60,7 @@ from pydron.backend.protocol.liveness import STOP_GRACE
 from pydron.backend.reactor import call_soon, in_reactor_thread
 from pydron.errors import PydronError
 
-__all__ = ["BatchSettings", "BatchLauncher", "JobWorker", "JobRecord", "job_environment"]
+__all__ = ["BatchSettings", "BatchLauncher", "JobWorker", "JobRecord", "with_caller_path"]
 
 _log = logging.getLogger("pydron.backend")
 
@@ -69,6 +69,9 @@ WAKE_INTERVAL = 0.2
 of submits asks the scheduler once)."""
 LOG_TAIL = 5
 """Lines of a lost job's log quoted in the error."""
+
+
+S = TypeVar("S")
 
 
 class BatchSettings(Protocol):
@@ -446,13 +449,14 @@ class BatchLauncher:
                 _unlink(controller.log_path(record.id))
 
 
-def job_environment(environ: Mapping[str, str] | None) -> dict[str, str]:
-    """The environment of the scheduler's commands, which jobs inherit: ``environ``
-    (default: this process's) with the caller's ``sys.path`` as ``PYTHONPATH``, as a
-    local worker gets it."""
-    env = dict(os.environ if environ is None else environ)
-    env["PYTHONPATH"] = worker_env()["PYTHONPATH"]
-    return env
+def with_caller_path(settings: S) -> S:
+    """``settings`` whose ``setup`` first exports the caller's ``sys.path`` as
+    ``PYTHONPATH`` (as a local worker gets it), so that workers import what the caller
+    imports, from the same folders: compute nodes share the file system. The entry's own
+    ``setup`` lines come after it, and may change it (a virtual environment elsewhere)."""
+    path = worker_env()["PYTHONPATH"]
+    return replace(settings, setup=(f"export PYTHONPATH={shlex.quote(path)}",  # type: ignore
+                                    *settings.setup))  # type: ignore[attr-defined]
 
 
 def _describe(status: JobStatus) -> str:

@@ -53,7 +53,7 @@ from pydron.errors import PydronError
 
 __all__ = [
     "SgeError", "SgeSettings", "JobState", "JobId", "JobStatus", "ClusterLimits",
-    "SgeJobs", "render_job_script", "worker_argv", "job_state", "INDEX", "EXIT_MARKER",
+    "SgeJobs", "CHECKS", "render_job_script", "worker_argv", "job_state", "INDEX", "EXIT_MARKER",
 ]
 
 log = logging.getLogger("pydron.backend")
@@ -138,7 +138,7 @@ class SgeSettings:
     def from_entry(cls, entry: Mapping[str, object]) -> "SgeSettings":
         """The settings of an entry as written in pydron.conf (``type`` is ignored);
         :class:`ConfigError` names the first key that is unknown or invalid."""
-        return batch.settings_from_entry(cls, entry, _CHECKS, _ENTRY)
+        return batch.settings_from_entry(cls, entry, CHECKS, _ENTRY)
 
     def in_allocation(self, environ: Mapping[str, str] = os.environ) -> bool:
         """Always false: starting workers inside a running parallel job (``qrsh
@@ -151,7 +151,7 @@ class SgeSettings:
         return batch.resolve_address(self.address, _ENTRY)
 
 
-_CHECKS: dict[str, batch.Check] = {
+CHECKS: dict[str, batch.Check] = {
     "jobs": batch.integer(1, MAX_JOBS),
     "cores": batch.integer(1, MAX_CORES),
     "queue": batch.word, "parallel_environment": batch.word,
@@ -266,10 +266,9 @@ def _reason(letters: str, state: JobState) -> str:
     spelled out, for a pending or failed job only."""
     if state is JobState.RUNNING:
         return ""
-    words = [_REASONS[c] for c in letters if c in _REASONS]
     if state is JobState.FAILED:
         return "error state: the job cannot start (see `qstat -j` or its log)"
-    return ", ".join(words)
+    return ", ".join(_REASONS[c] for c in letters if c in _REASONS)
 
 
 def task_ids(text: str | None) -> list[int]:

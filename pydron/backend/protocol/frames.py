@@ -21,7 +21,7 @@ __all__ = [
     "HEADER", "MAX_FRAME", "HANDSHAKE_MAX_FRAME", "NONCE_SIZE", "MAC_SIZE",
     "HELLO", "AUTH", "WELCOME", "REFUSE", "TASKS", "RESULTS", "BUFFER", "BUFFER_PART",
     "BUFFER_SIZE", "CANCEL", "HEARTBEAT", "OUTPUT", "BYE", "MODULE_REQUEST", "MODULE_REPLY",
-    "SHARED_REQUEST", "SHARED_REPLY", "KIND_NAMES",
+    "SHARED_REQUEST", "SHARED_REPLY", "LOG", "KIND_NAMES",
     "EXIT_OK", "EXIT_MASTER_LOST", "EXIT_REFUSED", "EXIT_CANCELLED", "EXIT_BAD_START",
     "EXIT_REASONS",
     "FrameError", "FrameDecoder", "BufferCollector", "frame", "buffer_frames",
@@ -71,6 +71,7 @@ MODULE_REQUEST = 18  # worker -> master: utf-8 name of a module the worker canno
 MODULE_REPLY = 19    # master -> worker: JSON {name, found, is_package, filename, source}
 SHARED_REQUEST = 21  # worker -> master: 1 byte (1: I can map your memory), then a digest
 SHARED_REPLY = 22    # master -> worker: digest, found, buffers or mapping, pickle (or why not)
+LOG = 23             # worker -> master: JSON of a logging record (see protocol.log_records)
 
 KIND_NAMES = {
     HELLO: "HELLO", AUTH: "AUTH", WELCOME: "WELCOME", REFUSE: "REFUSE", TASKS: "TASKS",
@@ -78,7 +79,7 @@ KIND_NAMES = {
     BUFFER_SIZE: "BUFFER_SIZE", CANCEL: "CANCEL",
     HEARTBEAT: "HEARTBEAT", OUTPUT: "OUTPUT", BYE: "BYE",
     MODULE_REQUEST: "MODULE_REQUEST", MODULE_REPLY: "MODULE_REPLY",
-    SHARED_REQUEST: "SHARED_REQUEST", SHARED_REPLY: "SHARED_REPLY",
+    SHARED_REQUEST: "SHARED_REQUEST", SHARED_REPLY: "SHARED_REPLY", LOG: "LOG",
 }
 
 # Worker exit codes: the master turns them into words in WorkerLostError messages.

@@ -37,6 +37,7 @@ import codecs
 import collections
 import ctypes
 import io
+import logging
 import os
 import pickle
 import queue
@@ -54,7 +55,7 @@ from typing import Any
 from pydron.backend import sharing
 from pydron.backend.worker import module_finder
 from pydron.backend.protocol import shipping
-from pydron.backend.protocol import frames, handshake, liveness, replies
+from pydron.backend.protocol import frames, handshake, liveness, log_records, replies
 from pydron.backend.protocol.liveness import MASTER_TIMEOUT
 from pydron.backend.protocol.records import FUNCTION_CACHE_SIZE, Outcome, dumps_records, tasks_of
 from pydron.backend.protocol.shipping import (
@@ -191,6 +192,11 @@ class Worker:
         """Write frames atomically with respect to the other sending threads."""
         with self.send_lock:
             _sendall(self.sock, pieces)
+
+    def send_log(self, payload: bytes) -> None:
+        if len(payload) > self.max_frame - 16:
+            payload = payload[:self.max_frame - 16]  # a record that large is cut, not lost
+        self.send([frames.frame(frames.LOG, payload)])
 
     def send_output(self, stream: int, text: str) -> None:
         data = text.encode("utf-8", "backslashreplace")
@@ -561,6 +567,16 @@ def _connect(host: str, port: int, secret: bytes, index: int,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _forward_logging(worker: "Worker", level: int) -> None:
+    """Send the log records of calls to the caller's handlers (see
+    :mod:`pydron.backend.protocol.log_records`), at the caller's level."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(log_records.ForwardingHandler(worker.send_log, lambda: worker.current))
+    root.setLevel(level)
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pydron.backend.worker",
                                      description="A Pydron worker process (started by "
@@ -574,6 +590,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--master-timeout", type=float, default=MASTER_TIMEOUT)
     parser.add_argument("--max-frame", type=int, default=frames.MAX_FRAME)
     parser.add_argument("--shared-cache", type=int, default=sharing.DEFAULT_CACHE)
+    parser.add_argument("--log-level", type=int, default=logging.WARNING)
     return parser.parse_args(argv)
 
 
@@ -614,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     shipping.share_namespaces()  # by-value functions of one module share its globals
     sys.stdout = _Forward(worker.send_output, 1)
     sys.stderr = _Forward(worker.send_output, 2)
+    _forward_logging(worker, options.log_level)
     # Last: the worker's own finders always go first; the master is asked only for what
     # none of them finds and the worker's interpreter is not expected to provide.
     sys.meta_path.append(module_finder.MasterFinder(worker.ask_module))
