@@ -231,20 +231,43 @@ def test_caller_killed_with_sigkill_leaves_no_job_within_30_s(slurm, tmp_path):
     print(f"jobs gone {time.monotonic() - began:.1f} s after the SIGKILL")
 
 
-@pytest.mark.parametrize("how", ["sigterm", "shutdown"])
-def test_sigterm_and_shutdown_cancel_every_job(slurm, tmp_path, how):
-    ending = {"sigterm": "time.sleep(600)",
-              "shutdown": "pydron.shutdown(); pool.shutdown(wait=False); print('done', "
-                          "flush=True); time.sleep(600)"}[how]
-    proc = _start_caller(tmp_path, ending)
-    if how == "sigterm":
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 128 + signal.SIGTERM
-    else:
-        assert proc.stdout.readline().strip() == "done"  # type: ignore[union-attr]
+def test_sigterm_cancels_every_job(slurm, tmp_path):
+    proc = _start_caller(tmp_path, "time.sleep(600)")
+    proc.send_signal(signal.SIGTERM)
     try:
+        assert proc.wait(30) == 128 + signal.SIGTERM
         # scancel'd at once: well before the workers would notice a dead caller.
         wait_until(lambda: not run_jobs(slurm), timeout=10, what="the jobs cancelled")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+_SHUTDOWN = """
+import os, time
+import pydron
+
+def job(x):
+    return x, os.environ.get("SLURM_JOB_ID")
+
+pydron.configure({{"workers": [{{"type": "slurm", "jobs": 2, "poll_interval": 0.2,
+                                 "idle_timeout": 600, "work_dir": {work_dir!r}}}]}})
+print(len(list(pydron.map(job, range(40)))), flush=True)
+pydron.shutdown()
+print("shut down", flush=True)
+time.sleep(600)
+"""
+
+
+def test_pydron_shutdown_cancels_every_job(slurm, tmp_path):
+    script = tmp_path / "shutdown.py"
+    script.write_text(_SHUTDOWN.format(work_dir=str(tmp_path / "slurm")))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "40"  # type: ignore[union-attr]
+        assert run_jobs(slurm)  # idle_timeout is long: the jobs are still there
+        assert proc.stdout.readline().strip() == "shut down"  # type: ignore[union-attr]
+        wait_until(lambda: not run_jobs(slurm), timeout=10, what="the jobs gone")
     finally:
         proc.kill()
         proc.wait()
