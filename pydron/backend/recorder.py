@@ -45,6 +45,9 @@ class Recorder(Protocol):
 
     def cancelled(self, token: Any) -> None: ...
 
+    def answered(self, fn: Callable[..., Any], count: int) -> None:
+        """``count`` calls of ``fn`` were answered from the result cache (never sent)."""
+
     def worker_joined(self, worker: WorkerTag) -> None: ...
 
     def worker_left(self, worker: WorkerTag, why: str) -> None:

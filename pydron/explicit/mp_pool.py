@@ -139,6 +139,7 @@ def run_marked(fn: Callable[..., Any], items: list, star: bool,
 
 
 run_marked.pydron_chunk = True  # type: ignore[attr-defined]  # counted as its items (observe)
+run_marked.pydron_items = Raised  # type: ignore[attr-defined]  # cached item by item
 
 
 class _PoolDispatcher(Dispatcher):

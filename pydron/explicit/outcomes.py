@@ -93,6 +93,7 @@ def run_chunk(fn: Callable[..., Any], items: Sequence[tuple], star: bool,
 
 
 run_chunk.pydron_chunk = True  # type: ignore[attr-defined]  # counted as its items (observe)
+run_chunk.pydron_items = Failure  # type: ignore[attr-defined]  # cached item by item
 
 
 class InitializerFailed(Exception):

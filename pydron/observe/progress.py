@@ -107,5 +107,8 @@ class ProgressLine:
             parts.append(f"{failed} failed")
         if retries:
             parts.append(f"{retries} retried")
+        cached = counts.cached - base.cached
+        if cached:
+            parts.append(f"{cached} from the cache")
         parts.append(f"{counts.workers} worker{'s' if counts.workers != 1 else ''}")
         return ", ".join(parts)  # tqdm puts ", " in front

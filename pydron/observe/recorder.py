@@ -63,6 +63,7 @@ class Counts:
     running: int = 0
     cancelled: int = 0
     retries: int = 0
+    cached: int = 0
     workers: int = 0
     elapsed: float = 0.0
     last_change: float = 0.0
@@ -107,7 +108,8 @@ class CallRecorder:
         with self._lock:
             c = self._counts
             return Counts(c.submitted, c.done, c.failed, c.running, c.cancelled, c.retries,
-                          len(self._live), time.perf_counter() - self.origin, c.last_change)
+                          c.cached, len(self._live), time.perf_counter() - self.origin,
+                          c.last_change)
 
     # ------------------------------------------------------------------ the pools' reports
 
@@ -180,6 +182,14 @@ class CallRecorder:
             token.attempt += 1
             if self.keep_events:
                 self.events.append(("retry", token, now, worker, why))
+
+    def answered(self, fn: Callable[..., Any], count: int) -> None:
+        with self._lock:
+            counts = self._counts
+            counts.submitted += count
+            counts.done += count
+            counts.cached += count
+            counts.last_change = time.perf_counter()
 
     def cancelled(self, token: CallRecord) -> None:
         with self._lock:

@@ -130,7 +130,8 @@ def trace_document(recorder: CallRecorder) -> dict[str, Any]:
                          "pid": pid, "tid": tid, "ts": us(when), "args": {"why": why}})
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(recorder.started))
     return {"traceEvents": tracks.metadata() + body, "displayTimeUnit": "ms",
-            "otherData": {"pydron": __version__, "started": started, "calls": calls}}
+            "otherData": {"pydron": __version__, "started": started, "calls": calls,
+                          "cached": recorder.counts().cached}}
 
 
 def write_trace(recorder: CallRecorder, path: str | os.PathLike[str]) -> Path:
