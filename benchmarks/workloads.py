@@ -98,3 +98,9 @@ def part(array, i, parts=64):
     """A cheap reduction of the i-th of ``parts`` slices of a large 1-D array (H)."""
     step = len(array) // parts
     return float(array[i * step:(i + 1) * step:4096].sum())
+
+
+@pydron.functional
+def noop_functional(x):
+    """A no-op functional call, for @schedule benchmarks."""
+    return x

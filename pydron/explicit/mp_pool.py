@@ -349,9 +349,7 @@ class _Stream:
         with self.cond:
             self.done = True
             self.cond.notify_all()
-        pool, self.pool = self.pool, None
-        if pool is not None:
-            pool._forget(self)
+        self._detach()
 
     def _terminate(self) -> None:
         with self.cond:
@@ -360,6 +358,10 @@ class _Stream:
                     "the pool was terminated before this map finished")))
             self.done = self.stopped = True
             self.cond.notify_all()
+        self._detach()
+
+    def _detach(self) -> None:
+        """No longer one of the pool's results (terminate need not reach it)."""
         pool, self.pool = self.pool, None
         if pool is not None:
             pool._forget(self)
