@@ -80,8 +80,15 @@ _TIME = re.compile(r"\d+(:\d+){0,2}")
 _MEMORY = re.compile(r"\d+(\.\d+)?[KMGTkmgt]?")
 
 
+MAX_TIME_SECONDS = 30 * 24 * 3600
+MAX_MEMORY_BYTES = 1 << 50
+
+
 def _time(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 < value <= MAX_TIME_SECONDS:
+            raise ValueError(f"a time limit in seconds from 1 to {MAX_TIME_SECONDS} "
+                             '(30 days), or "H:MM:SS"')
         return str(value)  # seconds, as Grid Engine reads a bare number
     if not isinstance(value, str) or not _TIME.fullmatch(value):
         raise ValueError('a Grid Engine time limit (h_rt): seconds or "H:MM:SS"')
@@ -89,7 +96,9 @@ def _time(value: object) -> str:
 
 
 def _memory(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 < value <= MAX_MEMORY_BYTES:
+            raise ValueError(f"bytes from 1 to {MAX_MEMORY_BYTES}, or \"4G\", \"500M\"")
         return str(value)  # bytes, as Grid Engine reads a bare number
     if not isinstance(value, str) or not _MEMORY.fullmatch(value):
         raise ValueError('memory per slot as Grid Engine writes it: "4G", "500M"')

@@ -67,8 +67,15 @@ _TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|\d+-\d+|UNLIMITED|INFINITE", re.IGNOR
 _MEMORY = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
 
 
+MAX_MINUTES = 30 * 24 * 60
+MAX_MEGABYTES = 1 << 40
+
+
 def _time(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 < value <= MAX_MINUTES:
+            raise ValueError(f"a time limit in minutes from 1 to {MAX_MINUTES} (30 days), "
+                             'or "H:MM:SS" or "D-HH:MM:SS"')
         return str(value)  # minutes, as sbatch reads a bare number
     if not isinstance(value, str) or not _TIME.fullmatch(value):
         raise ValueError('a SLURM time limit: minutes, "H:MM:SS" or "D-HH:MM:SS"')
@@ -76,7 +83,9 @@ def _time(value: object) -> str:
 
 
 def _memory(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 < value <= MAX_MEGABYTES:
+            raise ValueError(f"megabytes from 1 to {MAX_MEGABYTES}, or \"4G\", \"500M\"")
         return str(value)  # megabytes, as sbatch reads a bare number
     if not isinstance(value, str) or not _MEMORY.fullmatch(value):
         raise ValueError('memory per node as SLURM writes it: "4000", "4G", "500M"')
