@@ -1,4 +1,4 @@
-"""The result cache (pydron.cache) next to joblib.Memory on the same work.
+"""The result cache (pydron.result_cache) next to joblib.Memory on the same work.
 
 Figures, each the best of several rounds (the machine may be shared):
 
@@ -10,7 +10,7 @@ Figures, each the best of several rounds (the machine may be shared):
                step, so its column repeats nothing and shows "-").
   store     -- µs per miss with small arguments: the call plus storing its result.
   hash      -- GB/s hashing one float64 array of SIZE (1 GB; 256 MB with --quick):
-               ``pydron.cache.args_digest`` against ``joblib.hash``. Aim: above 1 GB/s.
+               ``pydron.result_cache.args_digest`` against ``joblib.hash``. Aim: above 1 GB/s.
 
 Ratios are joblib / pydron for times and pydron / joblib for speeds: above 1 means
 pydron is better.
@@ -34,8 +34,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from pydron.backend import InlinePool  # noqa: E402
-from pydron.cache import CachingPool, ResultCache, args_digest, call_key  # noqa: E402
-from pydron.cache.keys import hasher  # noqa: E402
+from pydron.result_cache import CachingPool, ResultCache, args_digest, call_key  # noqa: E402
+from pydron.result_cache.keys import hasher  # noqa: E402
 
 
 def work(a, b, label="x"):
@@ -149,7 +149,7 @@ def main() -> None:
           f"{diskcache.__version__}, joblib {joblib.__version__}; hash {speeds['hasher']} "
           f"(raw {speeds['raw']:.1f} GB/s)")
     print()
-    print("| figure | pydron.cache | joblib.Memory | ratio |")
+    print("| figure | pydron.result_cache | joblib.Memory | ratio |")
     print("|---|---|---|---|")
     rows = [
         ("µs per hit, small arguments", ours["hit"] * 1e6, theirs["hit"] * 1e6, True),

@@ -260,7 +260,7 @@ def _timeline(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    import pydron.cache as cache
+    import pydron.result_cache as cache
     if args.action == "info":
         print(cache.info_text(args.path))
     else:

@@ -1,5 +1,6 @@
-"""The result cache (pydron.cache): keys that follow the code and the data, a store that
-several processes share, and a wrapper pool over real thread and process pools."""
+"""The result cache (pydron.result_cache; ``pydron.cache(path)`` turns it on): keys that
+follow the code and the data, a store that several processes share, and a wrapper pool
+over real thread and process pools."""
 from __future__ import annotations
 
 import importlib
@@ -16,9 +17,9 @@ import pytest
 import pydron
 
 from pydron.backend import ThreadPool
-from pydron.cache import (CachingPool, CacheWarning, ResultCache, args_digest, call_key,
+from pydron.result_cache import (CachingPool, CacheWarning, ResultCache, args_digest, call_key,
                           clear, code_digest, info_text, parse_size)
-from pydron.cache.keys import is_user_module
+from pydron.result_cache.keys import is_user_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 60
@@ -269,7 +270,7 @@ def test_stale_source_on_disk_does_not_name_the_running_code(user_modules, tmp_p
     running = code_digest(module.f)
     (tmp_path / "stale_mod.py").write_text("def f(x):\n    return x + 2\n")
     os.utime(tmp_path / "stale_mod.py", (2_000_000_000, 2_000_000_000))
-    import pydron.cache.keys as keys
+    import pydron.result_cache.keys as keys
     keys._own.clear()
     keys._memo.clear()
     assert code_digest(module.f) != code_digest(
@@ -298,7 +299,7 @@ def test_user_modules_are_told_from_libraries():
     assert is_user_module(__name__)
     assert not is_user_module("os")
     assert not is_user_module("numpy")
-    assert not is_user_module("pydron.cache.keys")
+    assert not is_user_module("pydron.result_cache.keys")
 
 
 def test_call_key_covers_arguments_and_bound_objects():
@@ -405,7 +406,7 @@ def test_info_text_and_clear(tmp_path):
 
 WRITER = """
 import sys
-from pydron.cache import ResultCache
+from pydron.result_cache import ResultCache
 cache = ResultCache(sys.argv[1])
 me, n = int(sys.argv[2]), int(sys.argv[3])
 bad = 0

@@ -43,7 +43,7 @@ SCRIPT = textwrap.dedent('''
     import time
 
     from pydron.backend.multicore import MulticorePool
-    from pydron.cache import CachingPool, ResultCache
+    from pydron.result_cache import CachingPool, ResultCache
 
 
     def step(log, i):

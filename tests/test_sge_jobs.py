@@ -17,10 +17,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from waiting import wait_for as wait_until
 
 from pydron.backend.launchers import sge_jobs
 from pydron.backend.launchers.sge_jobs import (
@@ -30,16 +30,6 @@ from pydron.errors import ConfigError
 from sgehost import PE
 
 
-def wait_until(check: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    """``check()``'s first true value, polled every 0.2 s; fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or check}")
-        time.sleep(0.2)
 
 
 def states(jobs: SgeJobs) -> dict[JobId, JobState]:

@@ -18,10 +18,10 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from waiting import wait_for as wait_until
 
 from pydron.backend.launchers import batch_jobs, slurm_jobs
 from pydron.backend.launchers.slurm_jobs import (
@@ -32,16 +32,6 @@ from pydron.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_until(check: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    """``check()``'s first true value, polled every 0.2 s; fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or check}")
-        time.sleep(0.2)
 
 
 def states(jobs: SlurmJobs) -> dict[JobId, JobState]:

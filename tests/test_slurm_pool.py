@@ -9,10 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from waiting import wait_for as wait_until
 
 import pydron
 from pydron.backend.slurmpool import SlurmPool
@@ -21,16 +20,6 @@ from pydron.errors import WorkerLostError
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_until(check: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    """``check()``'s first true value, polled every 0.1 s; fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or check}")
-        time.sleep(0.1)
 
 
 def entry(tmp_path: Path, **keys: object) -> dict[str, object]:

@@ -380,11 +380,11 @@ def chromium() -> str | None:
 @pytest.mark.parametrize("idle", [(), (2,)], ids=["3 busy", "3 busy and 1 idle"])
 def test_html_in_headless_chromium(tmp_path: Path, idle: tuple[int, ...]) -> None:
     """The page as a browser draws it (canvas and script included): one band per busy
-    worker in a column through the plot. Skipped where no Chromium is installed (CI does
-    not install one: ``apt-get install chromium`` to run it)."""
+    worker in a column through the plot. Skipped where no Chromium is installed (``.ci/run``
+    installs it; under CI=true a missing one fails)."""
     browser = chromium()
     if browser is None:
-        pytest.skip("no headless Chromium here (apt-get install chromium to run this)")
+        unavailable("no headless Chromium here (apt-get install chromium to run this)")
     plt = need_matplotlib()
     busy = [t for t in (0, 1, 2, 3) if t not in idle][:3]
     spec: Spec = {tid: [(0.0, 10.0, "subtract_dark")] for tid in busy}
@@ -424,7 +424,7 @@ def test_html_tooltips_in_headless_chromium(tmp_path: Path) -> None:
     how long it was idle; zooming with the wheel keeps the script working."""
     browser = chromium()
     if browser is None:
-        pytest.skip("no headless Chromium here (apt-get install chromium to run this)")
+        unavailable("no headless Chromium here (apt-get install chromium to run this)")
     spec: Spec = {0: [(0.0, 10.0, "subtract_dark")]}
     page = render_html(load_trace(write(tmp_path / "t.json", trace_events(spec, idle=(1,)))))
     probe = tmp_path / "probe.html"

@@ -113,7 +113,7 @@ def pool_from_config(config: Config) -> Pool:
         recorder.on_config(config)
     pool = _workers_pool(config)
     if config.cache is not None:
-        from pydron.cache import CachingPool, ResultCache
+        from pydron.result_cache import CachingPool, ResultCache
         pool = CachingPool(pool, ResultCache.shared(config.cache["path"],
                                                     config.cache.get("max_size")))
     return pool

@@ -30,7 +30,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["WorkerStart", "WorkerProcess", "EngineEvents", "Launcher", "exit_on_sigterm"]
+from pydron.backend.protocol.liveness import STOP_GRACE
+from pydron.backend.reactor import in_reactor_thread
+
+__all__ = ["WorkerStart", "WorkerProcess", "EngineEvents", "Launcher", "exit_on_sigterm",
+           "release_when_stopped"]
 
 
 class WorkerStart(NamedTuple):
@@ -206,3 +210,18 @@ def exit_on_sigterm() -> None:
 
 def _sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
+
+
+def release_when_stopped(wait: bool, stopped: threading.Event, release: Callable[[], None],
+                         name: str) -> None:
+    """A launcher's :meth:`Launcher.close`: ``release()`` now if ``wait`` (and this is
+    not the reactor thread, which the engine's stop needs), else in a thread of its own
+    once the engine has stopped (or after a grace period: its workers were told to go)."""
+    if wait and not in_reactor_thread():
+        release()
+        return
+
+    def later() -> None:
+        stopped.wait(STOP_GRACE + 5)
+        release()
+    threading.Thread(target=later, daemon=True, name=name).start()

@@ -51,13 +51,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from pydron.backend.launchers.base import EngineEvents, exit_on_sigterm
+from pydron.backend.launchers.base import EngineEvents, exit_on_sigterm, release_when_stopped
 from pydron.backend.launchers.local import worker_env
 from pydron.backend.launchers.batch_jobs import (
     INDEX, JobController, JobId, JobState, JobStatus,
 )
-from pydron.backend.protocol.liveness import STOP_GRACE
-from pydron.backend.reactor import call_soon, in_reactor_thread
+from pydron.backend.reactor import call_soon
 from pydron.errors import PydronError
 
 __all__ = ["BatchSettings", "BatchLauncher", "JobWorker", "JobRecord", "with_caller_path"]
@@ -259,13 +258,7 @@ class BatchLauncher:
     def close(self, wait: bool, stopped: threading.Event) -> None:
         """Cancel every job of the run once the engine has stopped (its workers were
         told BYE, so most jobs have ended already), or now if ``wait``."""
-        if wait and not in_reactor_thread():
-            self._finish()
-        else:
-            def later() -> None:
-                stopped.wait(STOP_GRACE + 5)
-                self._finish()
-            threading.Thread(target=later, daemon=True, name="pydron-batch-close").start()
+        release_when_stopped(wait, stopped, self._finish, "pydron-batch-close")
 
     def kill_now(self) -> None:
         self._finish()

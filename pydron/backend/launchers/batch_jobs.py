@@ -27,6 +27,7 @@ import shlex
 import signal
 import socket
 import struct
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,7 @@ from pydron.errors import ConfigError
 
 __all__ = [
     "JobState", "JobStatus", "JobId", "JobController", "INDEX", "EXIT_MARKER",
+    "run_command", "command_message", "refusal", "chunks", "setup_block", "status_from_log",
     "settings_from_entry", "integer", "seconds", "word", "lines", "options", "path",
     "optional_bool", "shell_command", "worker_loop", "private_dir", "write_secret",
     "resolve_address", "MAX_SECONDS", "RESTARTS",
@@ -317,3 +319,73 @@ def write_secret(work_dir: Path, secret: bytes) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(secret.hex() + "\n")
     return target
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_command(argv: Sequence[str], env: Mapping[str, str] | None, timeout: float,
+                error: type[Exception], missing: str) -> subprocess.CompletedProcess:
+    """Run one scheduler command; ``error`` (with ``missing``, what to install, when the
+    command is not there) for a command that is missing or does not answer in time."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env=None if env is None else dict(env))
+    except FileNotFoundError:
+        raise error(f"`{argv[0]}` is not installed here ({missing})") from None
+    except subprocess.TimeoutExpired:
+        raise error(f"`{' '.join(argv)}` did not answer within {timeout:.0f} s") from None
+
+
+def command_message(result: subprocess.CompletedProcess, noise: Iterable[str] = ()) -> str:
+    """A failed command's message on one line (lines in ``noise`` left out)."""
+    text = (result.stderr or result.stdout).strip()
+    lines = [line for line in text.splitlines() if line.strip() not in noise]
+    return " / ".join(lines) or f"exit status {result.returncode}"
+
+
+def refusal(settings: object, message: str, hints: Iterable[tuple[str, str]],
+            command: str, options_key: str, what: str, error: type[Exception]) -> Exception:
+    """The submit command's refusal as an error that names the entry's key it is about
+    (the first of ``hints``, ``(words in the message, key)``, that matches a key the entry
+    sets), else its extra options, else just the message."""
+    lowered = message.lower()
+    for hint, key in hints:
+        if hint in lowered and getattr(settings, key) is not None:
+            return error(f"{what}: `{key}` = {getattr(settings, key)!r}: {command} refused "
+                         f"the job: {message}")
+    extra = getattr(settings, options_key)
+    if extra:
+        return error(f"{what}: {command} refused the job (check `{options_key}` "
+                     f"{list(extra)}): {message}")
+    return error(f"{what}: {command} refused the job: {message}")
+
+
+def chunks(count: int, size: int) -> Iterable[int]:
+    """``count`` split into parts of at most ``size``."""
+    while count > 0:
+        yield min(count, size)
+        count -= size
+
+
+def setup_block(setup: Sequence[str]) -> list[str]:
+    """The ``setup`` lines under ``set -e`` (a failing line fails the job, visibly in its
+    log, rather than starting workers in a half-prepared environment)."""
+    if not setup:
+        return []
+    return ["set -e", *setup, "set +e"]
+
+
+def status_from_log(log: Path) -> JobStatus:
+    """A job's end from its log, once the scheduler has forgotten it: the script's exit
+    line (0: COMPLETED, else FAILED); a log without one (killed) is FAILED, no log at
+    all GONE."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return JobStatus(JobState.GONE, raw="no log")
+    codes = re.findall(rf"^{re.escape(EXIT_MARKER)} (\d+)\s*$", text, re.MULTILINE)
+    if not codes:
+        return JobStatus(JobState.FAILED, raw="log without exit line")
+    state = JobState.COMPLETED if codes[-1] == "0" else JobState.FAILED
+    return JobStatus(state, raw=f"exit {codes[-1]} (log)")

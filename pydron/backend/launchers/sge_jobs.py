@@ -203,14 +203,6 @@ def _directives(settings: SgeSettings, job_name: str) -> list[str]:
     return [f"#$ {line}" for line in lines]
 
 
-def _setup_block(settings: SgeSettings) -> list[str]:
-    """The ``setup`` lines under ``set -e`` (a failing line fails the job, visibly in its
-    log, rather than starting workers in a half-prepared environment)."""
-    if not settings.setup:
-        return []
-    return ["set -e", *settings.setup, "set +e"]
-
-
 def render_job_script(settings: SgeSettings, command: Sequence[str], secret_file: Path,
                       job_name: str) -> str:
     """The job script of one array: ``qsub -t 1-N script BASE``. Task ``t`` (1-based) is
@@ -229,7 +221,7 @@ def render_job_script(settings: SgeSettings, command: Sequence[str], secret_file
         "export PYDRON_JOB_NUMBER",
         'echo "pydron-job: number $PYDRON_JOB_NUMBER, Grid Engine job ${JOB_ID:-?}.'
         '${SGE_TASK_ID:-?} on $(hostname)"',
-        *_setup_block(settings),
+        *batch.setup_block(settings.setup),
         *worker_loop(command, secret_file),
         "pydron_pids=()",
         f"for pydron_i in $(seq 0 {cores - 1}); do",
@@ -333,20 +325,13 @@ class _Job:
 def _run(argv: Sequence[str], env: Mapping[str, str] | None = None,
          timeout: float = 60.0) -> subprocess.CompletedProcess:
     """Run one Grid Engine command (every call goes through here; the tests count them)."""
-    try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=None if env is None else dict(env))
-    except FileNotFoundError:
-        raise SgeError(f"`{argv[0]}` is not installed here (Grid Engine's client commands "
-                       "are needed on this machine, with SGE_ROOT and SGE_CELL set)") from None
-    except subprocess.TimeoutExpired:
-        raise SgeError(f"`{' '.join(argv)}` did not answer within {timeout:.0f} s") from None
+    return batch.run_command(argv, env, timeout, SgeError,
+                             "Grid Engine's client commands are needed on this machine, "
+                             "with SGE_ROOT and SGE_CELL set")
 
 
 def _message(result: subprocess.CompletedProcess) -> str:
-    text = (result.stderr or result.stdout).strip()
-    lines = [line for line in text.splitlines() if line.strip() != "Exiting."]
-    return " / ".join(lines) or f"exit status {result.returncode}"
+    return batch.command_message(result, ("Exiting.",))
 
 
 def parse_config(text: str) -> dict[str, str]:
@@ -387,22 +372,8 @@ _KEY_HINTS = (  # qsub's message -> the entry's key it is about (first match win
 
 def _submit_error(settings: SgeSettings, result: subprocess.CompletedProcess) -> SgeError:
     """qsub's refusal as an error that names the entry's key it is about."""
-    message = _message(result)
-    lowered = message.lower()
-    for hint, key in _KEY_HINTS:
-        if hint in lowered and getattr(settings, key) is not None:
-            return SgeError(f"{_ENTRY}: `{key}` = {getattr(settings, key)!r}: qsub refused "
-                            f"the job: {message}")
-    if settings.qsub_options:
-        return SgeError(f"{_ENTRY}: qsub refused the job (check `qsub_options` "
-                        f"{list(settings.qsub_options)}): {message}")
-    return SgeError(f"{_ENTRY}: qsub refused the job: {message}")
-
-
-def _chunks(count: int, size: int) -> Iterable[int]:
-    while count > 0:
-        yield min(count, size)
-        count -= size
+    return batch.refusal(settings, _message(result), _KEY_HINTS, "qsub",  # type: ignore
+                         "qsub_options", _ENTRY, SgeError)
 
 
 def _user() -> str:
@@ -560,7 +531,7 @@ class SgeJobs:
             return []
         size = self.limits().max_aj_tasks or count
         new: list[JobId] = []
-        for chunk in _chunks(count, size):
+        for chunk in batch.chunks(count, size):
             new.extend(self._submit_array(chunk))
         return new
 
@@ -661,17 +632,7 @@ class SgeJobs:
         return parse_qacct(result.stdout) if result.returncode == 0 else {}
 
     def _status_from_log(self, job: JobId) -> JobStatus:
-        """A gone job's end from its log: the script's exit line (0: COMPLETED, else
-        FAILED); a log without one (killed) is FAILED, no log at all GONE."""
-        try:
-            text = self.log_path(job).read_text(errors="replace")
-        except OSError:
-            return JobStatus(JobState.GONE, raw="no log")
-        codes = re.findall(rf"^{re.escape(EXIT_MARKER)} (\d+)\s*$", text, re.MULTILINE)
-        if not codes:
-            return JobStatus(JobState.FAILED, raw="log without exit line")
-        state = JobState.COMPLETED if codes[-1] == "0" else JobState.FAILED
-        return JobStatus(state, raw=f"exit {codes[-1]} (log)")
+        return batch.status_from_log(self.log_path(job))
 
     def _delete_failed(self) -> None:
         """Delete the jobs qstat showed in an error state (one ``qdel``): they would never

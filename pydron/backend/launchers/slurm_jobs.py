@@ -208,14 +208,6 @@ def _directives(settings: SlurmSettings, job_name: str) -> list[str]:
     return [f"#SBATCH {line}" for line in lines]
 
 
-def _setup_block(settings: SlurmSettings) -> list[str]:
-    """The ``setup`` lines under ``set -e`` (a failing line fails the job, visibly in its
-    log, rather than starting workers in a half-prepared environment)."""
-    if not settings.setup:
-        return []
-    return ["set -e", *settings.setup, "set +e"]
-
-
 def render_job_script(settings: SlurmSettings, command: Sequence[str], secret_file: Path,
                       job_name: str) -> str:
     """The batch script of one array: ``sbatch --array=0-N script BASE``. Task ``t`` is the
@@ -233,7 +225,7 @@ def render_job_script(settings: SlurmSettings, command: Sequence[str], secret_fi
         "export PYDRON_JOB_NUMBER",
         'echo "pydron-job: number $PYDRON_JOB_NUMBER, SLURM job ${SLURM_JOB_ID:-?} '
         'on $(hostname)"',
-        *_setup_block(settings),
+        *batch.setup_block(settings.setup),
         *worker_loop(command, secret_file),
         "pydron_pids=()",
         f"for pydron_i in $(seq 0 {cores - 1}); do",
@@ -256,7 +248,7 @@ def render_step_script(settings: SlurmSettings, command: Sequence[str],
     return "\n".join([
         "#!/bin/bash",
         'PYDRON_INDEX=$(( ${1:?first worker index} + ${SLURM_PROCID:?not run by srun} ))',
-        *_setup_block(settings),
+        *batch.setup_block(settings.setup),
         *worker_loop(command, secret_file),
         "pydron_worker",
         "",
@@ -327,19 +319,12 @@ class _Job:
 def _run(argv: Sequence[str], env: Mapping[str, str] | None = None,
          timeout: float = 60.0) -> subprocess.CompletedProcess:
     """Run one SLURM command (every call goes through here; the tests count them)."""
-    try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=None if env is None else dict(env))
-    except FileNotFoundError:
-        raise SlurmError(f"`{argv[0]}` is not installed here (SLURM's client commands are "
-                         "needed on this machine)") from None
-    except subprocess.TimeoutExpired:
-        raise SlurmError(f"`{' '.join(argv)}` did not answer within {timeout:.0f} s") from None
+    return batch.run_command(argv, env, timeout, SlurmError,
+                             "SLURM's client commands are needed on this machine")
 
 
 def _message(result: subprocess.CompletedProcess) -> str:
-    text = (result.stderr or result.stdout).strip()
-    return " / ".join(text.splitlines()) or f"exit status {result.returncode}"
+    return batch.command_message(result)
 
 
 def read_limits(env: Mapping[str, str] | None = None) -> ClusterLimits:
@@ -381,25 +366,8 @@ _KEY_HINTS = (  # sbatch's message -> the entry's key it is about
 
 def _submit_error(settings: SlurmSettings, result: subprocess.CompletedProcess) -> SlurmError:
     """sbatch's refusal as an error that names the entry's key it is about."""
-    message = _message(result)
-    lowered = message.lower()
-    for hint, key in _KEY_HINTS:
-        if hint in lowered and getattr(settings, key) is not None:
-            return SlurmError(f"{_ENTRY}: `{key}` = {getattr(settings, key)!r}: sbatch refused "
-                              f"the job: {message}")
-    if settings.sbatch_options:
-        return SlurmError(f"{_ENTRY}: sbatch refused the job (check `sbatch_options` "
-                          f"{list(settings.sbatch_options)}): {message}")
-    return SlurmError(f"{_ENTRY}: sbatch refused the job: {message}")
-
-
-def _chunks(count: int, size: int) -> Iterable[int]:
-    while count > 0:
-        yield min(count, size)
-        count -= size
-
-
-# --------------------------------------------------------------------------- controller
+    return batch.refusal(settings, _message(result), _KEY_HINTS, "sbatch",  # type: ignore
+                         "sbatch_options", _ENTRY, SlurmError)
 
 
 class SlurmJobs:
@@ -509,7 +477,7 @@ class SlurmJobs:
             return [self._start_step(count)]
         new: list[JobId] = []
         size = max(1, self.limits().max_array_size)
-        for chunk in _chunks(count, size):
+        for chunk in batch.chunks(count, size):
             new.extend(self._submit_array(chunk))
         return new
 
@@ -625,17 +593,7 @@ class SlurmJobs:
         return found
 
     def _status_from_log(self, job: JobId) -> JobStatus:
-        """A gone job's end from its log: the script's exit line (0: COMPLETED, else
-        FAILED); a log without one (killed) is FAILED, no log at all GONE."""
-        try:
-            text = self.log_path(job).read_text(errors="replace")
-        except OSError:
-            return JobStatus(JobState.GONE, raw="no log")
-        codes = re.findall(rf"^{re.escape(EXIT_MARKER)} (\d+)\s*$", text, re.MULTILINE)
-        if not codes:
-            return JobStatus(JobState.FAILED, raw="log without exit line")
-        state = JobState.COMPLETED if codes[-1] == "0" else JobState.FAILED
-        return JobStatus(state, raw=f"exit {codes[-1]} (log)")
+        return batch.status_from_log(self.log_path(job))
 
     def _poll_steps(self) -> None:
         for job in self._jobs.values():

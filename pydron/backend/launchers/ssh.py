@@ -31,9 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydron.backend.launchers import ssh_transport as ssh
-from pydron.backend.launchers.base import EngineEvents, WorkerStart
-from pydron.backend.protocol.liveness import STOP_GRACE
-from pydron.backend.reactor import call_soon, in_reactor_thread
+from pydron.backend.launchers.base import EngineEvents, WorkerStart, release_when_stopped
+from pydron.backend.reactor import call_soon
 
 __all__ = ["SshLauncher", "Host", "HOST_EVENTS", "hosts_of"]
 
@@ -306,13 +305,7 @@ class SshLauncher:
     def close(self, wait: bool, stopped: threading.Event) -> None:
         """Close the SSH connections (which ends anything of ours still running there):
         now if ``wait`` (not in the reactor thread), else once the engine has stopped."""
-        if wait and not in_reactor_thread():
-            self.close_hosts()
-        else:
-            def later() -> None:
-                stopped.wait(STOP_GRACE + 5)
-                self.close_hosts()
-            threading.Thread(target=later, daemon=True, name="pydron-ssh-close").start()
+        release_when_stopped(wait, stopped, self.close_hosts, "pydron-ssh-close")
 
     def kill_now(self) -> None:
         self.close_hosts()

@@ -4,22 +4,24 @@ A pipeline killed at any moment (``kill -9`` of the caller or of a worker) and s
 again recomputes only the calls whose results were not stored yet::
 
     from pydron.backend.multicore import MulticorePool
-    from pydron.cache import CachingPool, ResultCache
+    from pydron.result_cache import CachingPool, ResultCache
 
     pool = CachingPool(MulticorePool(4), ResultCache("~/.cache/my-pipeline", "20GB"))
 
-Three parts, one job each: :mod:`~pydron.cache.keys` (what identifies a call: its code
-and its arguments' content), :mod:`~pydron.cache.store` (where results live: a
-diskcache directory), :mod:`~pydron.cache.pool` (a Pool wrapper that uses both). The
+Three parts, one job each: :mod:`~pydron.result_cache.keys` (what identifies a call: its code
+and its arguments' content), :mod:`~pydron.result_cache.store` (where results live: a
+diskcache directory), :mod:`~pydron.result_cache.pool` (a Pool wrapper that uses both). The
 helpers :func:`info_text` and :func:`clear` back ``python -m pydron cache info|clear PATH``.
 """
 from __future__ import annotations
 
 import os
 
-from pydron.cache.keys import args_digest, call_key, code_digest
-from pydron.cache.pool import CachingPool
-from pydron.cache.store import CacheWarning, ResultCache, open_existing, parse_size, store_info
+from pydron.result_cache.keys import args_digest, call_key, code_digest
+from pydron.result_cache.pool import CachingPool
+from pydron.result_cache.store import (
+    CacheWarning, ResultCache, open_existing, parse_size, store_info,
+)
 
 __all__ = ["ResultCache", "CachingPool", "CacheWarning", "call_key", "code_digest",
            "args_digest", "parse_size", "info_text", "clear"]

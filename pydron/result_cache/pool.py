@@ -3,7 +3,7 @@
 It wraps any other pool, so every kind of worker (threads, processes, hosts, clouds)
 gets durable results without knowing about them:
 
-* the key (:func:`~pydron.cache.keys.call_key`) is computed in the caller, in ``submit``;
+* the key (:func:`~pydron.result_cache.keys.call_key`) is computed in the caller, in ``submit``;
 * a hit is answered at once, inside ``submit``, as the Pool interface allows;
 * a miss goes to the inner pool; a successful result is written to the store *before* the
   caller's ``on_done`` sees it, so a run killed right after it used a result has also kept
@@ -23,8 +23,8 @@ from typing import Any
 
 from pydron.backend import recorder
 from pydron.backend.pool import OnDone, Pool
-from pydron.cache.keys import call_key
-from pydron.cache.store import ResultCache
+from pydron.result_cache.keys import call_key
+from pydron.result_cache.store import ResultCache
 
 __all__ = ["CachingPool", "ITEMS_ATTRIBUTE"]
 
@@ -32,7 +32,7 @@ ITEMS_ATTRIBUTE = "pydron_items"
 """A map's chunk runner with this attribute has one outcome per item, in order; the
 attribute is the type of an item's failure outcome (never stored)."""
 
-_log = logging.getLogger("pydron.cache")
+_log = logging.getLogger("pydron.result_cache")
 
 
 class _Answered:
@@ -41,7 +41,7 @@ class _Answered:
     __slots__ = ()
 
     def __repr__(self) -> str:
-        return "<pydron.cache: answered from the cache>"
+        return "<pydron.result_cache: answered from the cache>"
 
 
 _ANSWERED = _Answered()

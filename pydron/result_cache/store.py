@@ -36,7 +36,7 @@ import diskcache
 __all__ = ["ResultCache", "parse_size", "CacheWarning", "dumps", "store_info",
            "open_existing"]
 
-_log = logging.getLogger("pydron.cache")
+_log = logging.getLogger("pydron.result_cache")
 
 _UNLIMITED = 2 ** 62
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4,
