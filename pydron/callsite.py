@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["wanted", "announce", "take"]
+__all__ = ["wanted", "announce", "take", "here"]
 
 wanted = False
 """Set by the recorder while it records; the runtime announces sites only then."""
 
-_here = threading.local()
+class _Here(threading.local):
+    where: str | None = None  # a class default: reading it never fails in a new thread
+
+
+here = _Here()
+"""This thread's announced site (``here.where``), for a reader that cannot afford a
+function call per call (the recorder)."""
 
 
 def announce(where: str) -> None:
     """The next call submitted from this thread is made at ``where`` (``file:line``)."""
-    _here.where = where
+    here.where = where
 
 
 def take() -> str | None:
     """The site announced for this thread's call being submitted (then forgotten)."""
-    where = getattr(_here, "where", None)
+    where = here.where
     if where is not None:
-        _here.where = None
+        here.where = None
     return where

@@ -1,10 +1,13 @@
 """The run's record of calls: counts for the progress line, events for the trace file.
 
 Pools report to the backend's active recorder (:mod:`pydron.backend.recorder`); this is
-that recorder. It is fed from several threads at once (the caller's, the engine's
-reactor thread, result-decoding threads, thread-pool workers), so every report takes one
-lock, briefly: a report costs well under a microsecond with tracing off, and a few with it
-on (one tuple appended per event), against the ~10 µs a call costs on a worker process.
+that recorder. Reports come from several threads at once (the caller's, the engine's
+reactor thread, result-decoding threads, thread-pool workers), and a call costs about
+10 µs on a worker process, so a report must cost well under a microsecond: no lock. Each
+report appends one tuple to a deque (an append is atomic); the counts are worked out by
+whoever reads them -- the progress line, five times a second -- from the reports not yet
+counted (:meth:`CallRecorder.counts`, under the reader's own lock). With ``keep_events``
+the reports are also kept, in order, for the trace file.
 
 What it counts are the calls the program made: a chunk of a ``pydron.map`` is as many
 calls as it has items (see :data:`CHUNK_ATTRIBUTE`), so that the progress line's counts
@@ -15,6 +18,8 @@ Times are ``time.perf_counter()`` seconds; :attr:`CallRecorder.origin` is the
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +30,9 @@ from pydron.backend.protocol.shipping import callable_name, callable_site
 from pydron import callsite
 from pydron.backend.recorder import WorkerTag
 
-__all__ = ["CallRecorder", "CallRecord", "Counts", "CHUNK_ATTRIBUTE", "WRAPS_ATTRIBUTE"]
+__all__ = ["CallRecorder", "CallRecord", "Counts", "CHUNK_ATTRIBUTE", "WRAPS_ATTRIBUTE",
+           "SUBMITTED", "SENT", "FINISHED", "REQUEUED", "CANCELLED", "ANSWERED", "JOINED",
+           "LOST", "GONE"]
 
 CHUNK_ATTRIBUTE = "pydron_chunk"
 """A function with this attribute true runs a chunk of a map: ``fn(user_fn, items, ...)``;
@@ -38,7 +45,7 @@ class CallRecord:
     """One call from its submit to its end (the recorder's token for the pools)."""
 
     __slots__ = ("name", "site", "weight", "nbytes", "submitted", "sent", "worker",
-                 "attempt", "id")
+                 "attempt", "id", "running")
 
     def __init__(self, id: int, name: str, site: str, weight: int, nbytes: int,
                  submitted: float) -> None:
@@ -51,6 +58,7 @@ class CallRecord:
         self.sent = 0.0
         self.worker: WorkerTag | None = None
         self.attempt = 1
+        self.running = False  # on a worker, as counted (the reader's only)
 
 
 @dataclass
@@ -78,14 +86,20 @@ class Counts:
         return self.done + self.failed + self.cancelled
 
 
+BACKLOG = 50_000
+"""Reports left uncounted before a report counts them itself (bounds the memory they hold
+when no progress line reads the counts)."""
+
+SUBMITTED, SENT, FINISHED, REQUEUED, CANCELLED, ANSWERED, JOINED, LOST, GONE = range(9)
+"""The kinds of report, the first item of each tuple in :attr:`CallRecorder.reports`."""
+
+
 @dataclass
 class CallRecorder:
-    """Counts calls and, with ``keep_events``, keeps what the trace file needs:
-
-    * ``("call", record, end, ok, run_seconds, result_bytes, error)`` per finished call;
-    * ``("retry", record, time, worker, why)``; ``("lost", worker, time, why)``;
-    * ``("joined", worker, time)``.
-    """
+    """Counts calls and, with ``keep_events``, keeps the reports the trace file is made
+    of (:attr:`events`): ``(kind, when, record or worker, ...)`` tuples in the order they
+    came: ``(FINISHED, when, record, ok, run_seconds, result_bytes, error)``,
+    ``(REQUEUED, when, record, worker, why)``, ``(LOST, when, worker, why)`` ..."""
 
     keep_events: bool = False
     started: float = field(default_factory=time.time)
@@ -94,127 +108,153 @@ class CallRecorder:
     workers_seen: dict[WorkerTag, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._lock = threading.Lock()
+        self._reports: collections.deque[tuple] = collections.deque()
+        self._lock = threading.Lock()  # the readers'
         self._counts = Counts()
-        self._running: set[int] = set()
         self._live: set[WorkerTag] = set()
         self._names: dict[int, tuple[Callable[..., Any], str, str]] = {}
-        self._ids = 0
+        self._ids = itertools.count(1)
+
+    def _report(self, entry: tuple) -> None:
+        reports = self._reports
+        reports.append(entry)
+        if self.keep_events:
+            self.events.append(entry)
+        if len(reports) > BACKLOG:  # nobody reads the counts often: count here, seldom
+            with self._lock:
+                self._count()
 
     # ------------------------------------------------------------------ reading
 
     def counts(self) -> Counts:
-        """A copy of the counts now."""
+        """The counts now (the reports since the last reading counted first)."""
         with self._lock:
+            self._count()
             c = self._counts
             return Counts(c.submitted, c.done, c.failed, c.running, c.cancelled, c.retries,
                           c.cached, len(self._live), time.perf_counter() - self.origin,
                           c.last_change)
 
+    def _count(self) -> None:
+        reports, c, live = self._reports, self._counts, self._live
+        while reports:
+            entry = reports.popleft()
+            kind, when = entry[0], entry[1]
+            if kind == SUBMITTED:
+                c.submitted += entry[2].weight
+            elif kind == SENT:
+                record = entry[2]
+                if not record.running:
+                    record.running = True
+                    c.running += record.weight
+                if record.worker.pid == 0:  # a thread of an in-process pool
+                    live.add(record.worker)
+                    self.workers_seen.setdefault(record.worker, when)
+                continue  # no change the line must wait a quiet second for
+            elif kind == FINISHED:
+                record = entry[2]
+                if record.running:
+                    record.running = False
+                    c.running -= record.weight
+                if entry[3]:
+                    c.done += record.weight
+                else:
+                    c.failed += record.weight
+            elif kind == REQUEUED:
+                record = entry[2]
+                if record.running:
+                    record.running = False
+                    c.running -= record.weight
+                c.retries += record.weight
+            elif kind == CANCELLED:
+                record = entry[2]
+                if record.running:
+                    record.running = False
+                    c.running -= record.weight
+                c.cancelled += record.weight
+            elif kind == ANSWERED:
+                c.submitted += entry[2]
+                c.done += entry[2]
+                c.cached += entry[2]
+            elif kind == JOINED:
+                live.add(entry[2])
+                self.workers_seen.setdefault(entry[2], when)
+            elif kind in (LOST, GONE):
+                live.discard(entry[2])
+            c.last_change = max(c.last_change, when)
+
+    def seen_workers(self) -> dict[WorkerTag, float]:
+        """Every worker that took part, with when it was first seen."""
+        with self._lock:
+            self._count()
+            return dict(self.workers_seen)
+
     # ------------------------------------------------------------------ the pools' reports
 
     def submitted(self, fn: Callable[..., Any], args: tuple, nbytes: int) -> CallRecord:
+        known = self._names.get(id(fn))
+        if known is None or known[0] is not fn:
+            known = self._describe(fn)
+        _, name, site, wraps, chunk = known
         weight = 1
-        wraps = getattr(fn, WRAPS_ATTRIBUTE, None)
-        if isinstance(wraps, int) and len(args) > wraps + 1:
+        if wraps is not None and len(args) > wraps + 1:  # an initializer's wrapper
             fn, args = args[wraps], tuple(args[wraps + 1])
-        if getattr(fn, CHUNK_ATTRIBUTE, False) and len(args) >= 2:
-            fn, weight = args[0], len(args[1])
-        name, site = self._describe(fn)
-        where = callsite.take()
-        if where:
+            _, name, site, _, chunk = self._describe(fn)
+        if chunk and len(args) >= 2:  # a map's chunk: its items' function, its items
+            _, name, site, _, _ = self._describe(args[0])
+            weight = len(args[1])
+        here = callsite.here
+        where = here.where
+        if where is not None:
+            here.where = None
             site = where
         now = time.perf_counter()
-        with self._lock:
-            self._ids += 1
-            record = CallRecord(self._ids, name, site, weight, nbytes, now)
-            self._counts.submitted += weight
-            self._counts.last_change = now
+        record = CallRecord(next(self._ids), name, site, weight, nbytes, now)
+        self._report((SUBMITTED, now, record))
         return record
 
-    def _describe(self, fn: Callable[..., Any]) -> tuple[str, str]:
-        key = id(fn)
-        known = self._names.get(key)
+    def _describe(self, fn: Callable[..., Any]) -> tuple[Any, str, str, int | None, bool]:
+        """``(fn, name, site, wraps, chunk)``, remembered by the function's identity."""
+        known = self._names.get(id(fn))
         if known is not None and known[0] is fn:
-            return known[1], known[2]
-        name, site = callable_name(fn), callable_site(fn)
+            return known
+        wraps = getattr(fn, WRAPS_ATTRIBUTE, None)
+        known = (fn, callable_name(fn), callable_site(fn),
+                 wraps if isinstance(wraps, int) else None,
+                 bool(getattr(fn, CHUNK_ATTRIBUTE, False)))
         if len(self._names) < 10_000:  # a program making functions by the million: no cache
-            self._names[key] = (fn, name, site)  # holds fn, so its id is not reused
-        return name, site
+            self._names[id(fn)] = known  # holds fn, so its id is not reused
+        return known
 
     def sent(self, token: CallRecord, worker: WorkerTag) -> None:
         now = time.perf_counter()
-        with self._lock:
-            token.sent = now
-            token.worker = worker
-            if worker.pid == 0 and worker not in self._live:  # a thread of an in-process pool
-                self._live.add(worker)
-                self.workers_seen.setdefault(worker, now)
-            if token.id not in self._running:
-                self._running.add(token.id)
-                self._counts.running += token.weight
+        token.sent = now
+        token.worker = worker
+        self._report((SENT, now, token))
 
     def finished(self, token: CallRecord, ok: bool, worker: WorkerTag | None,
                  run_seconds: float, result_bytes: int, error: str = "") -> None:
-        now = time.perf_counter()
-        with self._lock:
-            counts = self._counts
-            if token.id in self._running:
-                self._running.discard(token.id)
-                counts.running -= token.weight
-            if ok:
-                counts.done += token.weight
-            else:
-                counts.failed += token.weight
-            counts.last_change = now
-            if self.keep_events:
-                if worker is not None:
-                    token.worker = worker
-                self.events.append(("call", token, now, ok, run_seconds, result_bytes, error))
+        if worker is not None:
+            token.worker = worker
+        self._report((FINISHED, time.perf_counter(), token, ok, run_seconds, result_bytes,
+                      error))
 
     def requeued(self, token: CallRecord, worker: WorkerTag | None, why: str) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            if token.id in self._running:
-                self._running.discard(token.id)
-                self._counts.running -= token.weight
-            self._counts.retries += token.weight
-            token.attempt += 1
-            if self.keep_events:
-                self.events.append(("retry", token, now, worker, why))
-
-    def answered(self, fn: Callable[..., Any], count: int) -> None:
-        with self._lock:
-            counts = self._counts
-            counts.submitted += count
-            counts.done += count
-            counts.cached += count
-            counts.last_change = time.perf_counter()
+        token.attempt += 1
+        self._report((REQUEUED, time.perf_counter(), token, worker, why))
 
     def cancelled(self, token: CallRecord) -> None:
-        with self._lock:
-            if token.id in self._running:
-                self._running.discard(token.id)
-                self._counts.running -= token.weight
-            self._counts.cancelled += token.weight
-            self._counts.last_change = time.perf_counter()
+        self._report((CANCELLED, time.perf_counter(), token))
+
+    def answered(self, fn: Callable[..., Any], count: int) -> None:
+        self._report((ANSWERED, time.perf_counter(), count))
 
     def worker_joined(self, worker: WorkerTag) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            self._live.add(worker)
-            self.workers_seen.setdefault(worker, now)
-            if self.keep_events:
-                self.events.append(("joined", worker, now))
+        self._report((JOINED, time.perf_counter(), worker))
 
     def worker_left(self, worker: WorkerTag, why: str) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            self._live.discard(worker)
-            if self.keep_events:
-                self.events.append(("lost", worker, now, why))
+        self._report((LOST, time.perf_counter(), worker, why))
 
     def worker_gone(self, worker: WorkerTag) -> None:
         """A worker that ended as asked (not lost): no longer counted as connected."""
-        with self._lock:
-            self._live.discard(worker)
+        self._report((GONE, time.perf_counter(), worker))
