@@ -256,7 +256,10 @@ def test_trace_file_from_the_configuration_is_written_at_exit(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == str(sum(range(0, 200, 2)))
     written = list(tmp_path.glob("trace-*.json"))
     assert len(written) == 1 and f"trace written to {written[0]}" in done.stderr
-    calls = check_trace(json.loads(written[0].read_text()), calls=10, workers=2)
+    document = json.loads(written[0].read_text())
+    workers = sum(1 for e in document["traceEvents"] if e.get("name") == "thread_name")
+    assert 1 <= workers <= 2  # a worker that connected after the last chunk has no track
+    calls = check_trace(document, calls=10, workers=workers)
     assert {e["name"] for e in calls} == {"double"}
     assert sum(e["args"]["items"] for e in calls) == 100  # chunks of ten items
 

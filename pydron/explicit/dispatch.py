@@ -142,7 +142,7 @@ class _Work:
     """One submitted call and its future; the handle the pool gave back once handed off."""
 
     __slots__ = ("future", "fn", "args", "kwargs", "pool", "handle", "settled", "deadline",
-                 "origin", "started")
+                 "origin", "started", "stop_when_handed")
 
     def __init__(self, future: cf.Future, fn: Callable[..., Any], args: tuple,
                  kwargs: dict) -> None:
@@ -156,6 +156,7 @@ class _Work:
         self.deadline = 0.0
         self.origin: Any = None   # the function, kept for a timeout's message
         self.started = 0.0        # when it was handed to the pool
+        self.stop_when_handed = False  # withdrawn while pool.submit had not yet returned
 
 
 class Dispatcher:
@@ -302,6 +303,11 @@ class Dispatcher:
             if work.settled:
                 return
             work.handle = handle
+            stop = work.stop_when_handed
+        if stop:  # withdrawn meanwhile (the call may even have started on a worker)
+            if pool.cancel(handle):
+                self._settle(work, False, cf.CancelledError())
+            return
         if self.call_timeout is not None:
             self._arm(work)
 
@@ -446,6 +452,11 @@ class Dispatcher:
                 return False
             pool, handle = work.pool, work.handle
             old = time.monotonic() - work.started >= younger_than
+            if old and handle is None:
+                # Being handed to the pool, whose submit has not returned yet (a loaded
+                # machine may run the call on a worker first): stopped once it returns.
+                work.stop_when_handed = True
+                return False
         if not old or pool is None or handle is None:
             return False
         try:
