@@ -86,7 +86,7 @@ class Counts:
         return self.done + self.failed + self.cancelled
 
 
-BACKLOG = 50_000
+BACKLOG = 5_000
 """Reports left uncounted before a report counts them itself (bounds the memory they hold
 when no progress line reads the counts)."""
 
@@ -96,10 +96,11 @@ SUBMITTED, SENT, FINISHED, REQUEUED, CANCELLED, ANSWERED, JOINED, LOST, GONE = r
 
 @dataclass
 class CallRecorder:
-    """Counts calls and, with ``keep_events``, keeps the reports the trace file is made
-    of (:attr:`events`): ``(kind, when, record or worker, ...)`` tuples in the order they
-    came: ``(FINISHED, when, record, ok, run_seconds, result_bytes, error)``,
-    ``(REQUEUED, when, record, worker, why)``, ``(LOST, when, worker, why)`` ..."""
+    """Counts calls and, with ``keep_events``, keeps what the trace file is made of
+    (:attr:`events`), in the order it came, as tuples of plain values:
+    ``(FINISHED, end, call id, name, site, items, arg bytes, submitted, sent, worker,
+    attempt, ok, run seconds, result bytes, error)``, ``(REQUEUED, when, call id, worker,
+    why)`` and ``(LOST, when, worker, why)``."""
 
     keep_events: bool = False
     started: float = field(default_factory=time.time)
@@ -118,8 +119,6 @@ class CallRecorder:
     def _report(self, entry: tuple) -> None:
         reports = self._reports
         reports.append(entry)
-        if self.keep_events:
-            self.events.append(entry)
         if len(reports) > BACKLOG:  # nobody reads the counts often: count here, seldom
             with self._lock:
                 self._count()
@@ -236,12 +235,23 @@ class CallRecorder:
                  run_seconds: float, result_bytes: int, error: str = "") -> None:
         if worker is not None:
             token.worker = worker
-        self._report((FINISHED, time.perf_counter(), token, ok, run_seconds, result_bytes,
-                      error))
+        now = time.perf_counter()
+        self._report((FINISHED, now, token, ok))
+        if self.keep_events:
+            # Plain values only, no reference to the record: a tuple of those is one the
+            # garbage collector stops tracking, so a trace of a million calls does not
+            # make every collection walk a million objects.
+            self.events.append((FINISHED, now, token.id, token.name, token.site,
+                                token.weight, token.nbytes, token.submitted,
+                                token.sent or now, token.worker, token.attempt, ok,
+                                run_seconds, result_bytes, error))
 
     def requeued(self, token: CallRecord, worker: WorkerTag | None, why: str) -> None:
         token.attempt += 1
-        self._report((REQUEUED, time.perf_counter(), token, worker, why))
+        now = time.perf_counter()
+        self._report((REQUEUED, now, token))
+        if self.keep_events:
+            self.events.append((REQUEUED, now, token.id, worker, why))
 
     def cancelled(self, token: CallRecord) -> None:
         self._report((CANCELLED, time.perf_counter(), token))
@@ -253,7 +263,10 @@ class CallRecorder:
         self._report((JOINED, time.perf_counter(), worker))
 
     def worker_left(self, worker: WorkerTag, why: str) -> None:
-        self._report((LOST, time.perf_counter(), worker, why))
+        now = time.perf_counter()
+        self._report((LOST, now, worker))
+        if self.keep_events:
+            self.events.append((LOST, now, worker, why))
 
     def worker_gone(self, worker: WorkerTag) -> None:
         """A worker that ended as asked (not lost): no longer counted as connected."""

@@ -111,30 +111,30 @@ def trace_text(recorder: CallRecorder) -> str:
     for event in list(recorder.events):
         kind = event[0]
         if kind == FINISHED:
-            _, end, record, ok, run, result_bytes, error = event
-            pid, tid = tracks.of(record.worker)
+            (_, end, call, name, site, items, nbytes, submitted, sent, worker, attempt, ok,
+             run, result_bytes, error) = event
+            pid, tid = tracks.of(worker)
             calls += 1
-            sent = record.sent or end
             failure = f',"error":{_quote(error)}' if not ok else ""
-            append(f'{{"ph":"X","name":{q(record.name)},"cat":"call","pid":{pid},'
+            append(f'{{"ph":"X","name":{q(name)},"cat":"call","pid":{pid},'
                    f'"tid":{tid},"ts":{(end - run - origin) * 1e6:.1f},'
-                   f'"dur":{max(run, 1e-6) * 1e6:.1f},"args":{{"call":{record.id},'
-                   f'"site":{q(record.site)},"items":{record.weight},'
-                   f'"arg_bytes":{record.nbytes},"result_bytes":{result_bytes},'
-                   f'"queued_ms":{(sent - record.submitted) * 1e3:.3f},'
+                   f'"dur":{max(run, 1e-6) * 1e6:.1f},"args":{{"call":{call},'
+                   f'"site":{q(site)},"items":{items},'
+                   f'"arg_bytes":{nbytes},"result_bytes":{result_bytes},'
+                   f'"queued_ms":{(sent - submitted) * 1e3:.3f},'
                    f'"transfer_ms":{max(0.0, end - sent - run) * 1e3:.3f},'
                    f'"run_ms":{run * 1e3:.3f},"ok":{"true" if ok else "false"},'
-                   f'"attempt":{record.attempt}{failure}}}}}')
+                   f'"attempt":{attempt}{failure}}}}}')
             if not ok:
                 append(f'{{"ph":"i","s":"t","name":"failure","cat":"failure","pid":{pid},'
                        f'"tid":{tid},"ts":{(end - origin) * 1e6:.1f},'
-                       f'"args":{{"call":{record.id},"error":{_quote(error)}}}}}')
+                       f'"args":{{"call":{call},"error":{_quote(error)}}}}}')
         elif kind == REQUEUED:
-            _, when, record, worker, why = event
+            _, when, call, worker, why = event
             pid, tid = tracks.of(worker)
             append(f'{{"ph":"i","s":"t","name":"retry","cat":"retry","pid":{pid},'
                    f'"tid":{tid},"ts":{(when - origin) * 1e6:.1f},'
-                   f'"args":{{"call":{record.id},"why":{_quote(why)}}}}}')
+                   f'"args":{{"call":{call},"why":{_quote(why)}}}}}')
         elif kind == LOST:
             _, when, worker, why = event
             pid, tid = tracks.of(worker)
