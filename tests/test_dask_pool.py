@@ -135,3 +135,125 @@ def test_an_unreachable_scheduler_is_named_with_its_key(tmp_path):
     with pytest.raises(ConfigError) as caught:
         DaskPool(scheduler_file=missing, timeout=2)
     assert missing in str(caught.value) and '"scheduler_file"' in str(caught.value)
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+class Odd(Exception):
+    """An exception whose __init__ takes other parameters than its args."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+        self.pair = (a, b)
+
+
+def _inner(x: int) -> int:
+    try:
+        return {}[x]
+    except KeyError as exc:
+        raise Odd(x, x + 1) from exc
+
+
+@pydron.functional
+def fails(x: int) -> int:
+    try:
+        _inner(x)
+    except Odd as exc:
+        exc.add_note(f"while failing on {x}")
+        raise ValueError("outer", x)  # __context__ is the Odd, whose __cause__ a KeyError
+
+
+@pydron.functional
+def chatty(x: int) -> int:
+    print(f"hello {x} from the worker")
+    print("to stderr", x, file=sys.stderr)
+    warnings.warn(f"careful {x}", UserWarning)
+    logging.getLogger("dasktest.chatty").warning("logged %d", x)
+    return x
+
+
+def one_outcome(pool, fn, *args):
+    done = collect(pool, fn, [args])
+    wait_until(lambda: done, timeout=60, what=f"{fn.__name__}{args}")
+    return done[0]
+
+
+def frames_of(exc: BaseException) -> list[tuple[str, str, int]]:
+    tb = exc.__traceback__
+    out = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        out.append((os.path.basename(code.co_filename), code.co_name, tb.tb_lineno))
+        tb = tb.tb_next
+    return out
+
+
+@pytest.fixture(scope="module")
+def multicore_pool():
+    from pydron.backend.multicore import MulticorePool
+    pool = MulticorePool(2)
+    yield pool
+    pool.shutdown()
+
+
+def test_exceptions_arrive_exactly_as_on_the_multicore_pool(dask_cluster, multicore_pool):
+    pool = DaskPool(dask_cluster.address)
+    try:
+        ok_d, on_dask = one_outcome(pool, fails, 3)
+        ok_m, on_multicore = one_outcome(multicore_pool, fails, 3)
+    finally:
+        pool.shutdown()
+    assert not ok_d and not ok_m
+    assert type(on_dask) is ValueError and on_dask.args == ("outer", 3)
+    assert isinstance(on_dask.__context__, Odd) and on_dask.__context__.pair == (3, 4)
+    assert isinstance(on_dask.__context__.__cause__, KeyError)
+    assert on_dask.__context__.__notes__ == ["while failing on 3"]
+    assert exception_picture(on_dask) == exception_picture(on_multicore)
+    assert frames_of(on_dask) == frames_of(on_multicore)
+    assert [name for _, name, _ in frames_of(on_dask)] == ["fails"]
+    assert [name for _, name, _ in frames_of(on_dask.__context__)] == ["fails", "_inner"]
+    assert frames_of(on_dask.__context__) == frames_of(on_multicore.__context__)
+
+
+@pydron.schedule
+def fails_in_loop(n: int) -> list[int]:
+    out = []
+    for i in range(n):
+        out.append(square(i) if i != 5 else fails(i))
+    return out
+
+
+def test_a_scheduled_failure_raises_as_on_the_multicore_pool(dask_conf):
+    with pytest.raises(ValueError) as on_dask:
+        fails_in_loop(12)
+    pydron.configure({"workers": [{"type": "multicore", "cores": 2}]})
+    with pytest.raises(ValueError) as on_multicore:
+        fails_in_loop(12)
+    assert exception_picture(on_dask.value) == exception_picture(on_multicore.value)
+    assert frames_of(on_dask.value)[-2:] == frames_of(on_multicore.value)[-2:]
+    assert frames_of(on_dask.value)[-1][1] == "fails"
+
+
+def test_print_output_warnings_and_log_records_reach_the_caller(dask_cluster, multicore_pool,
+                                                                 capsys, caplog):
+    pool = DaskPool(dask_cluster.address)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dasktest"):
+            assert one_outcome(pool, chatty, 424242) == (True, 424242)
+        dask_out, dask_err = capsys.readouterr()
+        records = [r for r in caplog.records if r.name == "dasktest.chatty"]
+        assert one_outcome(multicore_pool, chatty, 535353) == (True, 535353)
+        multi_out, multi_err = capsys.readouterr()
+    finally:
+        pool.shutdown()
+    assert dask_out == "hello 424242 from the worker\n"
+    assert dask_out.replace("424242", "535353") == multi_out
+    assert "to stderr 424242\n" in dask_err and "UserWarning: careful 424242" in dask_err
+    assert "test_dask_pool.py" in dask_err
+    # The same lines as on Pydron's own workers (the warning's line and text included).
+    assert sorted(dask_err.replace("424242", "535353").splitlines()) == \
+        sorted(multi_err.splitlines())
+    assert len(records) == 1 and records[0].getMessage() == "logged 424242"
+    assert "Dask worker" in records[0].pydron_worker and records[0].pydron_call == "chatty"
+    assert records[0].lineno == chatty.__code__.co_firstlineno + 5  # the decorator's line first
