@@ -257,3 +257,238 @@ def test_print_output_warnings_and_log_records_reach_the_caller(dask_cluster, mu
     assert len(records) == 1 and records[0].getMessage() == "logged 424242"
     assert "Dask worker" in records[0].pydron_worker and records[0].pydron_call == "chatty"
     assert records[0].lineno == chatty.__code__.co_firstlineno + 5  # the decorator's line first
+
+
+# --------------------------------------------------------------------------- observing
+
+
+@pydron.functional
+def nap_square(x: int) -> int:
+    time.sleep(0.02)
+    return x * x
+
+
+@pydron.schedule
+def nap_squares(n: int) -> int:
+    out = []
+    for i in range(n):
+        out.append(nap_square(i))
+    return sum(out)
+
+
+def _line_of(text: str) -> int:
+    return next(i for i, line in enumerate(Path(__file__).read_text().splitlines(), 1)
+                if text in line)
+
+
+def test_progress_counts_and_a_trace_on_the_dask_pool(dask_conf):
+    from pydron.observe import recording
+    from pydron.observe.trace import trace_document
+    with recording() as rec:
+        assert nap_squares(20) == sum(i * i for i in range(20))
+    counts = rec.counts()
+    assert (counts.submitted, counts.done, counts.failed, counts.running) == (20, 20, 0, 0)
+    document = json.loads(json.dumps(trace_document(rec)))
+    events = document["traceEvents"]
+    calls = [e for e in events if e["ph"] == "X"]
+    assert len(calls) == 20 and {e["name"] for e in calls} == {"nap_square"}
+    site = f"{__file__}:{_line_of('out.append(nap_square(i))')}"
+    assert {e["args"]["site"] for e in calls} == {site}
+    assert all(e["args"]["run_ms"] >= 19 for e in calls)  # the sleep ran on a Dask worker
+    tracks = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    assert len(tracks) == 2, tracks  # one per Dask worker
+
+
+@pydron.schedule
+def two_slow(seconds: float) -> list:
+    return [slow(1, seconds), slow(2, seconds)]
+
+
+def test_task_keys_name_the_function_and_the_call_site(dask_conf):
+    from pydron.observe import recording
+    seen: list[str] = []
+    client = dask_conf.client()
+    try:
+        def look() -> list[str]:
+            seen[:] = [k for keys in client.processing().values() for k in keys]
+            return seen
+        with recording():
+            import threading
+            run = threading.Thread(target=two_slow, args=(3.0,))
+            run.start()
+            wait_until(look, timeout=30, what="the two tasks on the workers")
+            run.join()
+    finally:
+        client.close()
+    line = _line_of("return [slow(1, seconds), slow(2, seconds)]")
+    prefix = f"slow-test_dask_pool.py:{line}-"
+    assert seen and all(key.startswith(prefix) and len(key) == len(prefix) + 32
+                        for key in seen), seen
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+@pydron.functional
+def total_of(data: list[int], x: int) -> int:
+    return sum(data) + x
+
+
+@pydron.functional
+def identity_of(data: list[int]) -> int:
+    return id(data)
+
+
+def test_shared_data_is_scattered_once_and_nothing_stays_after_shutdown(dask_cluster):
+    data = list(range(100_000))
+    pool = DaskPool(dask_cluster.address)
+    handle = pydron.shared(data)
+    try:
+        done = collect(pool, total_of, [(handle, x) for x in range(30)])
+        wait_until(lambda: len(done) == 30, timeout=60, what="30 results")
+        assert [done[x] for x in range(30)] == [(True, sum(data) + x) for x in range(30)]
+        assert pool.scatters == 1
+        shared_keys = keys_on(dask_cluster, "pydron-shared-")
+        assert len(shared_keys) == 1, shared_keys
+        client = dask_cluster.client()
+        try:
+            assert len(client.who_has()[shared_keys[0]]) == 2  # broadcast to both workers
+        finally:
+            client.close()
+        # One object per worker, the same for every call there (as on Pydron's workers).
+        done = collect(pool, identity_of, [(handle,)] * 10)
+        wait_until(lambda: len(done) == 10, timeout=60, what="10 results")
+        assert len({value for _, value in done.values()}) <= 2
+        done = collect(pool, slow, [(x, 0.0) for x in range(10)])
+        wait_until(lambda: len(done) == 10, timeout=60, what="10 more results")
+    finally:
+        pool.shutdown()
+    assert keys_on(dask_cluster, "pydron-shared-") == []
+    assert [k for k in keys_on(dask_cluster) if k.startswith(("total_of-", "slow-",
+                                                              "identity_of-"))] == []
+
+
+_CLIENT_PROGRAM = """
+import sys
+import pydron
+
+@pydron.functional
+def cube(x):
+    return x ** 3
+
+@pydron.schedule
+def cubes(n):
+    out = []
+    for i in range(n):
+        out.append(cube(i))
+    return out
+
+pydron.configure({{"workers": [{{"type": "dask", "address": {address!r}}}]}})
+tag = int(sys.argv[1])
+for round in range(3):
+    assert cubes(60) == [i ** 3 for i in range(60)]
+    assert list(pydron.map(cube, range(tag, tag + 200))) == [i ** 3 for i in range(tag, tag + 200)]
+print("exact", tag)
+"""
+
+
+def test_two_client_programs_share_the_cluster_and_both_are_exact(dask_cluster, tmp_path):
+    script = tmp_path / "client_program.py"
+    script.write_text(_CLIENT_PROGRAM.format(address=dask_cluster.address))
+    procs = [subprocess.Popen([sys.executable, str(script), str(tag)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dask_cluster.env(),
+                              cwd=tmp_path) for tag in (1000, 2000)]
+    outputs = [proc.communicate(timeout=180) for proc in procs]
+    for tag, proc, (out, err) in zip((1000, 2000), procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+        assert out.strip() == f"exact {tag}"
+    assert [k for k in keys_on(dask_cluster) if k.startswith("cube-")] == []
+
+
+@pydron.functional
+def marked(path: str, x: int, seconds: float) -> tuple[int, int]:
+    """Records each run (so a test sees a rerun), sleeps."""
+    with open(path, "a") as f:
+        f.write(f"{x} {os.getpid()}\n")
+    time.sleep(seconds)
+    return x * x, os.getpid()
+
+
+def test_a_worker_killed_mid_run_has_its_calls_run_again(dask_cluster, tmp_path):
+    runs = tmp_path / "runs"
+    pool = DaskPool(dask_cluster.address)
+    client = dask_cluster.client()
+    try:
+        pids = client.run(os.getpid)  # the worker processes (not their nannies)
+        done = collect(pool, marked, [(str(runs), x, 1.0) for x in range(8)])
+        wait_until(lambda: runs.exists() and len(runs.read_text().splitlines()) >= 2,
+                   timeout=30, what="both workers to start a call")
+        victim = int(runs.read_text().split()[1])
+        assert victim in pids.values()
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(done) == 8, timeout=120, what="8 results after the kill")
+        assert [done[x] for x in range(8)] == [(True, (x * x, done[x][1][1])) for x in range(8)]
+        lines = [line.split() for line in runs.read_text().splitlines()]
+        rerun = [x for x, pid in lines if int(pid) == victim]
+        assert rerun and any(x == rerun[-1] and int(pid) != victim for x, pid in lines)
+        assert victim not in {value[1] for _, value in done.values()}
+    finally:
+        client.close()
+        pool.shutdown()
+    dask_cluster.client(workers=2).close()  # the nanny has restarted the worker
+
+
+@pydron.functional
+def suicide(x: int) -> int:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_a_call_that_keeps_killing_its_worker_ends_in_worker_lost_error(dask_cluster):
+    pool = DaskPool(dask_cluster.address, max_retries=0)
+    try:
+        ok, error = one_outcome(pool, suicide, 1)
+    finally:
+        pool.shutdown()
+    dask_cluster.client(workers=2).close()
+    assert not ok and isinstance(error, WorkerLostError), error
+    assert "suicide()" in str(error) and "KilledWorker" in str(error)
+
+
+def test_a_worker_that_joins_mid_run_receives_calls(dask_cluster):
+    pool = DaskPool(dask_cluster.address, watch_interval=0.2)
+    try:
+        done = collect(pool, slow, [(x, 1.0) for x in range(16)])
+        dask_cluster.add_worker("w3")
+        wait_until(lambda: pool.parallelism == 3, timeout=60, what="parallelism 3")
+        wait_until(lambda: len(done) == 16, timeout=120, what="16 results")
+        client = dask_cluster.client(workers=3)
+        try:
+            pids = client.run(os.getpid)
+        finally:
+            client.close()
+        newcomer = next(pid for address, pid in pids.items()
+                        if address in _addresses_named(dask_cluster, "w3"))
+        assert [done[x][1][0] for x in range(16)] == [x * x for x in range(16)]
+        assert newcomer in {value[1] for _, value in done.values()}
+    finally:
+        pool.shutdown()
+        dask_cluster.stop_worker("w3")
+    wait_until(lambda: _thread_count(dask_cluster) == 2, timeout=60, what="w3 to leave")
+
+
+def _addresses_named(cluster, name: str) -> set[str]:
+    client = cluster.client()
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        return {address for address, info in workers.items() if info.get("name") == name}
+    finally:
+        client.close()
+
+
+def _thread_count(cluster) -> int:
+    client = cluster.client(workers=1)
+    try:
+        return sum(client.nthreads().values())
+    finally:
+        client.close()
