@@ -580,7 +580,7 @@ WORKER_TYPES: dict[str, WorkerType] = {
     # here is the `threads` cap, or 1.
     "dask": WorkerType(
         keys={"address": _string, "scheduler_file": _string,
-              "threads": _int_at_least(1), "timeout": _positive_seconds},
+              "threads": _int_between(1, 1_000_000), "timeout": _positive_seconds},
         count=lambda entry: int(entry.get("threads", 1)),  # type: ignore[call-overload]
         normalise=_normalise_dask,
     ),
