@@ -62,7 +62,7 @@ class Outcome(NamedTuple):
 # streams are replaced once by dispatchers that write to the current thread's buffer
 # while it runs a call, and to the original stream otherwise.
 
-_capture = threading.local()  # .out, .err: StringIO; .logs: list[bytes] (while a call runs)
+_capture = threading.local()  # .out, .err: lists of text; .logs: list[bytes] (while a call runs)
 _install_lock = threading.Lock()
 _installed = False
 
@@ -77,7 +77,8 @@ class _ThreadStream(io.TextIOBase):
     def write(self, text: str) -> int:
         buffer = getattr(_capture, self._which, None)
         if buffer is not None:
-            return buffer.write(text)
+            buffer.append(text)
+            return len(text)
         return self._original.write(text)
 
     def flush(self) -> None:
@@ -109,10 +110,15 @@ class _CaptureHandler(logging.Handler):
             logging.lastResort.handle(record)
 
 
+_levels_seen: set[int] = set()
+
+
 def _install(log_level: int) -> None:
     """Put the dispatching streams and the capturing handler in place (once a process);
     lower the root level to the caller's so that its records are made at all."""
     global _installed
+    if _installed and log_level in _levels_seen:  # every call but the first: no lock
+        return
     with _install_lock:
         if not _installed:
             sys.stdout = _ThreadStream(sys.stdout, "out")
@@ -123,6 +129,7 @@ def _install(log_level: int) -> None:
         root = logging.getLogger()
         if log_level < root.getEffectiveLevel():
             root.setLevel(log_level)
+        _levels_seen.add(log_level)
 
 
 # --------------------------------------------------------------------------- running
@@ -163,7 +170,9 @@ def run(fn_blob: bytes, args_blob: bytes, buffers: list[Any], shared: dict[bytes
         log_level: int = logging.WARNING) -> Outcome:
     """Run one call on this Dask worker; never raises (see the module docstring)."""
     _install(log_level)
-    out, err, logs = io.StringIO(), io.StringIO(), []
+    out: list[str] = []
+    err: list[str] = []
+    logs: list[bytes] = []
     _capture.out, _capture.err, _capture.logs = out, err, logs
     start = time.perf_counter()
     fn: Any = None
@@ -192,7 +201,7 @@ def run(fn_blob: bytes, args_blob: bytes, buffers: list[Any], shared: dict[bytes
         _capture.out = _capture.err = _capture.logs = None
 
 
-def _failed(exc: BaseException, tb: Any, start: float, out: io.StringIO, err: io.StringIO,
+def _failed(exc: BaseException, tb: Any, start: float, out: list[str], err: list[str],
             logs: list[bytes]) -> Outcome:
     elapsed = time.perf_counter() - start
     blob, name, message, text = dumps_exception(exc, tb)
@@ -200,10 +209,13 @@ def _failed(exc: BaseException, tb: Any, start: float, out: io.StringIO, err: io
 
 
 def _outcome(ok: bool, blob: bytes | None, buffers: list[Any],
-             error: tuple[str, str, str] | None, elapsed: float, out: io.StringIO,
-             err: io.StringIO, logs: list[bytes]) -> Outcome:
-    return Outcome(ok, blob, buffers, error, out.getvalue(), err.getvalue(), logs, elapsed,
-                   socket.gethostname(), os.getpid(), _worker_address())
+             error: tuple[str, str, str] | None, elapsed: float, out: list[str],
+             err: list[str], logs: list[bytes]) -> Outcome:
+    return Outcome(ok, blob, buffers, error, "".join(out), "".join(err), logs, elapsed,
+                   _HOST, os.getpid(), _worker_address())
+
+
+_HOST = socket.gethostname()
 
 
 def _worker_address() -> str:

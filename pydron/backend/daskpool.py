@@ -21,8 +21,10 @@ needs it (``pip install 'pydron[dask]'``).
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
+import queue
 import os
 import pickle
 import sys
@@ -120,13 +122,16 @@ class DaskPool(Pool):
         self.scatters = 0  # how many objects this pool has scattered (statistics, tests)
         self._workers: dict[str, WorkerTag] = {}  # Dask worker address -> its tag
         self._log_level = logging.getLogger().getEffectiveLevel()
-        self._completions = distributed.as_completed(
-            loop=self._client.loop, with_results=True, raise_errors=False)
+        self._wake = threading.Condition(self._lock)
+        self._completions: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads = self._refresh() or 0
         self._collector = threading.Thread(target=self._collect, name="pydron-dask-results",
                                            daemon=True)
         self._collector.start()
+        self._flusher = threading.Thread(target=self._flush_loop, name="pydron-dask-submit",
+                                         daemon=True)
+        self._flusher.start()
         self._watcher = threading.Thread(target=self._watch, args=(watch_interval,),
                                          name="pydron-dask-workers", daemon=True)
         self._watcher.start()
@@ -158,10 +163,8 @@ class DaskPool(Pool):
             if self._closed:
                 raise RuntimeError("cannot submit to a pool that has been shut down")
             self._owed += 1
-            if self._cap and len(self._launched) >= self._cap:
-                self._queue.append(call)
-                return call
-        self._launch(call)
+            self._queue.append(call)
+            self._wake.notify()
         return call
 
     def cancel(self, handle: object) -> bool:
@@ -215,6 +218,9 @@ class DaskPool(Pool):
         if self._stop.is_set():
             return
         self._stop.set()
+        with self._lock:
+            self._wake.notify_all()
+        self._completions.put(None)
         try:
             if futures:
                 self._client.cancel(futures, force=True)
@@ -226,40 +232,82 @@ class DaskPool(Pool):
             _log.debug("pydron: closing the Dask client: %s", exc)
 
     # -- submitting ------------------------------------------------------------------------
-    def _launch(self, call: _Call) -> None:
-        """Submit one attempt of ``call`` as a Dask task of its own key."""
-        call.attempts += 1
-        key = f"{call.key_base}-{uuid.uuid4().hex}"
+    def _launch(self, calls: list[_Call]) -> None:
+        """Submit one attempt of each call as a Dask task of its own key (one batch)."""
+        keys = []
+        for call in calls:
+            call.attempts += 1
+            keys.append(f"{call.key_base}-{uuid.uuid4().hex}")
         try:
-            future = self._client.submit(
-                dask_runner.run, call.fn_blob, call.args_blob, call.buffers, call.shared,
-                self._log_level, key=key, pure=False)
+            futures = self._client.map(
+                dask_runner.run, [c.fn_blob for c in calls], [c.args_blob for c in calls],
+                [c.buffers for c in calls], [c.shared for c in calls],
+                [self._log_level] * len(calls), key=keys, pure=False)
         except Exception as exc:
-            with self._lock:
-                if call.state != CANCELLED:
+            for call in calls:
+                with self._lock:
+                    if call.state == CANCELLED:
+                        continue
                     call.state = DONE
                     self._settled()
-            self._deliver_error(call, WorkerLostError(
-                f"{call.name}() could not be submitted to the Dask scheduler at "
-                f"{self.address}: {type(exc).__name__}: {exc}"), None)
+                self._deliver_error(call, WorkerLostError(
+                    f"{call.name}() could not be submitted to the Dask scheduler at "
+                    f"{self.address}: {type(exc).__name__}: {exc}"), None)
             return
+        dropped = []
         with self._lock:
-            if call.state == CANCELLED:
-                self._release([future])
-                return
-            call.state = LAUNCHED
-            call.future = future
-            self._launched[key] = call
-        self._completions.add(future)
+            for call, key, future in zip(calls, keys, futures):
+                if call.state == CANCELLED:
+                    dropped.append(future)
+                    continue
+                call.future = future
+                self._launched[key] = call
+        if dropped:
+            self._release(dropped)
+        self._client.loop.add_callback(self._track, futures)
+
+    async def _track(self, futures: list[Any]) -> None:
+        """On Dask's event loop: hand each finished task, with its result, to the
+        collector thread. Results of tasks finishing together are fetched together (the
+        client batches concurrent gathers)."""
+        await asyncio.gather(*(self._track_one(future) for future in futures))
+
+    async def _track_one(self, future: Any) -> None:
+        try:
+            # The private coroutine distributed's own as_completed(with_results=True)
+            # awaits: the result, or the (type, exception, traceback) of a failed task.
+            result = await future._result(raiseit=False)
+        except BaseException as exc:  # noqa: B902 -- cancelled, or the client closed
+            result = exc
+        self._completions.put((future, result))
 
     def _next(self) -> None:
-        """Launch queued calls while the ``threads`` cap allows."""
+        """A slot may have come free under the ``threads`` cap: wake the submitter."""
+        if self._cap:
+            with self._lock:
+                self._wake.notify()
+
+    def _flush_loop(self) -> None:
+        """The submitting thread: the calls queued since its last round, as one batch.
+
+        One ``client.map`` for many calls costs the caller a fraction of a
+        ``client.submit`` each (one graph, one wake-up of Dask's event loop), and calls
+        submitted while a batch is on its way simply wait for the next one."""
         while True:
             with self._lock:
-                if not self._queue or (self._cap and len(self._launched) >= self._cap):
+                while not self._stop.is_set() and not (
+                        self._queue and not (self._cap and len(self._launched) >= self._cap)):
+                    self._wake.wait()
+                if self._stop.is_set():
                     return
-                call = self._queue.popleft()
-            self._launch(call)
+                room = self._cap - len(self._launched) if self._cap else len(self._queue)
+                batch = [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
+                for call in batch:
+                    call.state = LAUNCHED
+            try:
+                self._launch(batch)
+            except BaseException:  # noqa: B902 -- this thread must go on submitting
+                _log.exception("pydron: internal error while submitting to Dask")
 
     def _scatter(self, entry: Any) -> Any:
         """The Dask future of a shared object: scattered to every worker once, keyed by
@@ -286,23 +334,16 @@ class DaskPool(Pool):
     # -- outcomes --------------------------------------------------------------------------
     def _collect(self) -> None:
         """The results thread: each finished task's outcome, to its caller."""
-        completions = self._completions
-        while not self._stop.is_set():
+        get = self._completions.get
+        while True:
+            item = get()
+            if item is None:
+                return
             try:
-                future, result = next(completions)
-            except StopIteration:
-                self._stop.wait(0.01)
-                continue
-            except Exception:
-                if self._stop.is_set():
-                    return
-                _log.exception("pydron: internal error while collecting Dask results")
-                continue
-            try:
-                self._settle(future, result)
+                self._settle(*item)
             except BaseException:  # noqa: B902 -- this thread must go on delivering
                 _log.exception("pydron: internal error while delivering a Dask result")
-            del future, result
+            del item
 
     def _settle(self, future: Any, result: Any) -> None:
         with self._lock:
@@ -310,7 +351,7 @@ class DaskPool(Pool):
             if call is None or call.state != LAUNCHED:
                 return  # cancelled, or delivered at shutdown
             status = future.status
-            retry = status != "finished" and not self._closed and \
+            retry = status != "finished" and not self._stop.is_set() and \
                 call.attempts <= self.max_retries and self._lost(status, result)
             if not retry:
                 call.state = DONE
@@ -321,7 +362,11 @@ class DaskPool(Pool):
         elif retry:
             if call.token is not None and _recorder.active is not None:
                 _recorder.active.requeued(call.token, None, self._why(status, result))
-            self._launch(call)
+            with self._lock:
+                call.state = QUEUED
+                call.future = None
+                self._queue.appendleft(call)
+                self._wake.notify()
             return
         elif self._lost(status, result):
             self._deliver_error(call, WorkerLostError(
