@@ -10,7 +10,8 @@ Dask's own: ``client.submit`` per call then ``client.gather``, and ``client.map`
 ``gather``. Pydron's: the dask pool's ``submit`` (what ``@schedule`` and the explicit API
 use), ``pydron.Executor.submit`` (standard futures), ``@schedule`` over a loop, and
 ``pydron.map`` one item per call (``chunksize=1``) and auto-chunked. Ratios are Pydron's
-rate over Dask's ``client.submit``.
+rate over Dask's ``client.submit`` and over ``client.map``; the runners take turns,
+round by round, and each keeps its best round.
 
 Usage (from the repository root): python -m benchmarks.dask_pool [--calls N] [--repeat R]
 """
@@ -59,9 +60,11 @@ def start_cluster(root: Path) -> tuple[str, list[subprocess.Popen]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     dask = str(Path(sys.executable).parent / "dask")
-    commands = [[dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]]
+    commands = [[dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                 "--no-dashboard"]]
     commands += [[dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
                   "--no-dashboard", "--local-directory", str(root / name)]
                  for name in ("w1", "w2")]
@@ -78,16 +81,6 @@ def stop_cluster(procs: list[subprocess.Popen]) -> None:
             pass
     for proc in procs:
         proc.wait(timeout=30)
-
-
-def best(fn, repeat: int) -> float:
-    """The fastest of ``repeat`` runs of ``fn()``, in seconds."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def pool_run(pool: DaskPool, fn, n: int) -> None:
@@ -125,9 +118,11 @@ def main() -> None:
             stop_cluster(procs)
     print(f"\nLocal Dask cluster: scheduler + 2 workers x 1 thread, {os.cpu_count()} cores; "
           f"best of {repeat}")
-    print(f"{'workload':<14} {'runner':<34} {'result':>16} {'vs Dask submit':>15}")
-    for workload, runner, value, unit, ratio in rows:
-        print(f"{workload:<14} {runner:<34} {value:>10.2f} {unit:<5} {ratio:>14.2f}x")
+    print(f"{'workload':<14} {'runner':<34} {'result':>16} {'vs Dask submit':>15} "
+          f"{'vs Dask map':>12}")
+    for workload, runner, value, unit, ratio, ratio_map in rows:
+        print(f"{workload:<14} {runner:<34} {value:>10.2f} {unit:<5} {ratio:>14.2f}x "
+              f"{ratio_map:>11.2f}x")
 
 
 def measure(client, address: str, n: int, repeat: int) -> list[tuple]:
@@ -161,19 +156,22 @@ def measure(client, address: str, n: int, repeat: int) -> list[tuple]:
             ("Pydron pydron.map auto chunks", lambda fn, c: list(pydron.map(fn, range(c)))),
         ]
         rows = []
-        base = None
-        for name, run in runners:
-            seconds = best(lambda: run(noop, n), repeat)
-            rate = n / seconds
-            base = base or rate
-            rows.append(("no-op calls", name, rate, "/s", rate / base))
-        serial = SLOW_CALLS * SLEEP
-        base = None
-        for name, run in runners:
-            seconds = best(lambda: run(nap, SLOW_CALLS), repeat)
-            speedup = serial / seconds
-            base = base or speedup
-            rows.append((f"{SLOW_CALLS} x 50 ms", name, speedup, "x", speedup / base))
+        for workload, fn, count, value_of, unit in [
+                ("no-op calls", noop, n, lambda t: n / t, "/s"),
+                (f"{SLOW_CALLS} x 50 ms", nap, SLOW_CALLS,
+                 lambda t: SLOW_CALLS * SLEEP / t, "x")]:
+            # Round-robin over the runners, best of each: the machine's load drifts, and
+            # it must not favour whichever runner happened to go first.
+            times = {name: float("inf") for name, _ in runners}
+            for _ in range(repeat):
+                for name, run in runners:
+                    t0 = time.perf_counter()
+                    run(fn, count)
+                    times[name] = min(times[name], time.perf_counter() - t0)
+            submit, mapped = (value_of(times[name]) for name, _ in runners[:2])
+            for name, _ in runners:
+                value = value_of(times[name])
+                rows.append((workload, name, value, unit, value / submit, value / mapped))
     finally:
         executor.shutdown()
         pool.shutdown()

@@ -120,6 +120,7 @@ class DaskPool(Pool):
         self._scattered: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._scatter_lock = threading.Lock()
         self.scatters = 0  # how many objects this pool has scattered (statistics, tests)
+        self.launches = 0  # how many tasks it has submitted, retries included (the same)
         self._workers: dict[str, WorkerTag] = {}  # Dask worker address -> its tag
         self._log_level = logging.getLogger().getEffectiveLevel()
         self._wake = threading.Condition(self._lock)
@@ -235,6 +236,7 @@ class DaskPool(Pool):
     def _launch(self, calls: list[_Call]) -> None:
         """Submit one attempt of each call as a Dask task of its own key (one batch)."""
         keys = []
+        self.launches += len(calls)
         for call in calls:
             call.attempts += 1
             keys.append(f"{call.key_base}-{uuid.uuid4().hex}")
