@@ -491,3 +491,38 @@ def _thread_count(cluster) -> int:
         return sum(client.nthreads().values())
     finally:
         client.close()
+
+
+def test_cancelled_calls_are_released_and_never_delivered(dask_cluster):
+    pool = DaskPool(dask_cluster.address)
+    try:
+        done: dict[int, tuple[bool, object]] = {}
+        handles = [pool.submit(slow, (x, 1.5), {},
+                               lambda ok, value, x=x: done.setdefault(x, (ok, value)))
+                   for x in range(6)]
+        wait_until(lambda: len(keys_on(dask_cluster, "slow-")) == 6, timeout=30,
+                   what="the six tasks on the scheduler")
+        assert all(pool.cancel(h) for h in handles[2:])  # two run, four wait: cancel those
+        assert not pool.cancel(handles[2])  # once only
+        wait_until(lambda: len(done) == 2, timeout=60, what="the two uncancelled results")
+        time.sleep(1.0)
+        assert sorted(done) == [0, 1] and done[1] == (True, (1, done[1][1][1]))
+        assert len(keys_on(dask_cluster, "slow-")) <= 2
+    finally:
+        pool.shutdown()
+    assert keys_on(dask_cluster, "slow-") == []
+
+
+def test_the_result_cache_wraps_the_dask_pool(dask_cluster, tmp_path):
+    pydron.configure({"workers": [{"type": "dask", "address": dask_cluster.address}],
+                      "cache": str(tmp_path / "cache")})
+    try:
+        from pydron.observe import recording
+        first = [pid for _, pid in pydron.map(where, range(10))]
+        with recording() as rec:
+            again = [pid for _, pid in pydron.map(where, range(10))]
+        assert again == first  # the same results, pids included: from the cache
+        assert rec.counts().cached == 10
+    finally:
+        pydron.shutdown()
+        pydron.configure(None)
