@@ -382,11 +382,24 @@ def cubes(n):
         out.append(cube(i))
     return out
 
+G = None
+
+def init(value):
+    global G
+    G = value
+
+def read(x):
+    return G, x
+
 pydron.configure({{"workers": [{{"type": "dask", "address": {address!r}}}]}})
 tag = int(sys.argv[1])
 for round in range(3):
     assert cubes(60) == [i ** 3 for i in range(60)]
     assert list(pydron.map(cube, range(tag, tag + 200))) == [i ** 3 for i in range(tag, tag + 200)]
+    # The initializer's global, seen by every later call of this program and no other's.
+    with pydron.Pool(initializer=init, initargs=(tag,)) as pool:
+        got = pool.map(read, range(20), chunksize=1)
+    assert got == [(tag, x) for x in range(20)], got
 print("exact", tag)
 """
 

@@ -15,6 +15,7 @@ cloudpickle (functions and arguments arrive pickled by the caller).
 """
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import os
@@ -26,7 +27,7 @@ import time
 from typing import Any, NamedTuple
 
 from pydron.backend.context import worker_context
-from pydron.backend.protocol import log_records
+from pydron.backend.protocol import log_records, shipping
 from pydron.backend.protocol.shipping import dumps_exception, dumps_result
 
 __all__ = ["Outcome", "run"]
@@ -134,8 +135,26 @@ def _install(log_level: int) -> None:
 
 # --------------------------------------------------------------------------- running
 
-_functions: dict[bytes, Any] = {}  # a function's pickle -> the function (a small cache)
+# Functions sent by value (the caller's __main__, closures) share one namespace per module
+# within a run, as on Pydron's own workers (shipping.share_namespaces: what makes
+# Pool(initializer=...) globals visible to later calls), but never across runs: a Dask
+# worker serves many programs, each with its own __main__. So each run (the pool's
+# ``scope``) has its own namespaces and its own cache of loaded functions, the most
+# recently used runs kept.
+
+
+class _Scope:
+    __slots__ = ("namespaces", "functions")
+
+    def __init__(self) -> None:
+        self.namespaces: dict[str, Any] = {}  # shipping's registry, for this run only
+        self.functions: dict[bytes, Any] = {}  # a function's pickle -> the function
+
+
+_scopes: collections.OrderedDict[str, _Scope] = collections.OrderedDict()
+_SCOPES_KEPT = 64
 _FUNCTIONS_KEPT = 256
+_load_lock = threading.Lock()  # shipping's registry is a module global: swapped under it
 
 
 class _Loader(pickle.Unpickler):
@@ -156,18 +175,33 @@ class _Loader(pickle.Unpickler):
         return self._shared[digest]
 
 
-def _function(blob: bytes) -> Any:
-    fn = _functions.get(blob)
-    if fn is None:
-        fn = pickle.loads(blob)
-        if len(_functions) >= _FUNCTIONS_KEPT:
-            _functions.clear()
-        _functions[blob] = fn
-    return fn
+def _load(scope: str, fn_blob: bytes, args_blob: bytes, buffers: list[Any],
+          shared: dict[bytes, Any]) -> tuple[Any, tuple, dict]:
+    """The function and the arguments of a call, unpickled in its run's namespaces."""
+    with _load_lock:
+        entry = _scopes.get(scope)
+        if entry is None:
+            entry = _scopes[scope] = _Scope()
+            while len(_scopes) > _SCOPES_KEPT:
+                _scopes.popitem(last=False)
+        else:
+            _scopes.move_to_end(scope)
+        saved, shipping._namespaces = shipping._namespaces, entry.namespaces
+        try:
+            fn = entry.functions.get(fn_blob)
+            if fn is None:
+                fn = pickle.loads(fn_blob)
+                if len(entry.functions) >= _FUNCTIONS_KEPT:
+                    entry.functions.clear()
+                entry.functions[fn_blob] = fn
+            args, kwargs = _Loader(io.BytesIO(args_blob), buffers, shared).load()
+        finally:
+            shipping._namespaces = saved
+    return fn, args, kwargs
 
 
 def run(fn_blob: bytes, args_blob: bytes, buffers: list[Any], shared: dict[bytes, Any],
-        log_level: int = logging.WARNING) -> Outcome:
+        log_level: int = logging.WARNING, scope: str = "") -> Outcome:
     """Run one call on this Dask worker; never raises (see the module docstring)."""
     _install(log_level)
     out: list[str] = []
@@ -179,8 +213,7 @@ def run(fn_blob: bytes, args_blob: bytes, buffers: list[Any], shared: dict[bytes
     try:
         with worker_context():  # a @schedule function called here runs sequentially
             try:
-                fn = _function(fn_blob)
-                args, kwargs = _Loader(io.BytesIO(args_blob), buffers, shared).load()
+                fn, args, kwargs = _load(scope, fn_blob, args_blob, buffers, shared)
             except BaseException as exc:  # noqa: B902
                 return _failed(exc, None, start, out, err, logs)
             try:

@@ -123,6 +123,7 @@ class DaskPool(Pool):
         self.launches = 0  # how many tasks it has submitted, retries included (the same)
         self._workers: dict[str, WorkerTag] = {}  # Dask worker address -> its tag
         self._log_level = logging.getLogger().getEffectiveLevel()
+        self._scope = uuid.uuid4().hex  # this run's namespaces on the workers (dask_runner)
         self._wake = threading.Condition(self._lock)
         self._completions: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -244,7 +245,8 @@ class DaskPool(Pool):
             futures = self._client.map(
                 dask_runner.run, [c.fn_blob for c in calls], [c.args_blob for c in calls],
                 [c.buffers for c in calls], [c.shared for c in calls],
-                [self._log_level] * len(calls), key=keys, pure=False)
+                [self._log_level] * len(calls), [self._scope] * len(calls), key=keys,
+                pure=False)
         except Exception as exc:
             for call in calls:
                 with self._lock:
