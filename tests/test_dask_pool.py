@@ -539,3 +539,48 @@ def test_the_result_cache_wraps_the_dask_pool(dask_cluster, tmp_path):
     finally:
         pydron.shutdown()
         pydron.configure(None)
+
+
+_INTERRUPTED_PROGRAM = """
+import sys, time
+import pydron
+
+@pydron.functional
+def dawdle(x):
+    time.sleep(3)
+    return x
+
+@pydron.schedule
+def run(n):
+    out = []
+    for i in range(n):
+        out.append(dawdle(i))
+    return out
+
+pydron.configure({{"workers": [{{"type": "dask", "address": {address!r}}}]}})
+print("started", flush=True)
+try:
+    run(20)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    raise
+"""
+
+
+def test_ctrl_c_leaves_nothing_on_the_cluster(dask_cluster, tmp_path):
+    script = tmp_path / "interrupted.py"
+    script.write_text(_INTERRUPTED_PROGRAM.format(address=dask_cluster.address))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dask_cluster.env(),
+                            cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        wait_until(lambda: keys_on(dask_cluster, "dawdle-"), timeout=60,
+                   what="the program's tasks on the scheduler")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "interrupted" in out and "KeyboardInterrupt" in err, err[-2000:]
+    assert proc.returncode != 0
+    assert keys_on(dask_cluster, "dawdle-") == []  # released at once, not left running
