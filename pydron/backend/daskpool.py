@@ -122,6 +122,7 @@ class DaskPool(Pool):
         self.scatters = 0  # how many objects this pool has scattered (statistics, tests)
         self.launches = 0  # how many tasks it has submitted, retries included (the same)
         self._workers: dict[str, WorkerTag] = {}  # Dask worker address -> its tag
+        self._present: set[str] = set()  # the workers the scheduler had at the last look
         self._log_level = logging.getLogger().getEffectiveLevel()
         self._scope = uuid.uuid4().hex  # this run's namespaces on the workers (dask_runner)
         self._wake = threading.Condition(self._lock)
@@ -476,17 +477,15 @@ class DaskPool(Pool):
             threads = self._client.nthreads()
         except Exception:
             return None
-        known = set(self._workers)
+        present, self._present = self._present, set(threads)
         rec = _recorder.active
-        for address in threads:
-            if address not in known:
-                tag = self._tag(address)
-                if rec is not None:
-                    rec.worker_joined(tag)
-        for address in known - set(threads):
-            tag = self._workers[address]
+        for address in self._present - present:
+            tag = self._tag(address)
             if rec is not None:
-                rec.worker_left(tag, "it left the Dask cluster")
+                rec.worker_joined(tag)
+        for address in present - self._present:
+            if rec is not None:
+                rec.worker_left(self._workers[address], "it left the Dask cluster")
         total = sum(threads.values())
         self._threads = total
         return total
