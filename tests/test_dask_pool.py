@@ -588,3 +588,16 @@ def test_ctrl_c_leaves_nothing_on_the_cluster(dask_cluster, tmp_path):
     assert proc.returncode != 0
     wait_until(lambda: not keys_on(dask_cluster, "dawdle-"), timeout=10,
                what="the interrupted run's keys to leave the scheduler")
+
+
+def test_an_unpicklable_argument_is_named_at_submit(dask_cluster):
+    import threading
+
+    from pydron.errors import SerializationError
+    pool = DaskPool(dask_cluster.address)
+    try:
+        with pytest.raises(SerializationError) as caught:
+            pool.submit(total_of, ([1], threading.Lock()), {}, lambda ok, value: None)
+    finally:
+        pool.shutdown()
+    assert caught.value.item == "argument 2" and "total_of()" in str(caught.value)
