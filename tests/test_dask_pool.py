@@ -601,3 +601,21 @@ def test_an_unpicklable_argument_is_named_at_submit(dask_cluster):
     finally:
         pool.shutdown()
     assert caught.value.item == "argument 2" and "total_of()" in str(caught.value)
+
+
+@pydron.functional
+def doubled(array):
+    return array * 2
+
+
+def test_large_arrays_travel_both_ways(dask_cluster):
+    numpy = pytest.importorskip("numpy")
+    array = numpy.arange(1_000_000, dtype=numpy.float64)  # 8 MB: out-of-band buffers
+    pool = DaskPool(dask_cluster.address)
+    try:
+        ok, value = one_outcome(pool, doubled, array)
+        ok_shared, value_shared = one_outcome(pool, doubled, pydron.shared(array))
+    finally:
+        pool.shutdown()
+    assert ok and ok_shared, (value, value_shared)
+    assert numpy.array_equal(value, array * 2) and numpy.array_equal(value_shared, array * 2)

@@ -36,7 +36,7 @@ __all__ = ["Outcome", "run"]
 class Outcome(NamedTuple):
     """One call's outcome, as the Dask task's result (it crosses the wire to the caller).
 
-    ``ok``: ``blob`` is the result's pickle (``buffers`` its out-of-band buffers);
+    ``ok``: ``blob`` is the result's pickle (``buffers`` its out-of-band buffers, as bytes);
     otherwise ``blob`` holds the exception records (None when even they could not be
     pickled) and ``error`` is ``(type name, message, traceback text)``. ``stdout`` and
     ``stderr`` are what the call wrote (warnings included), ``logs`` its log records
@@ -228,8 +228,10 @@ def run(fn_blob: bytes, args_blob: bytes, buffers: list[Any], shared: dict[bytes
                 blob, raw = dumps_result(value, fn)
             except BaseException as exc:  # noqa: B902 -- SerializationError, named
                 return _failed(exc, None, start, out, err, logs)
-            return _outcome(True, blob, [pickle.PickleBuffer(b) for b in raw], None, elapsed,
-                            out, err, logs)
+            # Dask's serialization of a task's result refuses pickle.PickleBuffer (it
+            # pickles them below protocol 5 there): the buffers travel as bytes, a copy.
+            return _outcome(True, blob, [bytes(b) for b in raw], None, elapsed, out, err,
+                            logs)
     finally:
         _capture.out = _capture.err = _capture.logs = None
 
