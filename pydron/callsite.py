@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["wanted", "announce", "take", "here"]
+__all__ = ["wanted", "announce", "take", "peek", "here"]
 
 wanted = False
 """Set by the recorder while it records; the runtime announces sites only then."""
@@ -37,3 +37,9 @@ def take() -> str | None:
     if where is not None:
         here.where = None
     return where
+
+
+def peek() -> str | None:
+    """The site announced for this thread's call, left for :func:`take` (a pool that
+    names its tasks after the call site reads it before the recorder takes it)."""
+    return here.where

@@ -516,6 +516,18 @@ def _batch_count(entry: Mapping[str, object]) -> int:
     return int(entry.get("jobs", 1)) * int(entry.get("cores", 1))  # type: ignore[call-overload]
 
 
+def _normalise_dask(options: dict[str, object], path: str,
+                    problems: _Problems) -> dict[str, object]:
+    """A dask entry names its scheduler one way: an address, or a scheduler file."""
+    given = [key for key in ("address", "scheduler_file") if key in options]
+    if len(given) != 1:
+        problems.add(f"{path}.address" if not given else f"{path}.{given[1]}",
+                     'exactly one of "address" (such as "tcp://host:8786") and '
+                     '"scheduler_file" (the JSON file `dask scheduler --scheduler-file` '
+                     "writes)", "both" if given else "neither")
+    return options
+
+
 WORKER_TYPES: dict[str, WorkerType] = {
     # In-process threads: good for functional calls that release the GIL (numpy, I/O).
     "threads": WorkerType(
@@ -563,6 +575,15 @@ WORKER_TYPES: dict[str, WorkerType] = {
     # Workers in Grid Engine array jobs (pydron.backend.sgepool), the same way.
     "sge": WorkerType(keys={k: _batch_check("sge_jobs", k) for k in _SGE_KEYS},
                       count=_batch_count),
+    # Tasks of an existing Dask cluster (pydron.backend.daskpool). Its size is known only
+    # once connected (the pool's parallelism follows the cluster's threads); the count
+    # here is the `threads` cap, or 1.
+    "dask": WorkerType(
+        keys={"address": _string, "scheduler_file": _string,
+              "threads": _int_between(1, 1_000_000), "timeout": _positive_seconds},
+        count=lambda entry: int(entry.get("threads", 1)),  # type: ignore[call-overload]
+        normalise=_normalise_dask,
+    ),
     # Worker processes on this machine, one call at a time each: CPU-bound Python code.
     "multicore": WorkerType(
         keys={"cores": _local_workers},

@@ -7,8 +7,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import diffcheck  # noqa: E402
 
-pytest_plugins = [  # real sshd, netns, moto, SLURM, Grid Engine
-    "conftest_hosts", "conftest_slurm", "conftest_sge"]
+pytest_plugins = [  # real sshd, netns, moto, SLURM, Grid Engine, Dask
+    "conftest_hosts", "conftest_slurm", "conftest_sge", "conftest_dask"]
 
 
 def pytest_addoption(parser):

@@ -207,7 +207,8 @@ def test_bad_count(tmp_path, value, found):
 def test_unknown_type(tmp_path):
     check_error(tmp_path, {"workers": [{"type": "gpu"}]},
                 "workers[0].type", '"gpu"',
-                'one of "cloud", "inline", "multicore", "sge", "slurm", "ssh", "threads"')
+                'one of "cloud", "dask", "inline", "multicore", "sge", "slurm", "ssh", '
+                '"threads"')
 
 
 def test_type_not_a_string(tmp_path):

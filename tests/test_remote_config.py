@@ -267,8 +267,8 @@ def test_one_error_lists_every_problem_of_every_entry(tmp_path):
         "found -1",
         'workers[2].size: expected a value (required for type "cloud"), found nothing '
         "(the key is missing)",
-        'workers[3].type: expected one of "cloud", "inline", "multicore", "sge", "slurm", "ssh", '
-        '"threads", found "multicores" (did you mean "multicore"?)',
+        'workers[3].type: expected one of "cloud", "dask", "inline", "multicore", "sge", "slurm", '
+        '"ssh", "threads", found "multicores" (did you mean "multicore"?)',
         "window: expected an integer from 1 to 1000000, found 0",
     ]]
     problems = info.value.problems

@@ -76,6 +76,14 @@ def _sge(spec: WorkerSpec, config: Config) -> Pool:
     return SgePool(dict(spec.options), max_retries=config.max_retries, **_limits(config))
 
 
+def _dask(spec: WorkerSpec, config: Config) -> Pool:
+    from pydron.backend.daskpool import DaskPool
+    options = dict(spec.options)
+    return DaskPool(options.get("address"), options.get("scheduler_file"),  # type: ignore[arg-type]
+                    options.get("threads"), float(options.get("timeout", 30.0)),  # type: ignore[arg-type]
+                    max_retries=config.max_retries, source=config.source)
+
+
 GROUP_FACTORIES: dict[str, Callable[[list[WorkerSpec], Config], Pool]] = {
     "ssh": _ssh_group,
     "cloud": _cloud_group,
@@ -91,6 +99,7 @@ POOL_FACTORIES: dict[str, Callable[[WorkerSpec, Config], Pool]] = {
     "cloud": lambda spec, config: _cloud_group([spec], config),
     "slurm": _slurm,
     "sge": _sge,
+    "dask": _dask,
 }
 """How to build a pool for each worker type of :data:`pydron.config.WORKER_TYPES`, from
 its entry and the whole configuration (for settings such as ``max_retries``)."""
