@@ -3,11 +3,18 @@
 Pools report to the backend's active recorder (:mod:`pydron.backend.recorder`); this is
 that recorder. Reports come from several threads at once (the caller's, the engine's
 reactor thread, result-decoding threads, thread-pool workers), and a call costs about
-10 µs on a worker process, so a report must cost well under a microsecond: no lock. Each
-report appends one tuple to a deque (an append is atomic); the counts are worked out by
-whoever reads them -- the progress line, five times a second -- from the reports not yet
-counted (:meth:`CallRecorder.counts`, under the reader's own lock). With ``keep_events``
-the reports are also kept, in order, for the trace file.
+10 µs on a worker process, so a report must cost a fraction of a microsecond and make
+no garbage: no lock, and no object per report. Each thread adds to a tally of its own
+(:class:`_Tally`, one writer each, so no update is lost); whoever reads the counts --
+the progress line, five times a second -- adds the tallies up. A call's "running" is
+told by its record (``sent`` is set while it is on a worker), so the thread that ends a
+call knows whether to take it off the running count, whichever thread sent it.
+
+With ``keep_events`` the ends of calls, retries and lost workers are also kept, in
+order, for the trace file, as tuples of plain values: the garbage collector stops
+tracking such tuples, so a trace of a million calls does not make every collection walk
+a million objects (a first version, with a tuple per report pointing at the call's
+record, cost a fifth of the wall time of 100,000 no-op calls, most of it in collections).
 
 What it counts are the calls the program made: a chunk of a ``pydron.map`` is as many
 calls as it has items (see :data:`CHUNK_ATTRIBUTE`), so that the progress line's counts
@@ -18,7 +25,6 @@ Times are ``time.perf_counter()`` seconds; :attr:`CallRecorder.origin` is the
 """
 from __future__ import annotations
 
-import collections
 import itertools
 import threading
 import time
@@ -31,8 +37,7 @@ from pydron import callsite
 from pydron.backend.recorder import WorkerTag
 
 __all__ = ["CallRecorder", "CallRecord", "Counts", "CHUNK_ATTRIBUTE", "WRAPS_ATTRIBUTE",
-           "SUBMITTED", "SENT", "FINISHED", "REQUEUED", "CANCELLED", "ANSWERED", "JOINED",
-           "LOST", "GONE"]
+           "FINISHED", "REQUEUED", "LOST"]
 
 CHUNK_ATTRIBUTE = "pydron_chunk"
 """A function with this attribute true runs a chunk of a map: ``fn(user_fn, items, ...)``;
@@ -45,7 +50,7 @@ class CallRecord:
     """One call from its submit to its end (the recorder's token for the pools)."""
 
     __slots__ = ("name", "site", "weight", "nbytes", "submitted", "sent", "worker",
-                 "attempt", "id", "running")
+                 "attempt", "id")
 
     def __init__(self, id: int, name: str, site: str, weight: int, nbytes: int,
                  submitted: float) -> None:
@@ -58,7 +63,6 @@ class CallRecord:
         self.sent = 0.0
         self.worker: WorkerTag | None = None
         self.attempt = 1
-        self.running = False  # on a worker, as counted (the reader's only)
 
 
 @dataclass
@@ -86,12 +90,21 @@ class Counts:
         return self.done + self.failed + self.cancelled
 
 
-BACKLOG = 5_000
-"""Reports left uncounted before a report counts them itself (bounds the memory they hold
-when no progress line reads the counts)."""
+FINISHED, REQUEUED, LOST = range(3)
+"""The kinds of event, the first item of each tuple in :attr:`CallRecorder.events`."""
 
-SUBMITTED, SENT, FINISHED, REQUEUED, CANCELLED, ANSWERED, JOINED, LOST, GONE = range(9)
-"""The kinds of report, the first item of each tuple in :attr:`CallRecorder.reports`."""
+
+class _Tally:
+    """One thread's counts, in calls (written by that thread only; a plain object, as an
+    attribute of a ``threading.local`` costs several times a plain one's)."""
+
+    __slots__ = ("submitted", "sent", "ended_sent", "done", "failed", "cancelled",
+                 "retries", "cached", "last_change")
+
+    def __init__(self) -> None:
+        self.submitted = self.sent = self.ended_sent = 0
+        self.done = self.failed = self.cancelled = self.retries = self.cached = 0
+        self.last_change = 0.0
 
 
 @dataclass
@@ -100,93 +113,62 @@ class CallRecorder:
     (:attr:`events`), in the order it came, as tuples of plain values:
     ``(FINISHED, end, call id, name, site, items, arg bytes, submitted, sent, worker,
     attempt, ok, run seconds, result bytes, error)``, ``(REQUEUED, when, call id, worker,
-    why)`` and ``(LOST, when, worker, why)``."""
+    why)`` and ``(LOST, when, worker, why)``; a worker is a plain ``(pool, host, index,
+    pid)`` tuple there."""
 
     keep_events: bool = False
     started: float = field(default_factory=time.time)
     origin: float = field(default_factory=time.perf_counter)
     events: list[tuple] = field(default_factory=list)
-    workers_seen: dict[WorkerTag, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._reports: collections.deque[tuple] = collections.deque()
-        self._lock = threading.Lock()  # the readers'
-        self._counts = Counts()
+        self._local = threading.local()  # .tally: this thread's
+        self._tallies: list[_Tally] = []  # every thread's, for the readers
+        self._lock = threading.Lock()   # tallies list, workers
         self._live: set[WorkerTag] = set()
-        self._names: dict[int, tuple[Callable[..., Any], str, str]] = {}
+        self._seen: dict[WorkerTag, float] = {}
+        self._names: dict[int, tuple[Any, str, str, int | None, bool]] = {}
         self._ids = itertools.count(1)
 
-    def _report(self, entry: tuple) -> None:
-        reports = self._reports
-        reports.append(entry)
-        if len(reports) > BACKLOG:  # nobody reads the counts often: count here, seldom
+    def _mine(self) -> _Tally:
+        try:
+            return self._local.tally
+        except AttributeError:
+            tally = self._local.tally = _Tally()
             with self._lock:
-                self._count()
+                self._tallies.append(tally)  # kept (and counted) after its thread ends
+            return tally
 
     # ------------------------------------------------------------------ reading
 
     def counts(self) -> Counts:
-        """The counts now (the reports since the last reading counted first)."""
+        """The counts now: every thread's tally added up."""
         with self._lock:
-            self._count()
-            c = self._counts
-            return Counts(c.submitted, c.done, c.failed, c.running, c.cancelled, c.retries,
-                          c.cached, len(self._live), time.perf_counter() - self.origin,
-                          c.last_change)
+            tallies = list(self._tallies)
+            workers = len(self._live)
+        c = Counts(workers=workers, elapsed=time.perf_counter() - self.origin)
+        sent = ended = 0
+        for t in tallies:
+            c.submitted += t.submitted
+            c.done += t.done
+            c.failed += t.failed
+            c.cancelled += t.cancelled
+            c.retries += t.retries
+            c.cached += t.cached
+            sent += t.sent
+            ended += t.ended_sent
+            c.last_change = max(c.last_change, t.last_change)
+        c.running = max(0, sent - ended)
+        return c
 
-    def _count(self) -> None:
-        reports, c, live = self._reports, self._counts, self._live
-        while reports:
-            entry = reports.popleft()
-            kind, when = entry[0], entry[1]
-            if kind == SUBMITTED:
-                c.submitted += entry[2].weight
-            elif kind == SENT:
-                record = entry[2]
-                if not record.running:
-                    record.running = True
-                    c.running += record.weight
-                if record.worker.pid == 0:  # a thread of an in-process pool
-                    live.add(record.worker)
-                    self.workers_seen.setdefault(record.worker, when)
-                continue  # no change the line must wait a quiet second for
-            elif kind == FINISHED:
-                record = entry[2]
-                if record.running:
-                    record.running = False
-                    c.running -= record.weight
-                if entry[3]:
-                    c.done += record.weight
-                else:
-                    c.failed += record.weight
-            elif kind == REQUEUED:
-                record = entry[2]
-                if record.running:
-                    record.running = False
-                    c.running -= record.weight
-                c.retries += record.weight
-            elif kind == CANCELLED:
-                record = entry[2]
-                if record.running:
-                    record.running = False
-                    c.running -= record.weight
-                c.cancelled += record.weight
-            elif kind == ANSWERED:
-                c.submitted += entry[2]
-                c.done += entry[2]
-                c.cached += entry[2]
-            elif kind == JOINED:
-                live.add(entry[2])
-                self.workers_seen.setdefault(entry[2], when)
-            elif kind in (LOST, GONE):
-                live.discard(entry[2])
-            c.last_change = max(c.last_change, when)
+    @property
+    def workers_seen(self) -> dict[WorkerTag, float]:
+        return self.seen_workers()
 
     def seen_workers(self) -> dict[WorkerTag, float]:
         """Every worker that took part, with when it was first seen."""
         with self._lock:
-            self._count()
-            return dict(self.workers_seen)
+            return dict(self._seen)
 
     # ------------------------------------------------------------------ the pools' reports
 
@@ -208,9 +190,10 @@ class CallRecorder:
             here.where = None
             site = where
         now = time.perf_counter()
-        record = CallRecord(next(self._ids), name, site, weight, nbytes, now)
-        self._report((SUBMITTED, now, record))
-        return record
+        tally = self._mine()
+        tally.submitted += weight
+        tally.last_change = now
+        return CallRecord(next(self._ids), name, site, weight, nbytes, now)
 
     def _describe(self, fn: Callable[..., Any]) -> tuple[Any, str, str, int | None, bool]:
         """``(fn, name, site, wraps, chunk)``, remembered by the function's identity."""
@@ -225,49 +208,89 @@ class CallRecorder:
             self._names[id(fn)] = known  # holds fn, so its id is not reused
         return known
 
+    def _see(self, worker: WorkerTag, when: float) -> None:
+        with self._lock:
+            self._live.add(worker)
+            self._seen.setdefault(worker, when)
+
     def sent(self, token: CallRecord, worker: WorkerTag) -> None:
         now = time.perf_counter()
         token.sent = now
         token.worker = worker
-        self._report((SENT, now, token))
+        try:
+            self._local.tally.sent += token.weight
+        except AttributeError:
+            self._mine().sent += token.weight
+        if worker.pid == 0 and worker not in self._live:  # a thread of an in-process pool
+            self._see(worker, now)
+
+    def _ended(self, token: CallRecord) -> _Tally:
+        """This thread's tally, with ``token`` taken off the running count if it was on
+        a worker (its ``sent`` cleared: a call is taken off once per time it was sent)."""
+        tally = self._mine()
+        if token.sent:
+            tally.ended_sent += token.weight
+        return tally
 
     def finished(self, token: CallRecord, ok: bool, worker: WorkerTag | None,
                  run_seconds: float, result_bytes: int, error: str = "") -> None:
         if worker is not None:
             token.worker = worker
         now = time.perf_counter()
-        self._report((FINISHED, now, token, ok))
+        try:
+            tally = self._local.tally
+        except AttributeError:
+            tally = self._mine()
+        if token.sent:
+            tally.ended_sent += token.weight
+        if ok:
+            tally.done += token.weight
+        else:
+            tally.failed += token.weight
+        tally.last_change = now
         if self.keep_events:
-            # Plain values only, no reference to the record: a tuple of those is one the
-            # garbage collector stops tracking, so a trace of a million calls does not
-            # make every collection walk a million objects.
+            worker = token.worker
             self.events.append((FINISHED, now, token.id, token.name, token.site,
                                 token.weight, token.nbytes, token.submitted,
-                                token.sent or now, token.worker, token.attempt, ok,
-                                run_seconds, result_bytes, error))
+                                token.sent or now, tuple(worker) if worker else None,
+                                token.attempt, ok, run_seconds, result_bytes, error))
+        token.sent = 0.0
 
     def requeued(self, token: CallRecord, worker: WorkerTag | None, why: str) -> None:
         token.attempt += 1
         now = time.perf_counter()
-        self._report((REQUEUED, now, token))
+        tally = self._ended(token)
+        tally.retries += token.weight
+        tally.last_change = now
+        token.sent = 0.0
         if self.keep_events:
-            self.events.append((REQUEUED, now, token.id, worker, why))
+            self.events.append((REQUEUED, now, token.id, tuple(worker) if worker else None,
+                                why))
 
     def cancelled(self, token: CallRecord) -> None:
-        self._report((CANCELLED, time.perf_counter(), token))
+        tally = self._ended(token)
+        tally.cancelled += token.weight
+        tally.last_change = time.perf_counter()
+        token.sent = 0.0
 
     def answered(self, fn: Callable[..., Any], count: int) -> None:
-        self._report((ANSWERED, time.perf_counter(), count))
+        tally = self._mine()
+        tally.submitted += count
+        tally.done += count
+        tally.cached += count
+        tally.last_change = time.perf_counter()
 
     def worker_joined(self, worker: WorkerTag) -> None:
-        self._report((JOINED, time.perf_counter(), worker))
+        self._see(worker, time.perf_counter())
 
     def worker_left(self, worker: WorkerTag, why: str) -> None:
         now = time.perf_counter()
-        self._report((LOST, now, worker))
+        with self._lock:
+            self._live.discard(worker)
         if self.keep_events:
-            self.events.append((LOST, now, worker, why))
+            self.events.append((LOST, now, tuple(worker), why))
 
     def worker_gone(self, worker: WorkerTag) -> None:
         """A worker that ended as asked (not lost): no longer counted as connected."""
-        self._report((GONE, time.perf_counter(), worker))
+        with self._lock:
+            self._live.discard(worker)

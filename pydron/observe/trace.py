@@ -60,8 +60,8 @@ class _Tracks:
         self.workers: dict[WorkerTag, tuple[int, int]] = {}
         self._threads: dict[int, int] = {}  # pid -> threads so far
 
-    def of(self, worker: WorkerTag | None) -> tuple[int, int]:
-        worker = worker or _NOT_RUN
+    def of(self, worker: tuple | None) -> tuple[int, int]:
+        worker = WorkerTag(*worker) if worker else _NOT_RUN
         ids = self.workers.get(worker)
         if ids is None:
             pid = self.hosts.setdefault((worker.host, worker.pool), len(self.hosts) + 1)
