@@ -46,7 +46,9 @@ def test_a_job_deleted_mid_call_is_replaced_and_the_call_runs_again(sge, tmp_pat
         done = collect(pool, marked, [(str(runs), 6, 4.0)])
         wait_until(lambda: runs.exists() and runs.read_text().strip(), timeout=60,
                    what="the call to start in a job")
-        running = [j["id"] for j in pool.jobs() if j["state"] == "RUNNING"]
+        # The call can start before the launcher's next qstat has seen its job run.
+        running = wait_until(lambda: [j["id"] for j in pool.jobs() if j["state"] == "RUNNING"],
+                             timeout=30, what="the job seen RUNNING")
         assert len(running) == 1
         sge.run(["qdel", running[0]])  # by someone else, not the run
         wait_until(lambda: done, timeout=90, what="the call's result")

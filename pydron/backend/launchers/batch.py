@@ -339,6 +339,10 @@ class BatchLauncher:
         state = record.status.state
         lost = state.lost or (state is JobState.CANCELLED and
                               not controller.cancelled_here(record.id))
+        if lost and self._events.stopping:
+            # The pool is shutting down: a job that starts now finds the caller no longer
+            # listening and fails; that is the end of the run, not a loss to replace.
+            lost = False
         with self._lock:
             live = [i for i in record.workers if i in self._handles]
             record.lost = lost
