@@ -161,10 +161,6 @@ class CallRecorder:
         c.running = max(0, sent - ended)
         return c
 
-    @property
-    def workers_seen(self) -> dict[WorkerTag, float]:
-        return self.seen_workers()
-
     def seen_workers(self) -> dict[WorkerTag, float]:
         """Every worker that took part, with when it was first seen."""
         with self._lock:

@@ -143,7 +143,6 @@ class JobRecord:
     id: JobId
     workers: range
     status: JobStatus
-    submitted: float
     reported: str = ""   # the pending reason last logged
     lost: bool = False   # ended without the run asking
 
@@ -408,11 +407,9 @@ class BatchLauncher:
             self._events.failed(self._failed)  # type: ignore[union-attr]
             return
         self._submitted_once = True
-        now = time.monotonic()
         with self._lock:
             for job in new:
-                record = JobRecord(job, controller.workers_of(job),
-                                   JobStatus(JobState.PENDING), now)
+                record = JobRecord(job, controller.workers_of(job), JobStatus(JobState.PENDING))
                 self._records[job] = record
                 for index in record.workers:
                     self._job_of[index] = record
