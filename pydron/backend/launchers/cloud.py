@@ -231,6 +231,9 @@ class CloudLauncher:
             nodes, self._nodes = self._nodes, []
         if first:
             atexit.unregister(self._atexit)
+            # Stop using the hosts first: at interpreter exit this hook runs before the
+            # pool's own, and workers cut off by the destruction are not lost hosts.
+            self.ssh.close_hosts()
         nodes = self._release_idle(nodes)
         done = cloud.destroy(nodes, progress=self.progress) if nodes else 0
         if (not first and not nodes) or not self.ssh.hosts_started:

@@ -257,7 +257,7 @@ class SshLauncher:
 
     def launch(self, start: WorkerStart) -> _RemoteProcess:
         host = self._by_index[start.index]
-        if host.state != "ready":
+        if host.state != "ready" or self._hosts_closed:
             raise ssh.HostError(host.name, ssh.HostError.UNREACHABLE, "not connected")
         command = [*ssh._python_argv(host.python), "-m", "pydron.backend.worker",
                    "--host", "127.0.0.1", "--port", str(host.rport),
@@ -284,9 +284,11 @@ class SshLauncher:
             return
         events = self._events
         assert events is not None
+        if self._hosts_closed:
+            return  # the pool let the hosts go: a channel cut by that is nobody's loss
         if process.error:
             events.describe_exit(index, refused=process.error)
-        if host.state == "ready" and not expected and not self._hosts_closed:
+        if host.state == "ready" and not expected:
             if process.lost or not host.alive():
                 events.describe_exit(index, how=f"lost its SSH connection to {host.name}")
                 self._lose(host, "the SSH connection is gone")
