@@ -75,6 +75,11 @@ class Builder:
         steps: list[Step] = []
         group: list[ast.stmt] = []
         group_sync = 0
+        group_waits = False
+        # Variables that wait on a call of this block (its targets, and what is computed
+        # from them): a statement that reads one is not merged with one that does not, so
+        # ``out.append(f(i)); i += 1`` lets the next iteration's ``i`` be known at once.
+        waiting: set[str] = set()
         signals: set[str] = set()
         stmts = [s for s in stmts if not isinstance(s, (ast.Global, ast.Nonlocal, ast.Pass))]
 
@@ -89,15 +94,20 @@ class Builder:
                 flush()
                 new = self.graph_step(s, ctx)
                 steps.extend(new)
+                waiting.update(w for st in new for w in st.writes)
                 raised = set().union(*(self.step_signals(st) for st in new))
             else:
                 info = self.analyze([s])
                 # pure code, output-only sync points and barriers are never merged
                 is_sync = 2 if info.sync_reasons else (1 if info.output_only else 0)
-                if group and is_sync != group_sync:
+                waits = not waiting.isdisjoint(info.reads)
+                if group and (is_sync != group_sync or waits != group_waits):
                     flush()
+                if waits:
+                    waiting.update(info.writes)
                 group.append(s)
                 group_sync = is_sync
+                group_waits = waits
                 raised = info.signals
                 if raised:
                     flush()
