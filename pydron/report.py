@@ -13,7 +13,8 @@ import networkx as nx
 
 from pydron.api import scheduled_state
 from pydron.dataflow.graph import block_graph, to_dot
-from pydron.dataflow.template import Block, CallStep, IfStep, LoopStep, NativeStep, Template
+from pydron.dataflow.template import (Block, CallStep, IfStep, LoopStep, NativeStep,
+                                      Template, TryStep)
 
 
 def explain(func: Callable[..., Any]) -> str:
@@ -77,6 +78,19 @@ def _walk(block: Block, notes: dict[int, list[str]]) -> None:
                 "does not depend on it goes on meanwhile")
             _walk(step.body, notes)
             _walk(step.orelse, notes)
+        elif isinstance(step, TryStep):
+            if step.kind == "with":
+                add("with: the body runs as graph, its calls overlap; __exit__ is called once "
+                    "the body has finished, with the first exception in program order (if "
+                    "any), and what comes after a failure in the body is dropped")
+            else:
+                add("try: the body runs as graph, its calls overlap; the handlers, else and "
+                    "finally run once the body has finished, with the first exception in "
+                    "program order (if any), and what comes after a failure in the body is "
+                    "dropped")
+            _walk(step.body, notes)
+            for reason in step.handle.sync_reasons:
+                add(f"sync point: {reason}")
         elif isinstance(step, LoopStep):
             add(_loop_note(step))
             _walk(step.test_block, notes)

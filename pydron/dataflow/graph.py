@@ -11,7 +11,8 @@ from typing import Any
 
 import networkx as nx
 
-from pydron.dataflow.template import Block, CallStep, IfStep, LoopStep, NativeStep, Step
+from pydron.dataflow.template import (Block, CallStep, IfStep, LoopStep, NativeStep, Step,
+                                      TryStep)
 
 
 def block_graph(block: Block, params: tuple[str, ...] = ()) -> nx.DiGraph:
@@ -33,7 +34,7 @@ def _kind(step: Step) -> str:
         return "sync" if step.sync_reasons or step.output_only else "local"
     if isinstance(step, IfStep):
         return "if"
-    if isinstance(step, LoopStep):
+    if isinstance(step, (LoopStep, TryStep)):
         return step.kind
     return type(step).__name__
 
@@ -55,6 +56,13 @@ def _add_block(graph: nx.DiGraph, block: Block, prefix: str, writers: dict[str, 
                     graph.edges[source, node]["vars"].append(var)
                 else:
                     graph.add_edge(source, node, vars=[var])
+        if isinstance(step, TryStep):
+            inner = {**writers, **{v: node for v in step.reads + step.carry}}
+            _add_block(graph, step.body, f"{node}.body.", inner, node)
+            handle = f"{node}.handle"
+            graph.add_node(handle, kind="sync", label=_label(step.handle), parent=node,
+                           line=step.handle.lineno, source=step.handle.source,
+                           why="; ".join(step.handle.sync_reasons))
         if isinstance(step, (IfStep, LoopStep)):
             inner = {**writers, **{v: node for v in step.reads + step.carry}}
             if isinstance(step, IfStep):
@@ -78,6 +86,7 @@ _STYLE = {"call": 'shape=box, style="rounded,filled", fillcolor="#cde8ff"',
           "local": "shape=box",
           "if": "shape=diamond",
           "for": "shape=hexagon", "while": "shape=hexagon",
+          "try": "shape=octagon", "with": "shape=octagon",
           "param": "shape=plaintext"}
 
 

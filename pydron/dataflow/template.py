@@ -138,6 +138,27 @@ class LoopStep(Step):
 
 
 @dataclass(eq=False)
+class TryStep(Step):
+    """``try`` (or a lowered ``with``) whose body runs as graph.
+
+    The body's nodes run in parallel; the earliest failure among them in program order is
+    caught, the nodes after it in the body are dropped, and ``handle`` runs once every
+    earlier node has finished: the statement's handlers, ``else`` and ``finally`` as plain
+    code, with the caught exception (or None) as its input ``exc_var`` and the traceback and
+    context a plain run would have given it as ``tb_var`` and ``ctx_var``. ``handle`` also
+    passes every variable the body writes through, so that what it writes is what the
+    step writes.
+    """
+
+    body: Block = field(default_factory=lambda: Block([]))
+    handle: Optional["NativeStep"] = None
+    exc_var: str = ""
+    tb_var: str = ""
+    ctx_var: str = ""
+    kind: str = "try"               # "try" or "with" (for explain() and graph())
+
+
+@dataclass(eq=False)
 class Template:
     """A translated function: its top block and what the runtime needs to start it."""
 

@@ -29,7 +29,8 @@ from typing import Any, Callable, Optional
 from pydron import callsite, purity
 from pydron.errors import CallTimeoutError, SerializationError, WorkerLostError
 from pydron.dataflow.template import (RETURN_FLAG, RETURN_VALUE, UNBOUND, Block, CallStep,
-                                      IfStep, LoopStep, NativeStep, ReturnSignal, Template)
+                                      IfStep, LoopStep, NativeStep, ReturnSignal, Template,
+                                      TryStep)
 
 FREE, ORDERED, SYNC = 0, 1, 2
 
@@ -55,14 +56,87 @@ class Slot:
 
 
 class Frame:
-    """The nodes of one loop iteration (or of the whole run), counted to bound unrolling."""
+    """The nodes of one loop iteration, of a try body or of the whole run, counted to bound
+    unrolling. ``region`` is the innermost try whose body the nodes belong to."""
 
-    __slots__ = ("count", "parent", "loop")
+    __slots__ = ("count", "parent", "loop", "region")
 
-    def __init__(self, parent: Optional["Frame"], loop: Optional["LoopRun"]) -> None:
+    def __init__(self, parent: Optional["Frame"], loop: Optional["LoopRun"],
+                 region: Optional["Region"] = None) -> None:
         self.count = 0
         self.parent = parent
         self.loop = loop
+        self.region = region if region is not None else (
+            parent.region if parent is not None else None)
+
+
+class Region:
+    """The body of one try (or with) being run: what it caught and what it wrote.
+
+    A failure of a node of the body is caught here instead of ending the run: the earliest
+    in program order wins, and every node of the body after it is dropped (its call
+    cancelled). The handle node, at tick ``hi`` (after every node of the body), runs once
+    all earlier nodes are done and gets each variable the body writes as the last node
+    before the failure left it: ``history`` holds (tick, variable, slot) of each write of
+    the body, compacted as the nodes before them finish, ``initial`` the slots from before
+    the try.
+    """
+
+    __slots__ = ("hi", "parent", "tracked", "initial", "history", "limit", "fail_tick",
+                 "exc", "node", "open")
+
+    def __init__(self, hi: tuple[int, ...], parent: Optional["Region"],
+                 initial: dict[str, Slot]) -> None:
+        self.hi = hi
+        self.parent = parent
+        self.initial = initial
+        self.tracked = frozenset(initial)
+        self.history: list[tuple[tuple[int, ...], str, Slot]] = []
+        self.limit = 64
+        self.fail_tick: Optional[tuple[int, ...]] = None
+        self.exc: Optional[BaseException] = None
+        self.node: Optional["Node"] = None
+        self.open = True
+
+    def values_before(self, tick: tuple[int, ...]) -> dict[str, Any]:
+        """Each tracked variable's value as the last write before ``tick`` left it."""
+        best: dict[str, tuple[tuple[int, ...], Any]] = {}
+        for t, var, slot in self.history:
+            if t < tick and slot.value is not _PENDING:
+                seen = best.get(var)
+                if seen is None or t > seen[0]:
+                    best[var] = (t, slot.value)
+        values = {var: slot.value for var, slot in self.initial.items()}
+        values.update((var, tv[1]) for var, tv in best.items())
+        return values
+
+    def compact(self, frontier: Optional[tuple[int, ...]]) -> None:
+        """Forget writes that can no longer be the last before a failure: every node before
+        ``frontier`` is done, so a failure comes after it, and of the writes before it only
+        the last of each variable can matter."""
+        keep: list[tuple[tuple[int, ...], str, Slot]] = []
+        last: dict[str, tuple[tuple[int, ...], str, Slot]] = {}
+        for entry in self.history:
+            t, var, slot = entry
+            if frontier is not None and t >= frontier:
+                keep.append(entry)
+            elif slot.value is not _PENDING:
+                seen = last.get(var)
+                if seen is None or t > seen[0]:
+                    last[var] = entry
+        self.history = list(last.values()) + keep
+        self.limit = max(64, 2 * len(self.history))
+
+
+class _Handle:
+    """The node that runs a try's handlers (its ``step``) once the body has finished."""
+
+    __slots__ = ("region", "step", "slots")
+
+    def __init__(self, region: Region, step: NativeStep, slots: list[Slot]) -> None:
+        self.region = region
+        self.step = step
+        self.slots = slots
 
 
 class Node:
@@ -116,6 +190,7 @@ class Run:
         self.fail_exc: Optional[BaseException] = None
         self.fail_node: Optional[Node] = None
         self.root = Frame(None, None)
+        self.func: Any = None
 
     # -- building --------------------------------------------------------------------------
     def instantiate(self, block: Block, base: tuple[int, ...], env: dict[str, Slot],
@@ -141,8 +216,26 @@ class Run:
             env[v] = slot
             outs.append(slot)
         node.outs = outs
+        if frame.region is not None and type(step) in _LEAF_STEPS:
+            self._record(frame.region, tick, step.writes, outs)
         self._wire(node, ins, step.may_sync)
         return node
+
+    def _record(self, region: Optional[Region], tick: tuple[int, ...],
+                names: tuple[str, ...], slots: list[Slot]) -> None:
+        """Note writes of a try body (and of every try around it) for Region.values_before."""
+        while region is not None:
+            tracked = region.tracked
+            history = region.history
+            for var, slot in zip(names, slots):
+                if var in tracked:
+                    history.append((tick, var, slot))
+            if len(history) > region.limit:
+                heap = self.unfinished
+                while heap and heap[0][1].done:
+                    heappop(heap)
+                region.compact(heap[0][0] if heap else None)
+            region = region.parent
 
     def _wire(self, node: Node, ins: list[Slot], may_sync: bool) -> None:
         pending = 0
@@ -322,19 +415,26 @@ class Run:
             heappop(heap)
         frame = node.frame
         frame.count -= 1
-        while not frame.count and frame.loop is not None:
+        while not frame.count and frame.parent is not None:
             loop = frame.loop
-            loop.live -= 1
-            parked = loop.parked
-            if parked is not None and loop.live < self.window:
-                loop.parked = None
-                self.ready.append(parked)
+            if loop is not None:          # (else the frame of a try body)
+                loop.live -= 1
+                parked = loop.parked
+                if parked is not None and loop.live < self.window:
+                    loop.parked = None
+                    self.ready.append(parked)
             frame = frame.parent
             frame.count -= 1
         if self.wait_sync or self.wait_ordered:
             self.recheck()
 
     def fail(self, node: Node, exc: BaseException) -> None:
+        region = node.frame.region
+        while region is not None and not region.open:
+            region = region.parent
+        if region is not None:
+            self.catch(region, node, exc)
+            return
         if self.fail_tick is None or node.tick < self.fail_tick:
             self.fail_tick = node.tick
             self.fail_exc = exc
@@ -348,6 +448,28 @@ class Run:
                     except Exception:
                         pass
         self.finish(node)
+
+    def catch(self, region: Region, node: Node, exc: BaseException) -> None:
+        """A node of a try body failed: the earliest such failure in program order is the
+        one the handlers see; the body's nodes after it never run (or are cancelled)."""
+        if region.fail_tick is not None and node.tick > region.fail_tick:
+            self.finish(node)             # after the body's first failure: never happened
+            return
+        region.fail_tick, region.exc, region.node = node.tick, exc, node
+        hi = region.hi
+        dead = [n for t, n in self.unfinished if not n.done and node.tick < t < hi]
+        self.finish(node)
+        inflight = self.inflight
+        for other in dead:
+            if other.done:
+                continue
+            if other in inflight:
+                handle = inflight.pop(other)
+                try:
+                    self.pool.cancel(handle)
+                except Exception:
+                    pass
+            self.finish(other)
 
     # -- classification --------------------------------------------------------------------------
     def classify(self, node: Node) -> int:
@@ -404,11 +526,17 @@ class Run:
             if type(value) in _PLAIN_ITERABLES:
                 return FREE if purity.is_immutable(value) else ORDERED
             return SYNC
+        if t is _Handle:
+            return SYNC
+        if t is TryStep:
+            return FREE
         # IfStep and while tests: evaluating truth may call __bool__ on a user object.
         return FREE if purity.all_immutable([s.value for s in node.ins]) else ORDERED
 
     # -- running ------------------------------------------------------------------------------
     def run(self, node: Node) -> None:
+        if node.done:
+            return                    # dropped with the rest of a try body after a failure
         if self.fail_tick is not None and node.tick > self.fail_tick:
             node.done = True          # queued before an earlier node failed: never runs
             return
@@ -424,12 +552,21 @@ class Run:
             self.run_if(node, step)
         elif t is LoopStep:
             self.run_loop(node, step)
+        elif t is TryStep:
+            self.run_try(node, step)
+        elif t is _Handle:
+            self.run_handle(node, step)
         else:
             self.run_decide(node, step.loop)
 
     def run_native(self, node: Node, step: NativeStep) -> None:
+        self._call_native(node, step, [s.value for s in node.ins])
+
+    def _call_native(self, node: Node, step: NativeStep, values: list[Any],
+                     caught: Optional[tuple[BaseException, Any, Any]] = None) -> None:
+        """Run a plain step; ``caught``: the exception a try's handlers were given, with
+        the traceback and context of a plain run."""
         fn = step.fn
-        values = [s.value for s in node.ins]
         if _UNBOUND_ID in map(id, values):
             fn = _checked(step)
         if step.needs_cells:
@@ -440,7 +577,11 @@ class Run:
             fn = bound
         try:
             result = fn(*values)
-        except Exception as exc:
+        except BaseException as exc:
+            if caught is not None and exc is caught[0]:
+                _unraise(exc, caught, step)
+            elif not isinstance(exc, Exception):
+                raise
             self.fail(node, exc)
             return
         outs = node.outs
@@ -498,6 +639,78 @@ class Run:
         for var, out in zip(step.writes, node.outs):
             self.forward(env.get(var, _UNBOUND_SLOT), out)
         self.finish(node)
+
+    def run_try(self, node: Node, step: TryStep) -> None:
+        env = dict(zip(step.carry, node.carry))
+        handle = step.handle
+        tracked = [v for v in handle.reads if v in frozenset(step.body.writes)]
+        region = Region(node.tick + (len(step.body.steps),), node.frame.region,
+                        {v: env.get(v, _UNBOUND_SLOT) for v in tracked})
+        frame = Frame(node.frame, None, region)
+        node.frame.count += 1
+        self.instantiate(step.body, node.tick, env, frame)
+        h = _Handle(region, handle, [env.get(v, _UNBOUND_SLOT) for v in handle.reads])
+        hnode = Node()
+        hnode.tick = region.hi
+        hnode.step = h
+        hnode.frame = node.frame
+        hnode.done = False
+        hnode.ins = []
+        hnode.outs = node.outs
+        hnode.carry = None
+        node.frame.count += 1
+        if node.frame.region is not None:
+            self._record(node.frame.region, hnode.tick, step.writes, node.outs)
+        self._wire(hnode, [], True)
+        self.finish(node)
+
+    def run_handle(self, node: Node, h: _Handle) -> None:
+        region = h.region
+        region.open = False
+        step = h.step
+        values = [s.value for s in h.slots]
+        exc = region.exc
+        reads = step.reads
+        special = _try_inputs(step)
+        if exc is not None:
+            before = region.values_before(region.fail_tick)
+            for i, var in enumerate(reads):
+                if var in before:
+                    values[i] = before[var]
+            tb, context = self._plain_exception(region.node, exc)
+        else:
+            tb = context = None
+        for i, value in zip(special, (exc, tb, context)):
+            if i is not None:
+                values[i] = value
+        region.history = []
+        region.node = region.exc = None
+        self._call_native(node, step, values, None if exc is None else (exc, tb, context))
+        del values
+
+    def _plain_exception(self, failed: Node, exc: BaseException) -> tuple[Any, Any]:
+        """The traceback and context ``exc`` would have in a plain run where the handlers
+        see it: from the line of the step that failed, raised while the caller handles
+        what it handles."""
+        from pydron.errors import adopt_context, user_traceback
+        handled = sys.exc_info()[1]
+        context = exc.__context__ if exc.__context__ is not None else handled
+        adopt_context(exc, handled)
+        tb = user_traceback(exc.__traceback__)
+        step = failed.step
+        if type(step) not in (NativeStep, _Handle):
+            line = getattr(step, "lineno", None) or getattr(step, "loop", step).step.lineno
+            cols = getattr(step, "col_offset", None), getattr(step, "end_col_offset", None)
+            raiser = _raiser(self.template.filename, line, self.func,
+                             None if None in cols else cols)
+            exc.__traceback__ = tb
+            try:
+                raiser(exc)
+            except BaseException:
+                tb = exc.__traceback__.tb_next
+        exc.__traceback__ = tb
+        exc.__context__ = context
+        return tb, context
 
     def run_loop(self, node: Node, step: LoopStep) -> None:
         loop = LoopRun()
@@ -571,7 +784,9 @@ class Run:
                 self._unframe(frame)
                 self.fail(node, exc)
                 return
-            env[step.item] = Slot(item)
+            slot = env[step.item] = Slot(item)
+            if frame.region is not None:
+                self._record(frame.region, node.tick, (step.item,), [slot])
             self.instantiate(step.body, node.tick, env, frame)
             self._next(loop, env)
         else:
@@ -694,6 +909,38 @@ _UNBOUND_MESSAGE = ("cannot access local variable '%s' where it is not associate
                     "local variable '%s' referenced before assignment")
 # The loop machinery's own nodes: they stand for the iterations they will create.
 _CONTROL_STEPS = (LoopRun, _Decide)
+# Steps that write their outputs themselves (the others forward what their blocks write).
+_LEAF_STEPS = (NativeStep, CallStep)
+
+
+def _try_inputs(step: NativeStep) -> tuple[Optional[int], Optional[int], Optional[int]]:
+    """Where a try's handle step reads the exception, its traceback and its context."""
+    found = _TRY_INPUTS.get(step)
+    if found is None:
+        def at(prefix: str) -> Optional[int]:
+            for i, r in enumerate(step.reads):
+                if r.startswith(prefix) and r[len(prefix):].isdigit():
+                    return i
+            return None
+        found = _TRY_INPUTS[step] = (at("_pd_exc"), at("_pd_tb"), at("_pd_ctx"))
+    return found
+
+
+def _unraise(exc: BaseException, caught: tuple[BaseException, Any, Any],
+             step: NativeStep) -> None:
+    """A try's handlers let the body's exception go on (no handler matched; a bare
+    ``raise``): it goes on as the body raised it, without the frame of the line that raised
+    it again for the handlers. An explicit ``raise e`` keeps its own line, as in Python."""
+    from pydron.errors import user_traceback
+    _, tb, context = caught
+    top = user_traceback(exc.__traceback__)
+    if top is not None and top.tb_next is tb and top.tb_lineno == step.lineno:
+        top = tb
+    exc.__traceback__ = top
+    exc.__context__ = context
+
+
+_TRY_INPUTS: "weakref.WeakKeyDictionary[NativeStep, tuple]" = weakref.WeakKeyDictionary()
 # Errors the pool raises about a call (not the call's own exception, which arrives as
 # raised): only these get the line of the call added to their message.
 _POOL_ERRORS = (SerializationError, WorkerLostError, CallTimeoutError)
@@ -721,6 +968,7 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
     env[RETURN_FLAG] = _FALSE_SLOT
     env[RETURN_VALUE] = Slot(None)
     run = Run(template, pool, window, cells)
+    run.func = func
     run.instantiate(template.block, (), env, run.root)
     run.execute()
     if run.fail_exc is not None:
@@ -743,7 +991,7 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
         adopt_context(exc, handled)
         exc.__traceback__ = user_traceback(exc.__traceback__)
         try:
-            if type(step) is not NativeStep:
+            if type(step) is not NativeStep and type(step) is not _Handle:
                 # A plain run would show the line of the call (or loop, or if) that
                 # failed: raise through a frame that sits on that line of the user's file.
                 line = getattr(step, "lineno", None) or getattr(step, "loop", step).step.lineno

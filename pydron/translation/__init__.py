@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Any, Callable
 
-from pydron.dataflow.template import Block, CallStep, IfStep, LoopStep, Template
+from pydron.dataflow.template import Block, CallStep, IfStep, LoopStep, Template, TryStep
 from pydron.translation import scopes as scopes_mod
 from pydron.translation.accumulators import AccumulatorFinder
 from pydron.translation.builder import Builder
@@ -97,6 +97,8 @@ def _has_calls(block: Block) -> bool:
         if isinstance(step, CallStep):
             return True
         if isinstance(step, IfStep) and (_has_calls(step.body) or _has_calls(step.orelse)):
+            return True
+        if isinstance(step, TryStep) and _has_calls(step.body):
             return True
         if isinstance(step, LoopStep) and (_has_calls(step.body) or _has_calls(step.orelse)
                                            or _has_calls(step.test_block)):

@@ -16,7 +16,7 @@ from typing import Optional
 
 from pydron import purity
 from pydron.dataflow.template import (RETURN_FLAG, RETURN_VALUE, Block, CallStep, IfStep,
-                                      LoopStep, NativeStep, Step)
+                                      LoopStep, NativeStep, Step, TryStep)
 from pydron.translation.codegen import Compiler, locate
 from pydron.translation.facts import scan
 from pydron.translation.normalize import Normalizer
@@ -168,6 +168,8 @@ class Builder:
             found |= step.body.signals | step.orelse.signals
         elif isinstance(step, LoopStep):
             found |= step.orelse.signals
+        elif isinstance(step, TryStep):
+            found |= step.body.signals | Builder.step_signals(step.handle)
         return found
 
     # -- deciding what is a graph construct ------------------------------------------------
@@ -192,6 +194,10 @@ class Builder:
             return self.for_step(s, ctx)
         if isinstance(s, ast.While):
             return self.while_step(s, ctx)
+        if type(s) is ast.Try:
+            return [self.try_step(s, ctx)]
+        if type(s) is ast.With:
+            return self.with_step(s, ctx)
         # A tagged call somewhere we do not open up: plain code (its calls run in order).
         return [self.native([s], ctx)]
 
@@ -328,16 +334,136 @@ class Builder:
             continue_var=ctx.continue_var if "continue" in body.signals else None,
             returns=RETURN_FLAG in body.writes, iter_private=iter_private)
 
+    # -- try and with -----------------------------------------------------------------------
+    def try_step(self, s: ast.Try, ctx: Optional[_LoopCtx]) -> TryStep:
+        """The body as graph; handlers, ``else`` and ``finally`` as one plain step that gets
+        the body's exception (see TryStep). Its ``try`` re-raises that exception, so that
+        matching, ``as`` names, chaining and ``finally`` are Python's own; each handler
+        first gives the exception back the traceback and context of a plain run."""
+        names = self._try_names()
+        body = self.block(s.body, ctx)
+        exc, tb, context = names
+        orelse = list(s.orelse)
+        flags = [f for f in (self.flag_var(sig, ctx) for sig in sorted(body.signals)) if f]
+        if orelse and flags:      # ``else`` runs only if the body ran off its end
+            left = ast.Name(id=flags[0], ctx=ast.Load()) if len(flags) == 1 else \
+                ast.BoolOp(op=ast.Or(), values=[ast.Name(id=f, ctx=ast.Load()) for f in flags])
+            orelse = [locate(ast.If(test=ast.UnaryOp(op=ast.Not(), operand=left),
+                                    body=orelse, orelse=[]), s.orelse[0])]
+        handlers = [ast.ExceptHandler(type=h.type, name=h.name,
+                                      body=self._restore(names, h) + h.body)
+                    for h in s.handlers]
+        for new, old in zip(handlers, s.handlers):
+            ast.copy_location(new, old)
+        stmt = ast.Try(body=[self._reraise(exc, s)], handlers=handlers, orelse=orelse,
+                       finalbody=list(s.finalbody))
+        locate(stmt, s)
+        handle = self.native([stmt], ctx, passthrough=body.writes,
+                             reasons=("the handlers of a try run once its body has finished",))
+        return self._try(s, body, handle, names, "try")
+
+    def with_step(self, s: ast.With, ctx: Optional[_LoopCtx]) -> list[Step]:
+        """``with`` as PEP 343 spells it: the manager entered by one plain step, the body
+        as graph, ``__exit__`` given the body's exception (or Nones) by the handle step,
+        which re-raises unless ``__exit__`` returns a true value."""
+        names = self._try_names()
+        exc, tb, context = names
+        n = exc[len("_pd_exc"):]
+        mgr, exit_, value = f"_pd_mgr{n}", f"_pd_exit{n}", f"_pd_val{n}"
+        item = s.items[0]
+        enter = ast.parse(
+            f"{mgr} = _pd_expr\n"
+            f"if not (hasattr(type({mgr}), '__enter__') and hasattr(type({mgr}), '__exit__')):\n"
+            f"    with {mgr}:\n"      # Python's own error for what is no context manager
+            f"        pass\n"
+            f"{exit_} = type({mgr}).__exit__\n"
+            f"{value} = type({mgr}).__enter__({mgr})\n").body
+        _unposition(enter)
+        enter[0].value = item.context_expr
+        for st in enter:
+            locate(st, s)
+        before = self.native(enter, ctx, reasons=("enters a context manager (its __enter__)",))
+        body_stmts = list(s.body)
+        if item.optional_vars is not None:
+            bind = ast.Assign(targets=[item.optional_vars],
+                              value=ast.Name(id=value, ctx=ast.Load()))
+            body_stmts.insert(0, locate(bind, s))
+        body = self.block(body_stmts, ctx)
+        handler = ast.parse(
+            f"try:\n"
+            f"    pass\n"
+            f"except BaseException:\n"
+            f"    if not {exit_}({mgr}, type({exc}), {exc}, {tb}):\n"
+            f"        raise\n"
+            f"else:\n"
+            f"    {exit_}({mgr}, None, None, None)\n").body[0]
+        _unposition([handler])
+        handler.body = [self._reraise(exc, s)]
+        handler.handlers[0].body[:0] = self._restore(names, s)
+        locate(handler, s)
+        handle = self.native([handler], ctx, passthrough=body.writes,
+                             reasons=("calls the context manager's __exit__ once the body "
+                                      "of the with has finished",))
+        return [before, self._try(s, body, handle, names, "with")]
+
+    def _try_names(self) -> tuple[str, str, str]:
+        self._loops += 1
+        n = self._loops
+        return f"_pd_exc{n}", f"_pd_tb{n}", f"_pd_ctx{n}"
+
+    @staticmethod
+    def _reraise(exc: str, where: ast.stmt) -> ast.stmt:
+        """``if exc is not None: raise exc``: the body's exception, raised where it is
+        handled."""
+        stmt = ast.If(test=ast.Compare(left=ast.Name(id=exc, ctx=ast.Load()), ops=[ast.IsNot()],
+                                       comparators=[ast.Constant(None)]),
+                      body=[ast.Raise(exc=ast.Name(id=exc, ctx=ast.Load()), cause=None)],
+                      orelse=[])
+        return locate(stmt, where)
+
+    @staticmethod
+    def _restore(names: tuple[str, str, str], where: ast.AST) -> list[ast.stmt]:
+        """Raising the body's exception again gave it this step's frame and the caller's
+        context: give it back what a plain run would have shown."""
+        exc, tb, context = names
+        out = []
+        for attr, var in (("__traceback__", tb), ("__context__", context)):
+            target = ast.Attribute(value=ast.Name(id=exc, ctx=ast.Load()), attr=attr,
+                                   ctx=ast.Store())
+            out.append(locate(ast.Assign(targets=[target], value=ast.Name(id=var, ctx=ast.Load())),
+                              where))
+        return out
+
+    def _try(self, s: ast.stmt, body: Block, handle: NativeStep,
+             names: tuple[str, str, str], kind: str) -> TryStep:
+        exc, tb, context = names
+        carry = tuple(dict.fromkeys(
+            [r for r in body.reads] + [r for r in handle.reads if r not in names]))
+        header = ast.Try(body=[], handlers=[], orelse=[], finalbody=[]) if kind == "try" \
+            else ast.With(items=s.items, body=[], type_comment=None)
+        return TryStep(reads=(), writes=handle.writes, lineno=s.lineno, may_sync=True,
+                       carry=carry, nodes=(header,), body=body, handle=handle,
+                       exc_var=exc, tb_var=tb, ctx_var=context, kind=kind)
+
     # -- plain code ----------------------------------------------------------------------------
-    def native(self, stmts: list[ast.stmt], ctx: Optional[_LoopCtx]) -> NativeStep:
+    def native(self, stmts: list[ast.stmt], ctx: Optional[_LoopCtx],
+               passthrough: tuple[str, ...] = (),
+               reasons: tuple[str, ...] = ()) -> NativeStep:
+        """One step running ``stmts``. ``passthrough``: variables it hands on unchanged
+        unless it binds them; ``reasons``: why it is a sync point, in place of what the
+        statements show (for steps the translator wrote)."""
         info = self.analyze(stmts)
+        if reasons:
+            info.sync_reasons = list(reasons)
+            info.output_only = []
+        info.writes = list(dict.fromkeys(list(info.writes) + list(passthrough)))
         writes = list(info.writes)
         signal_vars: list[str] = []
         if ctx is not None:
             for sig, var in (("break", ctx.break_var), ("continue", ctx.continue_var)):
                 if sig in info.signals and var:
                     signal_vars.append(var)
-        writes += signal_vars
+        writes += [v for v in signal_vars if v not in writes]
         reads = list(info.reads)
         for w in info.writes:          # a value that may stay as it was passes through
             if w not in info.assigned and w not in reads:
@@ -529,6 +655,16 @@ class Builder:
                 info.output_only.append("print() writes output, kept in program order")
             else:
                 info.sync_reasons.append(reason)
+
+
+def _unposition(nodes: list[ast.stmt]) -> None:
+    """Forget the positions ``ast.parse`` gave code the translator wrote, so that
+    :func:`locate` gives it the user's line."""
+    for node in nodes:
+        for n in ast.walk(node):
+            for attr in ("lineno", "col_offset", "end_lineno", "end_col_offset"):
+                if hasattr(n, attr):
+                    delattr(n, attr)
 
 
 def _callback_arg_parts(call: ast.Call) -> list[ast.expr]:

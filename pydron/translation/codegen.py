@@ -139,7 +139,9 @@ class Compiler:
                     body=[ast.Delete(targets=[_name(r, ast.Del())])], orelse=[]))
         if exits:
             for var in (break_var, continue_var):
-                if var is not None and var in writes:
+                if var is not None and var in writes and var not in reads:
+                    # (a flag read as well is one the step hands on: a try's handlers
+                    # keep what its body set)
                     code.append(ast.Assign(targets=[_name(var, ast.Store())],
                                            value=ast.Constant(False)))
             body = [ast.While(test=ast.Constant(True), body=body + [ast.Break()], orelse=[])]

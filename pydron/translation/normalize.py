@@ -63,6 +63,12 @@ class Normalizer:
         return entry[1]
 
     def _scan(self, node: ast.AST) -> bool:
+        if type(node) is ast.Try:
+            # Only the body runs as graph; handlers, else and finally stay plain code.
+            return any(self.has_site(b) for b in node.body)
+        if type(node) is ast.With:
+            return any(self.has_site(b) for b in node.body) or \
+                self.has_site(node.items[0].context_expr)
         if isinstance(node, _SCOPE_NODES) or isinstance(node, _OPAQUE_STMTS):
             return False
         if isinstance(node, ast.GeneratorExp):
@@ -235,9 +241,30 @@ class Normalizer:
                 pre.append(_assign(t, exc))
                 exc = _name(t)
             return pre + pre2 + [ast.Raise(exc=exc, cause=cause)]
+        if type(s) is ast.Try:
+            return [ast.Try(body=self.body(s.body) or [ast.Pass()], handlers=s.handlers,
+                            orelse=s.orelse, finalbody=s.finalbody)]
+        if type(s) is ast.With:
+            return self._with(s)
         if isinstance(s, ast.Delete):
             raise _Fallback
         raise _Fallback
+
+    def _with(self, s: ast.With) -> list[ast.stmt]:
+        """One context manager per ``with`` (the next is entered inside the first), its
+        expression's calls lowered in front of it."""
+        item = s.items[0]
+        body = s.body
+        if len(s.items) > 1:
+            inner = ast.With(items=s.items[1:], body=s.body, type_comment=None)
+            _locate(inner, s)
+            body = [inner]
+        pre, expr = self.expr(item.context_expr)
+        if item.optional_vars is not None and self.has_site(item.optional_vars):
+            raise _Fallback
+        new = ast.withitem(context_expr=expr, optional_vars=item.optional_vars)
+        return pre + [ast.With(items=[new], body=self.body(body) or [ast.Pass()],
+                               type_comment=None)]
 
     def _comp_into_target(self, s: ast.Assign) -> Optional[list[ast.stmt]]:
         """``ys = [f(x) for x in xs]`` fills ``ys`` directly when that cannot be observed."""
