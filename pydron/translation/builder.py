@@ -355,9 +355,9 @@ class Builder:
                     for h in s.handlers]
         for new, old in zip(handlers, s.handlers):
             ast.copy_location(new, old)
-        stmt = ast.Try(body=[self._reraise(exc, s)], handlers=handlers, orelse=orelse,
-                       finalbody=list(s.finalbody))
-        locate(stmt, s)
+        stmt = ast.Try(body=[self._reraise(exc, _header(s))], handlers=handlers,
+                       orelse=orelse, finalbody=list(s.finalbody))
+        locate(stmt, _header(s))
         handle = self.native([stmt], ctx, passthrough=body.writes,
                              reasons=("the handlers of a try run once its body has finished",))
         return self._try(s, body, handle, names, "try")
@@ -380,14 +380,15 @@ class Builder:
             f"{value} = type({mgr}).__enter__({mgr})\n").body
         _unposition(enter)
         enter[0].value = item.context_expr
+        where = _header(s)
         for st in enter:
-            locate(st, s)
+            locate(st, where)
         before = self.native(enter, ctx, reasons=("enters a context manager (its __enter__)",))
         body_stmts = list(s.body)
         if item.optional_vars is not None:
             bind = ast.Assign(targets=[item.optional_vars],
                               value=ast.Name(id=value, ctx=ast.Load()))
-            body_stmts.insert(0, locate(bind, s))
+            body_stmts.insert(0, locate(bind, where))
         body = self.block(body_stmts, ctx)
         handler = ast.parse(
             f"try:\n"
@@ -398,9 +399,9 @@ class Builder:
             f"else:\n"
             f"    {exit_}({mgr}, None, None, None)\n").body[0]
         _unposition([handler])
-        handler.body = [self._reraise(exc, s)]
-        handler.handlers[0].body[:0] = self._restore(names, s)
-        locate(handler, s)
+        handler.body = [self._reraise(exc, where)]
+        handler.handlers[0].body[:0] = self._restore(names, where)
+        locate(handler, where)
         handle = self.native([handler], ctx, passthrough=body.writes,
                              reasons=("calls the context manager's __exit__ once the body "
                                       "of the with has finished",))
@@ -655,6 +656,16 @@ class Builder:
                 info.output_only.append("print() writes output, kept in program order")
             else:
                 info.sync_reasons.append(reason)
+
+
+def _header(s: ast.stmt) -> ast.stmt:
+    """A position on the first line of ``s`` only (its keyword): where code the translator
+    writes for a compound statement sits, as Python's own code for it does."""
+    where = ast.Pass()
+    where.lineno = where.end_lineno = s.lineno
+    where.col_offset = s.col_offset
+    where.end_col_offset = s.col_offset + (4 if isinstance(s, ast.With) else 3)
+    return where
 
 
 def _unposition(nodes: list[ast.stmt]) -> None:
