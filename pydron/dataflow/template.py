@@ -134,6 +134,8 @@ class LoopStep(Step):
     continue_var: Optional[str] = None
     returns: bool = False
     iter_private: bool = False      # the body never names the iterable: fetch ahead freely
+    speculate: bool = False         # the body may break or return and starts calls: later
+                                    # iterations' calls start before that is decided
 
 
 

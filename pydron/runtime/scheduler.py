@@ -59,13 +59,17 @@ class Frame:
     """The nodes of one loop iteration, of a try body or of the whole run, counted to bound
     unrolling. ``region`` is the innermost try whose body the nodes belong to."""
 
-    __slots__ = ("count", "parent", "loop", "region")
+    __slots__ = ("count", "parent", "loop", "region", "gate", "held")
 
     def __init__(self, parent: Optional["Frame"], loop: Optional["LoopRun"],
                  region: Optional["Region"] = None) -> None:
         self.count = 0
         self.parent = parent
         self.loop = loop
+        # A speculative iteration's gate: True once the iterations before it have not left
+        # the loop, False if one did (then its nodes are dropped); None: not speculative.
+        self.gate: Optional[Slot] = None
+        self.held: Optional[tuple["Node", BaseException]] = None   # its earliest failure
         self.region = region if region is not None else (
             parent.region if parent is not None else None)
 
@@ -153,7 +157,27 @@ class LoopRun:
     """The state of one loop being unrolled."""
 
     __slots__ = ("step", "it", "env", "outs", "k", "live", "parked", "tick", "frame",
-                 "fetch", "maysync")
+                 "fetch", "maysync", "spec", "gate")
+
+
+class _Gate:
+    """Decides whether a speculative iteration happens: once the iteration before it has
+    set its break and return flags (``flags``) and its own gate (``prev``) is open. Closing
+    ends the loop with ``snapshot``, the variables as that iteration left them; ``end``: no
+    iteration follows (the items ran out), so opening ends the loop normally."""
+
+    __slots__ = ("loop", "gate", "prev", "flags", "snapshot", "frame", "end", "held")
+
+    def __init__(self, loop: LoopRun, gate: Slot, prev: Slot, flags: list[Slot],
+                 snapshot: dict[str, Slot], frame: Frame) -> None:
+        self.loop = loop
+        self.gate = gate
+        self.prev = prev
+        self.flags = flags
+        self.snapshot = snapshot
+        self.frame = frame
+        self.end = False
+        self.held: Optional[tuple["Node", BaseException]] = None
 
 
 class _Decide:
@@ -350,6 +374,10 @@ class Run:
             node.done = True          # after the failure in program order: never runs
             return
         kind = self.classify(node)
+        gate = node.frame.gate
+        if gate is not None and gate.value is not True and not _speculative(node, kind):
+            self._park(node, gate)    # until the iterations before it have not broken off
+            return
         # A node classified FREE or ORDERED is no sync point itself, so later work need not
         # wait for it; a loop continuation or a while test stands for the iterations it
         # will create (which may hold sync points) and stays a possible sync point until
@@ -368,6 +396,13 @@ class Run:
                 self.run(node)
             else:
                 heappush(self.wait_sync, (node.tick, node))
+
+    def _park(self, node: Node, slot: Slot) -> None:
+        node.npend = 1
+        if slot.waiters is None:
+            slot.waiters = [node]
+        else:
+            slot.waiters.append(node)
 
     def _no_earlier_sync(self, tick: tuple[int, ...]) -> bool:
         heap = self.maysync
@@ -429,7 +464,14 @@ class Run:
             self.recheck()
 
     def fail(self, node: Node, exc: BaseException) -> None:
-        region = node.frame.region
+        frame = node.frame
+        if frame.gate is not None and frame.gate.value is not True:
+            # A speculative iteration's failure counts only if the iteration happens: held
+            # (the node stays unfinished) until its gate opens, dropped if it closes.
+            if frame.held is None or node.tick < frame.held[0].tick:
+                frame.held = (node, exc)
+            return
+        region = frame.region
         while region is not None and not region.open:
             region = region.parent
         if region is not None:
@@ -459,6 +501,10 @@ class Run:
         hi = region.hi
         dead = [n for t, n in self.unfinished if not n.done and node.tick < t < hi]
         self.finish(node)
+        self._drop(dead)
+
+    def _drop(self, dead: list[Node]) -> None:
+        """Nodes that will never run: their calls cancelled, their frames counted down."""
         inflight = self.inflight
         for other in dead:
             if other.done:
@@ -528,6 +574,8 @@ class Run:
             return SYNC
         if t is _Handle:
             return SYNC
+        if t is _Gate:
+            return FREE
         if t is TryStep:
             return FREE
         # IfStep and while tests: evaluating truth may call __bool__ on a user object.
@@ -556,6 +604,8 @@ class Run:
             self.run_try(node, step)
         elif t is _Handle:
             self.run_handle(node, step)
+        elif t is _Gate:
+            self.run_gate(node, step)
         else:
             self.run_decide(node, step.loop)
 
@@ -717,10 +767,12 @@ class Run:
         loop.step = step
         loop.it = None
         loop.fetch = purity.FETCH_FREE
+        own = True
         if step.kind == "for":
             try:
                 _check_bound(node)
                 loop.it = iter(node.ins[0].value)
+                own = loop.it is not node.ins[0].value or step.reads[0].startswith("_pd_t")
                 if step.reads[0].startswith("_pd_t"):
                     node.ins[0].value = UNBOUND    # the loop holds the only reference now
             except Exception as exc:
@@ -735,6 +787,12 @@ class Run:
         loop.tick = node.tick
         loop.frame = node.frame
         loop.maysync = step.may_sync or loop.fetch == purity.FETCH_EFFECTS
+        # Speculation fetches items the plain loop may never fetch: only from iterators
+        # whose next() changes nothing (not a file's position, not a generator's state).
+        # An iterator somebody else holds (a generator passed in) would be seen advanced.
+        loop.spec = step.speculate and (step.kind == "while" or (
+            loop.fetch in _SPECULABLE_FETCH and (own or loop.fetch == purity.FETCH_FREE)))
+        loop.gate = _TRUE_SLOT
         self._continuation(loop, [])
         self.finish(node)
 
@@ -765,10 +823,23 @@ class Run:
             loop.parked = node       # resumed by finish() when an iteration completes
             return
         step = loop.step
+        env = loop.env
+        gate = None
+        if loop.spec and loop.k:
+            flags = [env[step.break_var]] if step.break_var else []
+            if step.returns:
+                flags.append(env.get(RETURN_FLAG, _FALSE_SLOT))
+            if any(f.value is True for f in flags):
+                self.end_loop(node, loop, normal=False)
+                return
+            if loop.gate.value is not True or any(f.value is not False for f in flags):
+                gate = self._gate(node, loop, flags)
         frame = Frame(loop.frame, loop)
+        if gate is not None:
+            frame.gate = gate.gate
+            gate.frame = frame
         loop.frame.count += 1
         loop.live += 1
-        env = loop.env
         if step.break_var:
             env[step.break_var] = _FALSE_SLOT
         if step.continue_var:
@@ -778,11 +849,18 @@ class Run:
                 item = next(loop.it)
             except StopIteration:
                 self._unframe(frame)
-                self.end_loop(node, loop, normal=True)
+                if gate is not None:
+                    gate.end = True          # ends the loop once it knows no break came
+                    self.finish(node)
+                else:
+                    self.end_loop(node, loop, normal=True)
                 return
             except Exception as exc:
                 self._unframe(frame)
-                self.fail(node, exc)
+                if gate is not None:
+                    gate.held = (node, exc)  # fails once it knows the fetch happens
+                else:
+                    self.fail(node, exc)
                 return
             slot = env[step.item] = Slot(item)
             if frame.region is not None:
@@ -796,6 +874,50 @@ class Run:
                           loop.maysync)
         self.finish(node)
 
+    def _gate(self, node: Node, loop: LoopRun, flags: list[Slot]) -> _Gate:
+        """The gate of the iteration ``node`` starts before the previous one has decided
+        whether it leaves the loop."""
+        slot = Slot()
+        prev = loop.gate
+        g = _Gate(loop, slot, prev, flags, dict(loop.env), loop.frame)
+        loop.gate = slot
+        self._control(node.tick + (-1,), g, loop.frame, [prev, *flags], False)
+        return g
+
+    def run_gate(self, node: Node, g: _Gate) -> None:
+        loop = g.loop
+        if g.prev.value is False or any(f.value is True for f in g.flags):
+            # The iteration before left the loop: what was started after it never happened.
+            n = len(loop.tick)
+            prefix, tick = loop.tick, node.tick
+            dead = [x for t, x in self.unfinished
+                    if not x.done and t > tick and t[:n] == prefix]
+            if g.held is not None:
+                dead.append(g.held[0])
+            region = loop.frame.region
+            while region is not None:
+                region.history = [e for e in region.history
+                                  if not (e[0] > tick and e[0][:n] == prefix)]
+                region = region.parent
+            loop.parked = None
+            self._drop(dead)
+            self.resolve(g.gate, False)
+            loop.env = g.snapshot
+            self.end_loop(node, loop, normal=False)
+            return
+        self.resolve(g.gate, True)
+        if g.held is not None:
+            held, g.held = g.held, None
+            self.fail(*held)
+        if g.end:
+            self.end_loop(node, loop, normal=True)
+            return
+        frame = g.frame
+        if frame.held is not None:
+            held, frame.held = frame.held, None
+            self.fail(*held)
+        self.finish(node)
+
     def _unframe(self, frame: Frame) -> None:
         frame.loop.live -= 1
         frame.parent.count -= 1
@@ -803,6 +925,9 @@ class Run:
     def _next(self, loop: LoopRun, env: dict[str, Slot]) -> None:
         step = loop.step
         loop.k += 1
+        if loop.spec:
+            self._continuation(loop, [])     # (its gate waits for the flags instead)
+            return
         ins = []
         if step.break_var:
             ins.append(env[step.break_var])
@@ -823,6 +948,10 @@ class Run:
                              offset=node.tick[-1] + 1)
             self._next(loop, loop.env)
         else:
+            gate = node.frame.gate
+            if gate is not None and gate.value is not True:
+                self._park(node, gate)       # ends the loop once it knows no break came
+                return
             self.end_loop(node, loop, normal=True)
             return
         self.finish(node)
@@ -913,6 +1042,16 @@ _CONTROL_STEPS = (LoopRun, _Decide)
 _LEAF_STEPS = (NativeStep, CallStep)
 
 
+def _speculative(node: Node, kind: int) -> bool:
+    """May this node of a speculative iteration run before the iteration is known to
+    happen? Functional calls and pure computation may (their results are dropped with the
+    iteration); sync points, branches, loops and try bodies wait."""
+    t = type(node.step)
+    if t is CallStep:
+        return kind != SYNC and node.callee[1] == purity.DISPATCH
+    return kind == FREE and (t is NativeStep or t is _Decide)
+
+
 def _try_inputs(step: NativeStep) -> tuple[Optional[int], Optional[int], Optional[int]]:
     """Where a try's handle step reads the exception, its traceback and its context."""
     found = _TRY_INPUTS.get(step)
@@ -948,6 +1087,8 @@ _UNBOUND_SLOT = Slot(UNBOUND)
 _UNBOUND_ID = id(UNBOUND)
 _CHECKED = weakref.WeakKeyDictionary()
 _FALSE_SLOT = Slot(False)
+_TRUE_SLOT = Slot(True)
+_SPECULABLE_FETCH = (purity.FETCH_FREE, purity.FETCH_READS)
 
 
 def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],

@@ -332,7 +332,9 @@ class Builder:
             orelse=orelse, test_block=test_block, test_reads=test_reads,
             break_var=ctx.break_var if "break" in body.signals else None,
             continue_var=ctx.continue_var if "continue" in body.signals else None,
-            returns=RETURN_FLAG in body.writes, iter_private=iter_private)
+            returns=RETURN_FLAG in body.writes, iter_private=iter_private,
+            speculate=bool("break" in body.signals or RETURN_FLAG in body.writes)
+            and any(isinstance(st, CallStep) for st in body.steps))
 
     # -- try and with -----------------------------------------------------------------------
     def try_step(self, s: ast.Try, ctx: Optional[_LoopCtx]) -> TryStep:
