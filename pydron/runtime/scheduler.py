@@ -379,10 +379,10 @@ class Run:
             self._park(node, gate)    # until the iterations before it have not broken off
             return
         # A node classified FREE or ORDERED is no sync point itself, so later work need not
-        # wait for it; a loop continuation or a while test stands for the iterations it
-        # will create (which may hold sync points) and stays a possible sync point until
-        # it has finished, parked or not.
-        if node.maysync and kind != SYNC and type(node.step) not in _CONTROL_STEPS:
+        # wait for it; a step that creates nodes (an if, a loop, a try, a loop continuation,
+        # a while test) stands for the nodes it will create, which may hold sync points,
+        # and stays a possible sync point until it has run, waiting for its turn or not.
+        if node.maysync and kind != SYNC and type(node.step) not in _CREATING_STEPS:
             node.maysync = False
         if kind == FREE:
             self.run(node)
@@ -1037,7 +1037,7 @@ _UNBOUND_MESSAGE = ("cannot access local variable '%s' where it is not associate
                     if sys.version_info >= (3, 11) else
                     "local variable '%s' referenced before assignment")
 # The loop machinery's own nodes: they stand for the iterations they will create.
-_CONTROL_STEPS = (LoopRun, _Decide)
+_CREATING_STEPS = (LoopRun, _Decide, IfStep, LoopStep, TryStep)
 # Steps that write their outputs themselves (the others forward what their blocks write).
 _LEAF_STEPS = (NativeStep, CallStep)
 
