@@ -43,7 +43,32 @@ n)`` built from *snippets*, each a shape that has broken the compiler before (se
                     managers that may swallow), break/continue through ``finally``
 ``speculation``     a sync point that raises or returns before calls on constants that
                     would fail
+``try_flight``      several functional calls in flight in a ``try`` body (straight-line, in
+                    a loop in the try, a try in a loop, nested, in a handler), none, one or
+                    several failing; handlers that match or not (tuples, base classes),
+                    inspect ``e`` (args, chain, notes, frames, the printed traceback) or
+                    raise anew (bare, ``from e``, ``from None``); ``else`` on the body's
+                    results; ``finally`` that prints, returns, breaks or continues; return
+                    from the body; prints between the calls; names left unbound read after
+``with_flight``     loops of calls that may fail inside ``with``: managers that print and
+                    record what ``__exit__`` got and swallow or not (classes, generator
+                    ones, ``contextlib.suppress``, ``nullcontext``), several items, nested
+                    withs, a tuple ``as`` target, an ``__enter__`` that raises, a with per
+                    iteration
+``while_flight``    ``while`` loops with calls: counted (append, then ``i += 1``), breaking
+                    on a call's result, ``while``/``else``, ``while True``, tests that read
+                    a call's result, a list popped until empty
+``search_flight``   ``for`` loops that ``break`` or ``return`` on a call's result at the
+                    first, a middle or the last item or never (``else``, a name left
+                    unbound, nested loops), with calls that would fail in the iterations
+                    after the exit and prints after the call
 =================  ====================================================================
+
+The last four (issue 13: try/with/while and loops that leave early, run in parallel) come
+from a stream of their own, ``{seed}:flight``, appended after the others like the extra
+shapes; they bring helpers of their own (``Rec``, ``gen_cm``, ``BadEnter``, ``Pair``,
+``fail_sub``, ``fail_odd``, ``seen``, ``tb_pic``, ``tb_text``), written into a program only
+when it has one of them, so a program without one is the same text as before they existed.
 
 Snippets may be nested in plain statements (``if``, ``for``, ``while``, ``try``, ``with``).
 Programs are deterministic and terminate by construction: loops are bounded by counters or
@@ -399,7 +424,7 @@ def warn_me(x):
     import warnings
     warnings.warn(f"careful with {x}", UserWarning)
     return x
-@SHADOW@
+@SHADOW@@FLIGHT@
 
 # ---- scheduled functions besides main (recursion, self-reference)
 
@@ -467,6 +492,134 @@ def sorted(xs, key=None, reverse=False):
     return builtins.sorted(xs, key=key, reverse=reverse)
 '''
 
+FLIGHT = '''
+
+
+# ---- helpers of the in-flight shapes (issue 13); only in programs that have one
+
+import traceback
+
+
+class SubError(AppError):
+    """A subclass: ``except AppError`` catches it; ``except SubError`` lets AppError by."""
+
+
+class OddError(Exception):
+    """Caught only by its own name or ``Exception``: outside CATCH_ALL."""
+
+
+@functional
+def fail_sub(x, bad):
+    if x == bad:
+        raise SubError("sub", x)
+    return x * 2 + 1
+
+
+@functional
+def fail_odd(x, bad):
+    if x == bad:
+        raise OddError(f"odd {x}")
+    return x - 3
+
+
+def tb_pic(e):
+    """Where ``e`` went, as a plain run records it: (function, line) of every frame."""
+    return [(f.name, f.lineno) for f in traceback.extract_tb(e.__traceback__)]
+
+
+def tb_text(e):
+    """The traceback as the user reads it (chain, source lines, carets), the module's path
+    (a temporary file's) written as <gen>."""
+    return "".join(traceback.format_exception(e)).replace(__file__, "<gen>")
+
+
+def seen(e):
+    """What a handler can read of ``e``: type, args, chain, notes and frames."""
+    return (type(e).__name__, e.args, repr(e.__cause__), repr(e.__context__),
+            e.__suppress_context__, getattr(e, "__notes__", None), tb_pic(e))
+
+
+class Rec:
+    """A context manager that prints and keeps what its __exit__ got (type, text, whether
+    a traceback came, its frames); swallows when ``swallow`` says so (True, False or an
+    exception class)."""
+
+    def __init__(self, tag, swallow=False):
+        self.tag = tag
+        self.swallow = swallow
+        self.got = []
+
+    def __enter__(self):
+        print("rec enter", self.tag)
+        return self
+
+    def __exit__(self, kind, value, tb):
+        name = None if kind is None else kind.__name__
+        frames = [] if tb is None else [(f.name, f.lineno) for f in traceback.extract_tb(tb)]
+        self.got.append((name, None if value is None else str(value), tb is None, frames))
+        print("rec exit", self.tag, name)
+        if isinstance(self.swallow, type):
+            return kind is not None and issubclass(kind, self.swallow)
+        return bool(self.swallow) and kind is not None
+
+
+class BadEnter:
+    """A context manager whose __enter__ raises: its body never runs, its __exit__ is not
+    called."""
+
+    def __init__(self, tag):
+        self.tag = tag
+
+    def __enter__(self):
+        print("bad enter", self.tag)
+        raise AppError("enter", self.tag)
+
+    def __exit__(self, kind, value, tb):
+        print("never", self.tag)
+        return False
+
+
+class Pair:
+    """``with Pair(v) as (a, b):``: __enter__ returns a tuple."""
+
+    def __init__(self, v):
+        self.v = v
+
+    def __enter__(self):
+        print("pair enter", self.v)
+        return self.v, -self.v
+
+    def __exit__(self, kind, value, tb):
+        print("pair exit", self.v, None if kind is None else kind.__name__)
+        return False
+
+
+@contextlib.contextmanager
+def gen_cm(tag, swallow=False):
+    """A generator context manager: meets the body's AppError at its yield."""
+    print("gen enter", tag)
+    try:
+        yield tag * 2
+    except AppError as e:
+        print("gen caught", type(e).__name__, e.args)
+        if not swallow:
+            raise
+    finally:
+        print("gen exit", tag)'''
+
+#: Shapes of issue 13: several functional calls in flight inside try/with/while and loops
+#: that leave early. Drawn from a stream of their own (``{seed}:flight``) and appended like
+#: EXTRA_SHAPES; a program that draws none is the same text as before they existed.
+FLIGHT_SHAPES = ["try_flight", "with_flight", "while_flight", "search_flight"]
+#: How many in-flight snippets a program gets (one of these, evenly).
+FLIGHT_COUNTS = [0, 0, 1, 1, 2]
+#: What the in-flight shapes' outer handler catches: every failing helper's exception.
+FLIGHT_ALL = "(AppError, ValueError, LookupError, ArithmeticError, OddError)"
+#: Handlers of the in-flight shapes: matching some failures, missing others.
+FLIGHT_HANDLERS = ["AppError", "SubError", "ValueError", "(AppError, ValueError)",
+                   "(CodeError, KeyError)", "LookupError", "ArithmeticError", "Exception",
+                   "(SubError, ZeroDivisionError)", "OddError", "(OddError, AppError)"]
+
 FAILERS = ["fail_plain", "fail_from", "fail_implicit", "fail_none", "fail_noted",
            "fail_code", "fail_deep", "fail_zero"]
 CATCH_ALL = "(AppError, ValueError, LookupError, ArithmeticError)"
@@ -480,7 +633,7 @@ SHAPES = ["while_test", "while_return", "recursion", "mutate_for", "dict_arg_sto
           "del_name", "except_as", "loop_sync_read", "mix", "exc_caught", "exc_uncaught",
           "effect_builtin", "iter_loop", "control", "closure", "alias_escape", "loop_after",
           "aug_sub", "global_rebind", "short_circuit", "misc_expr", "nested_loops", "consumer",
-          "try_with", "speculation"] + EXTRA_SHAPES
+          "try_with", "speculation"] + EXTRA_SHAPES + FLIGHT_SHAPES
 
 # How often each shape is drawn (while_return is only ever the last snippet).
 WEIGHTS = {"while_test": 10, "recursion": 5, "mutate_for": 14, "dict_arg_store": 4,
@@ -1332,6 +1485,357 @@ class Snippet:
                 f"            print('ret', {y})", f"            return inc({y})",
                 f"    print('no', {y})"]
 
+    # in-flight shapes (issue 13) --------------------------------------------------------
+    def _seq(self, lo=3, hi=7):
+        """A sequence to loop over and its values when the text fixes them (else None)."""
+        kind = self.r.randint(0, 3)
+        if kind == 0:
+            size = self.r.randint(lo, hi)
+            return f"range({size})", list(range(size))
+        if kind == 1:
+            vals = self.r.sample(range(-2, 12), self.r.randint(lo, hi))
+            return repr(vals), vals
+        if kind == 2:
+            return "xs", None
+        return "xs + [n, 7]", None
+
+    def _bad(self, vals):
+        """The value a ``fail_if_eq``-like call fails on: one of ``vals`` or none of them."""
+        if vals:
+            return str(self.pick(vals + [-99]))
+        return self.lit(-1, 9)
+
+    def _risky(self, arg, vals=None):
+        """A functional call on ``arg`` that raises for some values, or none."""
+        kind = self.r.randint(0, 6)
+        if kind <= 1:
+            return f"fail_if_eq({arg}, {self._bad(vals)})"
+        if kind == 2:
+            return f"fail_sub({arg}, {self._bad(vals)})"
+        if kind == 3:
+            return f"fail_odd({arg}, {self._bad(vals)})"
+        if kind == 4:
+            return f"{self.pick(FAILERS)}({arg})"
+        return self.fcall(arg)
+
+    def _on_error(self, e):
+        """The body of a handler: inspect the exception, or raise anew (bare, from, in
+        the handler's context, from None)."""
+        k = self.k
+        kind = self.r.randint(0, 9)
+        if kind <= 1:
+            return [f"out.append(seen({e}))"]
+        if kind == 2:
+            return [f"out.append(describe({e}))"]
+        if kind == 3:
+            return [f"print('caught {k}', type({e}).__name__, {e}.args, "
+                    f"{e}.__traceback__.tb_lineno)"]
+        if kind == 4:
+            return [f"out.append(tb_text({e}))"]
+        if kind == 5:
+            return [f"out.append(type({e}).__name__)", "raise"]
+        if kind == 6:
+            return [f"raise AppError('handler', {k}) from {e}"]
+        if kind == 7:
+            return [f"raise CodeError({k}, 'handler')"]
+        if kind == 8:
+            return [f"out.append({e}.args)", f"raise SubError('replaced', {k}) from None"]
+        return [f"out.append(('exc_info', sys.exc_info()[1] is {e}, tb_pic({e})))"]
+
+    def _excepts(self, e, extra=()):
+        """One or two ``except`` clauses, each matching some failures and not others."""
+        lines = []
+        for _ in range(self.pick([1, 1, 2])):
+            lines += [f"except {self.pick(FLIGHT_HANDLERS)} as {e}:"]
+            lines += indent(self._on_error(e) + list(extra))
+        return lines
+
+    def _probe(self, names):
+        """Read names a failure may have left unbound (UnboundLocalError, with its text)."""
+        u = self.v("u")
+        return ["try:", f"    out.append(({', '.join(names)},))",
+                f"except UnboundLocalError as {u}:", f"    out.append(('unbound', str({u})))"]
+
+    def _guard(self, lines):
+        """Mostly an outer handler that shows what escaped (chain, frames or the printed
+        traceback); sometimes the exception leaves main."""
+        if self.chance(0.2):
+            return lines
+        show = self.pick(["seen(e)", "describe(e)", "tb_text(e)", "seen(e)"])
+        return ["try:"] + indent(lines) + [f"except {FLIGHT_ALL} as e:",
+                                           f"    out.append(('escaped', {show}))"]
+
+    def try_flight(self):
+        """Several functional calls in flight in a try body (straight-line, in a loop in
+        the try, a try in a loop, nested, returning), zero, one or several of them failing,
+        handlers that match or not; prints between the calls; names read afterwards."""
+        kind = self.r.randint(0, 6)
+        k, e, e2 = self.k, self.v("e"), self.v("e2")
+        a, b, c, dd = self.v("a"), self.v("b"), self.v("c"), self.v("dd")
+        x, r, acc = self.v("x"), self.v("r"), self.v("acc")
+        tail = []
+        if self.chance(0.4):     # an else that uses what the body computed
+            used = {0: b, 1: r, 3: dd, 4: a, 6: a}.get(kind, "1")
+            tail += ["else:", f"    out.append(('else {k}', {self.fcall(used)}))"]
+        if self.chance(0.5):
+            tail += ["finally:", f"    print('finally {k}')"]
+        if kind == 0:        # straight-line calls, prints between them
+            body = [f"{a} = {self._risky(self.lit(0, 9))}"]
+            if self.chance(0.5):
+                body.append(f"print('t{k}', {a})")
+            body.append(f"{b} = {self._risky(self.lit(0, 9))}")
+            if self.chance(0.4):
+                body.append(self._risky(self.lit(0, 9)))
+            body.append(f"{c} = add({a}, {self._risky(b)})")
+            if self.chance(0.5):
+                body.append(f"print('t{k} c', {c})")
+            lines = ["try:"] + indent(body) + self._excepts(e) + tail
+            return self._guard(lines + self._probe([a, b, c]))
+        if kind == 1:        # a loop of calls inside the try
+            seq, vals = self._seq()
+            body = [f"for {x} in {seq}:", f"    {acc}.append({self._risky(x, vals)})"]
+            if self.chance(0.4):
+                body.append(f"    print('at', {x})")
+            if self.chance(0.3):
+                body.append(f"    {acc}.append({self._risky(x, vals)})")
+            body.append(f"{r} = total({acc})")
+            lines = [f"{acc} = []", "try:"] + indent(body) + self._excepts(e) + tail
+            return self._guard(lines + [f"out.append({acc})"] + self._probe([x, r]))
+        if kind == 2:        # a try in a loop; the handler continues or breaks
+            seq, vals = self._seq()
+            body = [f"{r} = {self._risky(x, vals)}"]
+            if self.chance(0.4):
+                body.append(f"print('got', {x}, {r})")
+            if self.chance(0.4):
+                body.append(f"{acc}.append({self._risky(r)})")
+            jump = self.pick(["continue", "break", "pass"])
+            handler = [f"except {self.pick(FLIGHT_HANDLERS)} as {e}:",
+                       f"    {acc}.append(('h', {x}, type({e}).__name__, {e}.args))",
+                       f"    {jump}"]
+            els = ["else:", f"    {acc}.append(inc({r}))"] if self.chance(0.5) else []
+            fin = []
+            fk = self.r.randint(0, 3)
+            if fk == 1:
+                fin = ["finally:", f"    print('fin', {x})"]
+            elif fk == 2:        # a finally that leaves the loop drops the exception
+                fin = ["finally:", f"    if {x} == {self._bad(vals)}:", "        break"]
+            elif fk == 3:
+                fin = ["finally:", "    continue"]
+            loop = ["try:"] + indent(body) + handler + els + fin + [f"{acc}.append(('after', {x}))"]
+            lines = [f"{acc} = []", f"for {x} in {seq}:"] + indent(loop)
+            return self._guard(lines + [f"out.append({acc})"])
+        if kind == 3:        # nested tries: the inner handler misses, matches or raises
+            inner = ["try:", f"    {b} = {self._risky(self.lit(0, 9))}",
+                     f"    {c} = {self._risky(self.lit(0, 9))}"]
+            inner += self._excepts(e2)
+            if self.chance(0.6):
+                inner += ["finally:", f"    print('inner finally {k}', {a})"]
+            body = [f"{a} = {self._risky(self.lit(0, 9))}"] + inner + \
+                [f"{dd} = {self._risky(self.lit(0, 9))}"]
+            lines = ["try:"] + indent(body) + self._excepts(e) + tail
+            return self._guard(lines + self._probe([a, b, c, dd]))
+        if kind == 4:        # a try in a handler: the new failure's context
+            lines = ["try:", f"    {a} = {self._risky(self.lit(0, 9))}",
+                     f"    {b} = {self._risky(self.lit(0, 9))}",
+                     f"except {self.pick(FLIGHT_HANDLERS)} as {e}:", "    try:",
+                     f"        out.append([{self._risky(x)} for {x} in "
+                     f"range({self.r.randint(1, 5)})])",
+                     f"    except {self.pick(FLIGHT_HANDLERS)} as {e2}:",
+                     f"        out.append(seen({e2}))", f"    out.append(seen({e}))"]
+            return self._guard(lines + tail + self._probe([a, b]))
+        if kind == 5:        # return from inside the try body (a loop's or straight-line)
+            seq, vals = self._seq()
+            lim = self.lit(0, 12)
+            body = [f"for {x} in {seq}:", f"    {r} = {self._risky(x, vals)}",
+                    f"    if {r} > {lim}:", f"        return ('returned {k}', {x}, {r}, out)",
+                    f"    out.append({r})"]
+            fin = ["finally:", f"    print('finally {k}', len(out))"]
+            if self.chance(0.25):
+                fin.append(f"    return ('finally returned {k}', out)")
+            lines = ["try:"] + indent(body) + self._excepts(e) + fin
+            return self._guard(lines)
+        # the calls' order in the try against a later sync point: only the first failure
+        return self._guard([
+            f"{acc} = []", "try:",
+            f"    {a}, {b} = {self._risky(self.lit(0, 9))}, {self._risky(self.lit(0, 9))}",
+            f"    {acc}.append(shout({a}))",
+            f"    {acc}.extend([{self._risky('v')} for v in xs])",
+            f"    {acc}.append(note({b}))"] + self._excepts(e) + tail +
+            [f"out.append(({acc}, len(LOG)))"])
+
+    def _cm(self, tag):
+        """(context manager expression, its ``as`` target or None, what to show after)."""
+        kind = self.r.randint(0, 5)
+        t = self.v(f"cm{tag}")
+        if kind <= 1:
+            swallow = self.pick(["True", "False", "AppError", "ValueError", "SubError"])
+            return f"Rec('{self.k}{tag}', swallow={swallow})", t, f"{t}.got"
+        if kind == 2:
+            return f"gen_cm({self.lit(0, 9)}, swallow={self.pick(['True', 'False'])})", t, t
+        if kind == 3:
+            exc = self.pick(["AppError", "ZeroDivisionError", "(ValueError, LookupError)",
+                             "SubError, OddError"])
+            return f"contextlib.suppress({exc.strip('()')})", None, None
+        if kind == 4:
+            return f"contextlib.nullcontext(ident({self.lit()}))", t, t
+        return f"Loud('{self.k}{tag}', swallow={self.pick(['True', 'False'])})", None, None
+
+    def with_flight(self):
+        """Calls in flight inside ``with`` blocks: context managers that print and record
+        the exception they got, swallow it or not (classes, generator ones, suppress),
+        several items, nested withs, tuple targets, an __enter__ that raises."""
+        kind = self.r.randint(0, 6)
+        k, x, acc, r = self.k, self.v("x"), self.v("acc"), self.v("r")
+        seq, vals = self._seq()
+        loop = [f"for {x} in {seq}:", f"    {acc}.append({self._risky(x, vals)})"]
+        if self.chance(0.4):
+            loop.append(f"    print('w{k}', {x})")
+        if kind == 0:        # one manager around a loop of calls
+            cm, t, show = self._cm("a")
+            head = f"with {cm} as {t}:" if t else f"with {cm}:"
+            lines = [f"{acc} = []", head] + indent(loop + [f"print('end of with {k}')"])
+            lines += [f"out.append({acc})"] + ([f"out.append({show})"] if show else [])
+        elif kind == 1:      # two items: exits in reverse order
+            (cm1, t1, s1), (cm2, t2, s2) = self._cm("a"), self._cm("b")
+            items = ", ".join(f"{cm} as {t}" if t else cm for cm, t in ((cm1, t1), (cm2, t2)))
+            lines = [f"{acc} = []", f"with {items}:"] + indent(loop)
+            lines += [f"out.append({acc})"] + [f"out.append({s})" for s in (s1, s2) if s]
+        elif kind == 2:      # nested withs, calls before, in and after the inner one
+            (cm1, t1, s1), (cm2, t2, s2) = self._cm("a"), self._cm("b")
+            inner = [f"with {cm2} as {t2}:" if t2 else f"with {cm2}:"] + indent(loop)
+            body = [f"{acc}.append({self._risky(self.lit(0, 9))})"] + inner + \
+                [f"{acc}.append({self._risky(self.lit(0, 9))})"]
+            lines = [f"{acc} = []", f"with {cm1} as {t1}:" if t1 else f"with {cm1}:"]
+            lines += indent(body) + [f"out.append({acc})"]
+            lines += [f"out.append({s})" for s in (s1, s2) if s]
+        elif kind == 3:      # a tuple target used by the calls
+            p, q = self.v("p"), self.v("q")
+            lines = [f"{acc} = []", f"with Pair(ident({self.lit()})) as ({p}, {q}):",
+                     f"    for {x} in {seq}:",
+                     f"        {acc}.append(add({p}, {self._risky(x, vals)}))",
+                     f"    {acc}.append(tup({p}, {q}))", f"out.append({acc})"]
+        elif kind == 4:      # an __enter__ that raises, alone or after a manager that sees it
+            first = self.pick(["", f"Rec('{k}', swallow={self.pick(['True', 'False'])}) as {r}, "])
+            lines = [f"{acc} = []", f"{r} = None", f"with {first}BadEnter({k}):"] + \
+                indent(loop) + [f"out.append(({acc}, getattr({r}, 'got', None)))"]
+        elif kind == 5:      # a with per iteration, each swallowing or not
+            body = [f"with Rec({x}, swallow={self.pick(['True', 'AppError', 'False'])}) as {r}:",
+                    f"    {acc}.append({self._risky(x, vals)})"]
+            if self.chance(0.5):
+                body.append(f"    print('in', {x})")
+            if self.chance(0.4):
+                body += [f"    if {x} == {self._bad(vals)}:", "        break"]
+            body.append(f"{acc}.append(({x}, {r}.got))")
+            lines = [f"{acc} = []", f"for {x} in {seq}:"] + indent(body) + [f"out.append({acc})"]
+        else:                # suppress around straight-line calls: names left unbound
+            a, b = self.v("a"), self.v("b")
+            exc = self.pick(["AppError", "AppError, ValueError", "Exception", "LookupError"])
+            lines = [f"with contextlib.suppress({exc}):",
+                     f"    {a} = {self._risky(self.lit(0, 9))}",
+                     f"    print('between', {a})",
+                     f"    {b} = {self._risky(self.lit(0, 9))}"] + self._probe([a, b])
+        return self._guard(lines)
+
+    def while_flight(self):
+        """``while`` loops with calls in flight: counted, breaking on a call's result,
+        with ``else``, ``while True``, tests that read a call's result, a list popped."""
+        kind = self.r.randint(0, 5)
+        i, acc, r = self.v("i"), self.v("acc"), self.v("r")
+        lim = self.r.randint(0, 7)
+        vals = list(range(lim + 1))
+        if kind == 0:        # counted: the increment after the append
+            body = [f"{acc}.append({self._risky(i, vals)})"]
+            if self.chance(0.4):
+                body.append(f"print('w', {i})")
+            body.append(f"{i} += 1")
+            lines = [f"{i} = 0", f"while {i} < {lim}:"] + indent(body)
+        elif kind == 1:      # break on a call's result
+            first = f"{r} = {self._risky(i, vals)}"
+            stop = self.pick([f"{r} > {self.lit(0, 9)}", f"is_odd({r})",
+                              f"{r} == {self.lit(0, 9)}"])
+            body = [first, f"if {stop}:", "    break", f"{acc}.append({r})", f"{i} += 1"]
+            lines = [f"{i} = 0", f"while {i} < {lim}:"] + indent(body)
+        elif kind == 2:      # while/else, the break taken or not
+            body = [f"{i} += 1", f"{r} = {self.fcall(i)}", f"if {i} == {self.lit(0, 9)}:",
+                    "    break", f"{acc}.append({self._risky(r)})"]
+            lines = [f"{i} = 0", f"while {i} < {lim}:"] + indent(body) + \
+                ["else:", f"    {acc}.append(('else', {i}, {self.fcall(i)}))"]
+        elif kind == 3:      # while True, left by a break on a counter
+            body = [f"{i} += 1", f"if {i} > {lim}:", "    break",
+                    f"{acc}.append({self._risky(i, vals)})"]
+            if self.chance(0.4):
+                body.insert(2, f"    print('leaving', {i})")
+            lines = [f"{i} = 0", "while True:"] + indent(body)
+        elif kind == 4:      # the test reads a call's result
+            test = self.pick([f"{r} < {lim}", f"below({r}, {lim})", f"ident({r}) < {lim}"])
+            body = [f"{acc}.append({self._risky(r, vals)})", f"{r} = inc({r})"]
+            if self.chance(0.4):
+                body.insert(1, f"print('r', {r})")
+            lines = [f"{r} = ident(0)", f"{i} = 0", f"while {test}:"] + indent(body)
+        else:                # a list popped until empty, continue on some items
+            st = self.v("st")
+            body = [f"{r} = {st}.pop()", f"{i} += 1", f"if is_odd({r}):", "    continue",
+                    f"{acc}.append({self._risky(r)})"]
+            lines = [f"{st} = list(xs)", f"{i} = 0", f"while {st}:"] + indent(body)
+        return self._guard([f"{acc} = []"] + lines + [f"out.append(({acc}, {i}))"])
+
+    def _valued(self, x):
+        """A functional call on ``x`` that never raises, and what it returns (in Python)."""
+        kind = self.r.randint(0, 3)
+        c = self.r.randint(-2, 5)
+        return [(f"ident({x})", lambda v: v), (f"inc({x})", lambda v: v + 1),
+                (f"add({x}, {c})", lambda v: v + c), (f"Box({x}).scaled(2)", lambda v: 2 * v)][kind]
+
+    def _hit(self, vals, fn):
+        """Where the search hits (first, middle, last item or never) and the value there."""
+        where = self.pick(["first", "middle", "last", "never"])
+        if vals is None:
+            return None, self.lit(0, 9)
+        pos = {"first": 0, "middle": len(vals) // 2, "last": len(vals) - 1}.get(where)
+        return pos, str(fn(vals[pos]) if pos is not None else -1000)
+
+    def search_flight(self):
+        """A ``for`` loop that leaves with ``break`` or ``return`` on a call's result, at
+        the first, a middle or the last item or never; calls that would raise in the
+        iterations after the exit (their exceptions must never show); prints after the
+        call; accumulators; ``else``; nested loops."""
+        kind = self.r.randint(0, 4)
+        k, x, y, r, acc, hit = (self.k, self.v("x"), self.v("y"), self.v("r"), self.v("acc"),
+                                self.v("hit"))
+        seq, vals = self._seq()
+        call, fn = self._valued(x)
+        pos, target = self._hit(vals, fn)
+        # fails on an item after the hit only, unless the draw says otherwise
+        later = vals[pos + 1:] if vals and pos is not None else []
+        bad = str(self.pick(later)) if later and self.chance(0.8) else self._bad(vals)
+        leave = ("break" if kind in (0, 1, 3) else f"return ('found {k}', {x}, {acc}, out)")
+        body = [f"{r} = {call}"]
+        if self.chance(0.4):
+            body.append(f"print('look', {x}, {r})")
+        if self.chance(0.5):     # before the test: would raise in a later iteration
+            body.append(f"{acc}.append(fail_if_eq({x}, {bad}))")
+        test = self.pick([f"{r} == {target}", f"{r} == {target}", f"below({target}, {r} + 1) "
+                          f"and {r} == {target}"])
+        body += [f"if {test}:", f"    {hit} = {x}", f"    {leave}"]
+        if self.chance(0.7):     # after the test: would raise in the hit's own iteration
+            body.append(f"{acc}.append({self.pick(['fail_if_eq', 'fail_sub'])}({x}, {bad}))")
+        if kind in (0, 2):
+            lines = [f"{acc} = []", f"{hit} = None", f"for {x} in {seq}:"] + indent(body)
+            if self.chance(0.5):
+                lines += ["else:", f"    {acc}.append(('no hit', {self.fcall(x)}))"]
+        elif kind == 1:          # no else, no default: the name may stay unbound
+            lines = [f"{acc} = []", f"for {x} in {seq}:"] + indent(body)
+            lines += self._probe([hit])
+        else:                    # nested: the inner loop leaves, the outer goes on (or not)
+            outer = [f"for {y} in range({self.r.randint(1, 3)}):"]
+            inner = [f"for {x} in {seq}:"] + indent([ln.replace(f"{r} = {call}",
+                                                                f"{r} = add({call}, {y})")
+                                                     for ln in body])
+            lines = [f"{acc} = []", f"{hit} = None"] + outer + indent(
+                inner + [f"{acc}.append(('row', {y}, {hit}))"])
+        lines.append(f"out.append({acc})" if kind == 1 else f"out.append(({acc}, {hit}))")
+        return self._guard(lines)
+
     # wrappers -----------------------------------------------------------------------------
     def wrap(self, lines, shape):
         if shape != "while_return" and self.chance(0.12):
@@ -1370,6 +1874,11 @@ def generate(seed, keep=None):
     if er.random() < 0.5:       # the next index, placed before a final while_return
         plan.insert(len(plan) - (plan[-1][1] == "while_return"),
                     (len(plan), er.choice(EXTRA_SHAPES)))
+    fr = random.Random(f"{seed}:flight")
+    for _ in range(fr.choice(FLIGHT_COUNTS)):       # the same way, after the extra one
+        plan.insert(len(plan) - (plan[-1][1] == "while_return"),
+                    (len(plan), fr.choice(FLIGHT_SHAPES)))
+    flight = any(shape in FLIGHT_SHAPES for _, shape in plan)
     ar = random.Random(f"{seed}:args")
     xs = [ar.randint(-3, 9) for _ in range(ar.randint(1, 6))]
     d = {key: ar.randint(-2, 9) for key in ["a", "b", "c", "e"][:ar.randint(1, 4)]}
@@ -1378,7 +1887,7 @@ def generate(seed, keep=None):
     hr = random.Random(f"{seed}:helpers")
     shadow = hr.random() < 0.15
     subs = {"@SEED@": str(seed), "@ARGS@": repr(args), "@W@": str(hr.randint(0, 3)),
-            "@SHADOW@": SHADOW if shadow else "",
+            "@SHADOW@": SHADOW if shadow else "", "@FLIGHT@": FLIGHT if flight else "",
             "@VARIANT@": "" if keep is None else f" (snippets {sorted(keep)})"}
     for i in range(1, 8):
         m = hr.randint(3, 7)

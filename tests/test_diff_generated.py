@@ -173,7 +173,12 @@ def test_generator_covers_every_shape_and_both_outcomes():
                       "raise CodeError(n, 'direct')", "d['k", "retarget()", "OPS['f'] = shout",
                       "Box.get = plain_get", "with Loud(", "gen_fail(xs", "Ticker(",
                       "for d['t", "case ", "class K_", "global NEWG", "inner(ident(",
-                      "xs = [100] + xs", "boom(", "warn_me("]:
+                      "xs = [100] + xs", "boom(", "warn_me(",
+                      # the in-flight shapes of issue 13
+                      "with Rec(", "gen_cm(", "BadEnter(", "contextlib.suppress(", "as (p_",
+                      "while True:", "tb_text(", "tb_pic(", "raise AppError('handler'",
+                      "raise SubError('replaced'", "        raise\n", "'no hit'",
+                      "return ('found", "return ('finally returned", "'unbound'"]:
         assert construct in body, construct
     long_loops = [int(x) for x in __import__("re").findall(r"in range\((\d+)\):", body)]
     assert max(long_loops) >= 250 and sum(n > 100 for n in long_loops) >= 30
