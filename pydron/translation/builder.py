@@ -379,10 +379,14 @@ class Builder:
             f"    with {mgr}:\n"      # Python's own error for what is no context manager
             f"        pass\n"
             f"{exit_} = type({mgr}).__exit__\n"
-            f"{value} = type({mgr}).__enter__({mgr})\n").body
+            f"{value} = type({mgr}).__enter__\n"
+            f"{value} = {value}({mgr})\n").body
         _unposition(enter)
         enter[0].value = item.context_expr
-        where = _header(s)
+        # Python's own code for a with sits on the whole statement (a traceback marks no
+        # columns); a call of an attribute would move to the attribute's last line, so the
+        # code below calls names only.
+        where = s
         for st in enter:
             locate(st, where)
         before = self.native(enter, ctx, reasons=("enters a context manager (its __enter__)",))
