@@ -71,6 +71,8 @@ class NativeStep(Step):
     returns: bool = False                  # may execute a ``return``
     signal_vars: tuple[str, ...] = ()      # loop flags it may set (part of writes)
     checked: Optional[Callable[[], Callable[..., Any]]] = None   # fn that checks for unbound
+    plan: Optional[tuple[int, ...]] = None # a try's handle step: which reads its writes are
+                                           # when nothing was raised (set by the runtime)
 
 
 
@@ -158,6 +160,7 @@ class TryStep(Step):
     tb_var: str = ""
     ctx_var: str = ""
     kind: str = "try"               # "try" or "with" (for explain() and graph())
+    plan: Any = None                # what the runtime works out once (see scheduler)
 
 
 @dataclass(eq=False)

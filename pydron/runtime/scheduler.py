@@ -18,6 +18,7 @@ earlier ones still finish, and the earliest failure is raised.
 """
 from __future__ import annotations
 
+import ast
 import queue
 import weakref
 import sys
@@ -87,20 +88,21 @@ class Region:
     """
 
     __slots__ = ("hi", "parent", "tracked", "initial", "history", "limit", "fail_tick",
-                 "exc", "node", "open")
+                 "exc", "node", "open", "handle")
 
     def __init__(self, hi: tuple[int, ...], parent: Optional["Region"],
-                 initial: dict[str, Slot]) -> None:
+                 tracked: frozenset[str], initial: Any) -> None:
         self.hi = hi
         self.parent = parent
-        self.initial = initial
-        self.tracked = frozenset(initial)
+        self.tracked = tracked
+        self.initial = initial      # () -> {variable: slot before the try}, on a failure
         self.history: list[tuple[tuple[int, ...], str, Slot]] = []
         self.limit = 64
         self.fail_tick: Optional[tuple[int, ...]] = None
         self.exc: Optional[BaseException] = None
         self.node: Optional["Node"] = None
         self.open = True
+        self.handle: Optional["Node"] = None   # ready once every node of the body is done
 
     def values_before(self, tick: tuple[int, ...]) -> dict[str, Any]:
         """Each tracked variable's value as the last write before ``tick`` left it."""
@@ -110,7 +112,7 @@ class Region:
                 seen = best.get(var)
                 if seen is None or t > seen[0]:
                     best[var] = (t, slot.value)
-        values = {var: slot.value for var, slot in self.initial.items()}
+        values = {var: slot.value for var, slot in self.initial().items()}
         values.update((var, tv[1]) for var, tv in best.items())
         return values
 
@@ -135,12 +137,14 @@ class Region:
 class _Handle:
     """The node that runs a try's handlers (its ``step``) once the body has finished."""
 
-    __slots__ = ("region", "step", "slots")
+    __slots__ = ("region", "step", "slots", "special")
 
-    def __init__(self, region: Region, step: NativeStep, slots: list[Slot]) -> None:
+    def __init__(self, region: Region, step: NativeStep, slots: list[Slot],
+                 special: tuple[Optional[int], ...]) -> None:
         self.region = region
         self.step = step
         self.slots = slots
+        self.special = special     # where step reads the exception, traceback, context
 
 
 class Node:
@@ -452,12 +456,18 @@ class Run:
         frame.count -= 1
         while not frame.count and frame.parent is not None:
             loop = frame.loop
-            if loop is not None:          # (else the frame of a try body)
+            if loop is not None:
                 loop.live -= 1
                 parked = loop.parked
                 if parked is not None and loop.live < self.window:
                     loop.parked = None
                     self.ready.append(parked)
+            else:                         # the frame of a try body: its handle's turn
+                handle = frame.region.handle
+                if handle is not None:
+                    frame.region.handle = None
+                    handle.npend = 0
+                    self.ready.append(handle)
             frame = frame.parent
             frame.count -= 1
         if self.wait_sync or self.wait_ordered:
@@ -573,7 +583,9 @@ class Run:
                 return FREE if purity.is_immutable(value) else ORDERED
             return SYNC
         if t is _Handle:
-            return SYNC
+            # Handlers, else and finally are plain code, run in program order; a body that
+            # raised nothing and a try with nothing else to run only hand values on.
+            return SYNC if step.region.exc is not None or step.step.plan is None else FREE
         if t is _Gate:
             return FREE
         if t is TryStep:
@@ -691,15 +703,19 @@ class Run:
         self.finish(node)
 
     def run_try(self, node: Node, step: TryStep) -> None:
-        env = dict(zip(step.carry, node.carry))
+        plan = step.plan or _try_plan(step)
+        carry = node.carry
+        env = dict(zip(step.carry, carry))
         handle = step.handle
-        tracked = [v for v in handle.reads if v in frozenset(step.body.writes)]
-        region = Region(node.tick + (len(step.body.steps),), node.frame.region,
-                        {v: env.get(v, _UNBOUND_SLOT) for v in tracked})
+        tracked, where, _ = plan
+        region = Region(node.tick + (len(step.body.steps),), node.frame.region, tracked,
+                        lambda: {v: carry[i] if i >= 0 else _UNBOUND_SLOT
+                                 for v, i in where.items()})
         frame = Frame(node.frame, None, region)
         node.frame.count += 1
         self.instantiate(step.body, node.tick, env, frame)
-        h = _Handle(region, handle, [env.get(v, _UNBOUND_SLOT) for v in handle.reads])
+        get = env.get
+        h = _Handle(region, handle, [get(v, _UNBOUND_SLOT) for v in handle.reads], plan[2])
         hnode = Node()
         hnode.tick = region.hi
         hnode.step = h
@@ -711,7 +727,15 @@ class Run:
         node.frame.count += 1
         if node.frame.region is not None:
             self._record(node.frame.region, hnode.tick, step.writes, node.outs)
-        self._wire(hnode, [], True)
+        heappush(self.unfinished, (hnode.tick, hnode))
+        hnode.maysync = True
+        heappush(self.maysync, (hnode.tick, hnode))
+        if frame.count:
+            hnode.npend = 1
+            region.handle = hnode     # (see finish)
+        else:
+            hnode.npend = 0
+            self.ready.append(hnode)
         self.finish(node)
 
     def run_handle(self, node: Node, h: _Handle) -> None:
@@ -721,7 +745,7 @@ class Run:
         values = [s.value for s in h.slots]
         exc = region.exc
         reads = step.reads
-        special = _try_inputs(step)
+        special = h.special
         if exc is not None:
             before = region.values_before(region.fail_tick)
             for i, var in enumerate(reads):
@@ -735,6 +759,12 @@ class Run:
                 values[i] = value
         region.history = []
         region.node = region.exc = None
+        forward = step.plan
+        if exc is None and forward is not None:
+            for slot, i in zip(node.outs, forward):
+                self.resolve(slot, values[i])
+            self.finish(node)
+            return
         self._call_native(node, step, values, None if exc is None else (exc, tb, context))
         del values
 
@@ -1052,17 +1082,27 @@ def _speculative(node: Node, kind: int) -> bool:
     return kind == FREE and (t is NativeStep or t is _Decide)
 
 
-def _try_inputs(step: NativeStep) -> tuple[Optional[int], Optional[int], Optional[int]]:
-    """Where a try's handle step reads the exception, its traceback and its context."""
-    found = _TRY_INPUTS.get(step)
-    if found is None:
-        def at(prefix: str) -> Optional[int]:
-            for i, r in enumerate(step.reads):
-                if r.startswith(prefix) and r[len(prefix):].isdigit():
-                    return i
-            return None
-        found = _TRY_INPUTS[step] = (at("_pd_exc"), at("_pd_tb"), at("_pd_ctx"))
-    return found
+def _try_plan(step: TryStep) -> tuple[frozenset[str], dict[str, int], tuple]:
+    """What every run of a try step needs, worked out at its first run: the variables its
+    handle step takes from the body (and where they are in the step's carry, for their
+    values from before the try), and where the handle reads the exception, its traceback
+    and its context."""
+    handle = step.handle
+    body_writes = frozenset(step.body.writes)
+    tracked = frozenset(v for v in handle.reads if v in body_writes)
+    carry = {v: i for i, v in enumerate(step.carry)}
+    where = {v: carry.get(v, -1) for v in tracked}
+    reads = handle.reads
+    special = tuple(reads.index(v) if v in reads else None
+                    for v in (step.exc_var, step.tb_var, step.ctx_var))
+    step.plan = (tracked, where, special)
+    # The handle only hands the body's values on when nothing was raised, if the statement
+    # has no else or finally and everything it writes is something it reads.
+    stmt = handle.nodes[0] if handle.nodes else None
+    if isinstance(stmt, ast.Try) and not stmt.orelse and not stmt.finalbody and \
+            all(w in reads for w in handle.writes):
+        handle.plan = tuple(reads.index(w) for w in handle.writes)
+    return step.plan
 
 
 def _unraise(exc: BaseException, caught: tuple[BaseException, Any, Any],
@@ -1078,8 +1118,6 @@ def _unraise(exc: BaseException, caught: tuple[BaseException, Any, Any],
     exc.__traceback__ = top
     exc.__context__ = context
 
-
-_TRY_INPUTS: "weakref.WeakKeyDictionary[NativeStep, tuple]" = weakref.WeakKeyDictionary()
 # Errors the pool raises about a call (not the call's own exception, which arrives as
 # raised): only these get the line of the call added to their message.
 _POOL_ERRORS = (SerializationError, WorkerLostError, CallTimeoutError)
