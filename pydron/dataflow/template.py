@@ -91,6 +91,8 @@ class CallStep(Step):
     build_args: Optional[Callable[..., Any]] = None
     col_offset: Optional[int] = None       # the call's columns on ``lineno``, when it sits
     end_col_offset: Optional[int] = None   # on that one line (traceback carets)
+    frames: tuple[Any, ...] = ()           # comprehensions around the call: (frame name,
+                                           # (line, end line, col, end col) of its call)
 
 
 

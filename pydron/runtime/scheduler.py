@@ -742,8 +742,17 @@ class Run:
         region = h.region
         region.open = False
         step = h.step
-        values = [s.value for s in h.slots]
         exc = region.exc
+        forward = step.plan
+        if exc is None and forward is not None:
+            # Nothing to run, only values to hand on; this may be earlier than the nodes
+            # before the try have finished, so their values may still be on the way.
+            slots = h.slots
+            for out, i in zip(node.outs, forward):
+                self.forward(slots[i], out)
+            self.finish(node)
+            return
+        values = [s.value for s in h.slots]
         reads = step.reads
         special = h.special
         if exc is not None:
@@ -759,12 +768,6 @@ class Run:
                 values[i] = value
         region.history = []
         region.node = region.exc = None
-        forward = step.plan
-        if exc is None and forward is not None:
-            for slot, i in zip(node.outs, forward):
-                self.resolve(slot, values[i])
-            self.finish(node)
-            return
         self._call_native(node, step, values, None if exc is None else (exc, tb, context))
         del values
 
@@ -779,10 +782,7 @@ class Run:
         tb = user_traceback(exc.__traceback__)
         step = failed.step
         if type(step) not in (NativeStep, _Handle):
-            line = getattr(step, "lineno", None) or getattr(step, "loop", step).step.lineno
-            cols = getattr(step, "col_offset", None), getattr(step, "end_col_offset", None)
-            raiser = _raiser(self.template.filename, line, self.func,
-                             None if None in cols else cols)
+            raiser = _step_raiser(self.template.filename, self.func, step)
             exc.__traceback__ = tb
             try:
                 raiser(exc)
@@ -997,8 +997,54 @@ class Run:
         self.finish(node)
 
 
+def _step_raiser(filename: str, func: Callable[..., Any], step: Any) -> Callable[..., Any]:
+    """What raises an exception of ``step`` (not plain code: a call, a loop, an if) through
+    the frames a plain run shows: the function's on the step's line and, for a call inside
+    a comprehension, the comprehension's."""
+    line = getattr(step, "lineno", None) or getattr(step, "loop", step).step.lineno
+    cols = getattr(step, "col_offset", None), getattr(step, "end_col_offset", None)
+    cols = None if None in cols else cols
+    frames = getattr(step, "frames", ())
+    if not frames:
+        return _raiser(filename, line, func, cols)
+    key = (filename, line, func.__name__, cols, frames)
+    fn = _RAISERS.get(key)
+    if fn is None:
+        fn = _raiser(filename, line, func, cols, name=frames[-1][0])
+        names = [func.__name__] + [name for name, _ in frames[:-1]]
+        for name, (_, at) in reversed(list(zip(names, frames))):
+            fn = _caller(filename, name, at, fn)
+        _RAISERS[key] = fn
+    return fn
+
+
+def _caller(filename: str, name: str, at: tuple[int, int, int, int],
+            inner: Callable[..., Any]) -> Callable[..., Any]:
+    """A function called ``name`` that calls ``inner`` from position ``at`` of the file."""
+    import ast
+    call = ast.Return(value=ast.Call(func=ast.Name(id="_pd_n", ctx=ast.Load()),
+                                     args=[ast.Name(id="_pd_e", ctx=ast.Load())], keywords=[]))
+    fdef = ast.FunctionDef(
+        name="_pd_frame", args=ast.arguments(
+            posonlyargs=[], args=[ast.arg(arg="_pd_e")], vararg=None, kwonlyargs=[],
+            kw_defaults=[], kwarg=None, defaults=[]),
+        body=[call], decorator_list=[], returns=None, type_comment=None)
+    module = ast.Module(body=[fdef], type_ignores=[])
+    line, end, col, end_col = at
+    for node in ast.walk(module):
+        if "lineno" in node._attributes:
+            node.lineno, node.end_lineno, node.col_offset, node.end_col_offset = \
+                line, end, col, end_col
+    namespace: dict[str, Any] = {"_pd_n": inner}
+    exec(compile(module, filename, "exec"), namespace)
+    fn = namespace["_pd_frame"]
+    fn.__code__ = fn.__code__.replace(co_name=name, co_qualname=name) \
+        if hasattr(fn.__code__, "co_qualname") else fn.__code__.replace(co_name=name)
+    return fn
+
+
 def _raiser(filename: str, lineno: int, func: Callable[..., Any],
-            cols: Optional[tuple[int, int]] = None) -> Callable[..., Any]:
+            cols: Optional[tuple[int, int]] = None, name: str = "") -> Callable[..., Any]:
     """A function named like ``func`` whose ``raise`` statement is at ``filename:lineno``.
 
     Its columns are ``cols`` (the call's, where the step knows them) or else span the
@@ -1007,7 +1053,8 @@ def _raiser(filename: str, lineno: int, func: Callable[..., Any],
     """
     import ast
     import linecache
-    key = (filename, lineno, func.__name__, cols)
+    name = name or func.__name__
+    key = (filename, lineno, name, cols)
     fn = _RAISERS.get(key)
     if fn is None:
         if cols is None:
@@ -1017,7 +1064,7 @@ def _raiser(filename: str, lineno: int, func: Callable[..., Any],
             cols = (start, start + len(text))
         raise_stmt = ast.Raise(exc=ast.Name(id="_pd_e", ctx=ast.Load()), cause=None)
         fdef = ast.FunctionDef(
-            name=func.__name__, args=ast.arguments(
+            name="_pd_frame", args=ast.arguments(
                 posonlyargs=[], args=[ast.arg(arg="_pd_e")], vararg=None, kwonlyargs=[],
                 kw_defaults=[], kwarg=None, defaults=[]),
             body=[raise_stmt], decorator_list=[], returns=None, type_comment=None)
@@ -1028,7 +1075,11 @@ def _raiser(filename: str, lineno: int, func: Callable[..., Any],
                 node.col_offset, node.end_col_offset = cols
         namespace: dict[str, Any] = {}
         exec(compile(module, filename, "exec"), {}, namespace)
-        fn = _RAISERS[key] = namespace[func.__name__]
+        fn = namespace["_pd_frame"]
+        code = fn.__code__
+        fn.__code__ = code.replace(co_name=name, co_qualname=name) \
+            if hasattr(code, "co_qualname") else code.replace(co_name=name)
+        _RAISERS[key] = fn
     return fn
 
 
@@ -1173,11 +1224,7 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
             if type(step) is not NativeStep and type(step) is not _Handle:
                 # A plain run would show the line of the call (or loop, or if) that
                 # failed: raise through a frame that sits on that line of the user's file.
-                line = getattr(step, "lineno", None) or getattr(step, "loop", step).step.lineno
-                cols = getattr(step, "col_offset", None), getattr(step, "end_col_offset", None)
-                in_user_code = _raiser(template.filename, line, func,
-                                       None if None in cols else cols)
-                in_user_code(exc)
+                _step_raiser(template.filename, func, step)(exc)
             raise exc
         finally:
             exc.__context__ = context

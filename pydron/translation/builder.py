@@ -226,6 +226,7 @@ class Builder:
                         callee_name=_dotted_text(call.func), nodes=(s,))
         if getattr(call, "lineno", None) == s.lineno == getattr(call, "end_lineno", None):
             step.col_offset, step.end_col_offset = call.col_offset, call.end_col_offset
+        step.frames = self.norm.frames.get(id(call), ())
         if not plain:
             built = ast.Tuple(elts=[
                 ast.Tuple(elts=list(call.args), ctx=ast.Load()),

@@ -41,6 +41,10 @@ class Normalizer:
         # tag, to whatever node is allocated at that address next.
         self.tags: dict[int, tuple[str, object]] = {}
         self.while_pre: dict[int, list[ast.stmt]] = {}
+        # Per dispatch site inside lowered comprehensions: the frames a plain run would show
+        # between the function's and the call's, as (name, position in the frame around).
+        self.frames: dict[int, tuple[tuple[str, tuple[int, int, int, int]], ...]] = {}
+        self._comps: list[tuple[str, tuple[int, int, int, int]]] = []
         self._counter = 0
         self._memo: dict[int, tuple[ast.AST, bool]] = {}
         self._keep: list[ast.AST] = []
@@ -419,6 +423,7 @@ class Normalizer:
             if gen is not None:
                 comp = ast.ListComp(elt=gen.elt, generators=gen.generators)
                 ast.copy_location(comp, gen)
+                comp._pd_consumer = e     # a generator's frame, called from e
                 e = ast.Call(func=e.func, args=[comp], keywords=e.keywords)
             method = isinstance(e.func, ast.Attribute)
             # For ``obj.method(...)`` the receiver is the operand; looking the method up
@@ -450,6 +455,8 @@ class Normalizer:
         call = self._rebuild_call(e, done)
         _locate(ast.copy_location(call, e), e)      # the call's own columns (carets)
         self.tags[id(call)] = site
+        if self._comps:
+            self.frames[id(call)] = tuple(self._comps)
         self._keep.append(call)
         self._memo[id(call)] = (call, True)
         if top:
@@ -531,7 +538,14 @@ class Normalizer:
             stmt = ast.For(target=renamer.visit(copy.deepcopy(g.target)), iter=iterable,
                            body=[stmt], orelse=[], type_comment=None)
         _locate(stmt, e)
-        loops = self.body([stmt])
+        frame = _comp_frame(e)
+        if frame is not None:
+            self._comps.append(frame)
+        try:
+            loops = self.body([stmt])
+        finally:
+            if frame is not None:
+                self._comps.pop()
         return pre + [_assign(acc, init)] + loops, _name(acc)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -594,6 +608,23 @@ def _comp_parts(gen: ast.GeneratorExp) -> list[ast.AST]:
         parts.append(g.iter)
         parts.extend(g.ifs)
     return parts
+
+
+_COMP_FRAMES = {ast.ListComp: "<listcomp>", ast.SetComp: "<setcomp>", ast.DictComp: "<dictcomp>"}
+
+
+def _comp_frame(e: ast.expr) -> Optional[tuple[str, tuple[int, int, int, int]]]:
+    """The frame a plain run gives comprehension ``e`` (none for a list, set or dict
+    comprehension from Python 3.12 on, PEP 709), and where the frame around calls it."""
+    consumer = getattr(e, "_pd_consumer", None)
+    if consumer is not None:
+        name, at = "<genexpr>", consumer
+    elif _CAPTURING_COMPREHENSIONS:
+        name, at = _COMP_FRAMES[type(e)], e
+    else:
+        return None
+    return name, (at.lineno, at.end_lineno or at.lineno, at.col_offset,
+                  at.end_col_offset if at.end_col_offset is not None else at.col_offset)
 
 
 def _name(name: str) -> ast.Name:
