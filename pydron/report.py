@@ -102,6 +102,16 @@ def _loop_note(step: LoopStep) -> str:
     if step.kind == "while":
         base = ("while loop: each iteration starts once the previous one has computed the "
                 "test; calls inside the iterations still overlap")
+        if step.speculate:
+            base += ("; the body may break or return: later iterations' calls start before "
+                     "that is decided (speculation), what lies past the exit is dropped")
+    elif (step.break_var or step.returns) and step.speculate:
+        what = "break" if step.break_var else "return"
+        base = (f"for loop: the body may {what}; later iterations' calls start before that "
+                f"is decided (speculation, within the window, over an iterator whose "
+                f"next() changes nothing), their other steps wait for it, and what lies "
+                f"past the exit is dropped; over any other iterator (a file, a generator "
+                f"handed in) iterations start one after another")
     elif step.break_var or step.returns:
         what = "break" if step.break_var else "return"
         base = (f"for loop: iterations start one after another, because the body may {what} "
