@@ -306,7 +306,8 @@ def pool(request):
     configure_pool("threads")
 
 
-@pytest.mark.parametrize("fn,args", CASES, ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("fn,args", CASES,
+                         ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(CASES)])
 def test_same_as_plain(fn, args, pool, capsys):
     assert_same(fn, *args)
     capsys.readouterr()
