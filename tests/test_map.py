@@ -230,9 +230,11 @@ class Recording:
 
 def test_inputs_are_read_a_window_ahead(pool_kind):
     source = Recording()
-    results = pydron.map(square, source, chunksize=1)
     dispatcher = mapping._dispatcher_of(None)
+    # The map takes its window from the limit when it starts; the limit moves with the
+    # calls' turnaround (short calls: a longer window), so it is read before, not after.
     window = dispatcher.limit
+    results = pydron.map(square, source, chunksize=1)
     for consumed, value in enumerate(results, 1):
         assert value == (consumed - 1) ** 2
         # chunks of one item, at most a window of chunks ahead of what was consumed
