@@ -88,7 +88,7 @@ class Region:
     """
 
     __slots__ = ("hi", "parent", "tracked", "initial", "history", "limit", "fail_tick",
-                 "exc", "node", "open", "handle")
+                 "exc", "node", "open", "done")
 
     def __init__(self, hi: tuple[int, ...], parent: Optional["Region"],
                  tracked: frozenset[str], initial: Any) -> None:
@@ -102,7 +102,7 @@ class Region:
         self.exc: Optional[BaseException] = None
         self.node: Optional["Node"] = None
         self.open = True
-        self.handle: Optional["Node"] = None   # ready once every node of the body is done
+        self.done = Slot()          # filled once every node of the body is done
 
     def values_before(self, tick: tuple[int, ...]) -> dict[str, Any]:
         """Each tracked variable's value as the last write before ``tick`` left it."""
@@ -170,7 +170,7 @@ class _Gate:
     ends the loop with ``snapshot``, the variables as that iteration left them; ``end``: no
     iteration follows (the items ran out), so opening ends the loop normally."""
 
-    __slots__ = ("loop", "gate", "prev", "flags", "snapshot", "frame", "end", "held")
+    __slots__ = ("loop", "gate", "prev", "flags", "snapshot", "frame", "end")
 
     def __init__(self, loop: LoopRun, gate: Slot, prev: Slot, flags: list[Slot],
                  snapshot: dict[str, Slot], frame: Frame) -> None:
@@ -181,7 +181,6 @@ class _Gate:
         self.snapshot = snapshot
         self.frame = frame
         self.end = False
-        self.held: Optional[tuple["Node", BaseException]] = None
 
 
 class _Decide:
@@ -463,11 +462,7 @@ class Run:
                     loop.parked = None
                     self.ready.append(parked)
             else:                         # the frame of a try body: its handle's turn
-                handle = frame.region.handle
-                if handle is not None:
-                    frame.region.handle = None
-                    handle.npend = 0
-                    self.ready.append(handle)
+                self.resolve(frame.region.done, True)
             frame = frame.parent
             frame.count -= 1
         if self.wait_sync or self.wait_ordered:
@@ -508,13 +503,16 @@ class Run:
             self.finish(node)             # after the body's first failure: never happened
             return
         region.fail_tick, region.exc, region.node = node.tick, exc, node
-        hi = region.hi
-        dead = [n for t, n in self.unfinished if not n.done and node.tick < t < hi]
         self.finish(node)
-        self._drop(dead)
+        self._drop(node.tick, region.hi)
 
-    def _drop(self, dead: list[Node]) -> None:
-        """Nodes that will never run: their calls cancelled, their frames counted down."""
+    def _drop(self, lo: tuple[int, ...], hi: tuple[int, ...],
+              also: Optional[Node] = None) -> None:
+        """The unfinished nodes between ticks ``lo`` and ``hi`` (and ``also``) will never
+        run: their calls cancelled, their frames counted down."""
+        dead = [n for t, n in self.unfinished if not n.done and lo < t < hi]
+        if also is not None:
+            dead.append(also)
         inflight = self.inflight
         for other in dead:
             if other.done:
@@ -716,26 +714,11 @@ class Run:
         self.instantiate(step.body, node.tick, env, frame)
         get = env.get
         h = _Handle(region, handle, [get(v, _UNBOUND_SLOT) for v in handle.reads], plan[2])
-        hnode = Node()
-        hnode.tick = region.hi
-        hnode.step = h
-        hnode.frame = node.frame
-        hnode.done = False
-        hnode.ins = []
-        hnode.outs = node.outs
-        hnode.carry = None
-        node.frame.count += 1
         if node.frame.region is not None:
-            self._record(node.frame.region, hnode.tick, step.writes, node.outs)
-        heappush(self.unfinished, (hnode.tick, hnode))
-        hnode.maysync = True
-        heappush(self.maysync, (hnode.tick, hnode))
-        if frame.count:
-            hnode.npend = 1
-            region.handle = hnode     # (see finish)
-        else:
-            hnode.npend = 0
-            self.ready.append(hnode)
+            self._record(node.frame.region, region.hi, step.writes, node.outs)
+        if not frame.count:
+            region.done.value = True
+        self._control(region.hi, h, node.frame, [region.done], True, node.outs)
         self.finish(node)
 
     def run_handle(self, node: Node, h: _Handle) -> None:
@@ -827,16 +810,16 @@ class Run:
         self.finish(node)
 
     def _control(self, tick: tuple[int, ...], step: Any, frame: Frame, ins: list[Slot],
-                 may_sync: bool) -> None:
-        """A node of the loop machinery itself (a continuation, a while test): it reads
-        ``ins`` and writes nothing."""
+                 may_sync: bool, outs: Any = ()) -> None:
+        """A node of the runtime's own (a loop continuation, a while test, a gate, a try's
+        handle): it waits for ``ins``; only a handle writes (``outs``)."""
         node = Node()
         node.tick = tick
         node.step = step
         node.frame = frame
         node.done = False
         node.ins = ins
-        node.outs = ()
+        node.outs = outs
         node.carry = None
         frame.count += 1
         self._wire(node, ins, may_sync)
@@ -888,7 +871,7 @@ class Run:
             except Exception as exc:
                 self._unframe(frame)
                 if gate is not None:
-                    gate.held = (node, exc)  # fails once it knows the fetch happens
+                    frame.held = (node, exc)  # fails once it knows the fetch happens
                 else:
                     self.fail(node, exc)
                 return
@@ -916,36 +899,28 @@ class Run:
 
     def run_gate(self, node: Node, g: _Gate) -> None:
         loop = g.loop
+        frame = g.frame
         if g.prev.value is False or any(f.value is True for f in g.flags):
-            # The iteration before left the loop: what was started after it never happened.
-            n = len(loop.tick)
-            prefix, tick = loop.tick, node.tick
-            dead = [x for t, x in self.unfinished
-                    if not x.done and t > tick and t[:n] == prefix]
-            if g.held is not None:
-                dead.append(g.held[0])
+            # The iteration before left the loop: what was started after it never happened
+            # (every tick after the gate's that is still the loop's, up to its next sibling).
+            lo, hi = node.tick, loop.tick[:-1] + (loop.tick[-1] + 1,)
             region = loop.frame.region
             while region is not None:
-                region.history = [e for e in region.history
-                                  if not (e[0] > tick and e[0][:n] == prefix)]
+                region.history = [e for e in region.history if not lo < e[0] < hi]
                 region = region.parent
             loop.parked = None
-            self._drop(dead)
+            self._drop(lo, hi, frame.held[0] if frame.held is not None else None)
             self.resolve(g.gate, False)
             loop.env = g.snapshot
             self.end_loop(node, loop, normal=False)
             return
         self.resolve(g.gate, True)
-        if g.held is not None:
-            held, g.held = g.held, None
+        if frame.held is not None:
+            held, frame.held = frame.held, None
             self.fail(*held)
         if g.end:
             self.end_loop(node, loop, normal=True)
             return
-        frame = g.frame
-        if frame.held is not None:
-            held, frame.held = frame.held, None
-            self.fail(*held)
         self.finish(node)
 
     def _unframe(self, frame: Frame) -> None:
