@@ -743,7 +743,7 @@ class Run:
             for i, var in enumerate(reads):
                 if var in before:
                     values[i] = before[var]
-            tb, context = self._plain_exception(region.node, exc)
+            tb, context = _as_plain(self.template.filename, self.func, region.node.step, exc)
         else:
             tb = context = None
         for i, value in zip(special, (exc, tb, context)):
@@ -753,27 +753,6 @@ class Run:
         region.node = region.exc = None
         self._call_native(node, step, values, None if exc is None else (exc, tb, context))
         del values
-
-    def _plain_exception(self, failed: Node, exc: BaseException) -> tuple[Any, Any]:
-        """The traceback and context ``exc`` would have in a plain run where the handlers
-        see it: from the line of the step that failed, raised while the caller handles
-        what it handles."""
-        from pydron.errors import adopt_context, user_traceback
-        handled = sys.exc_info()[1]
-        context = exc.__context__ if exc.__context__ is not None else handled
-        adopt_context(exc, handled)
-        tb = user_traceback(exc.__traceback__)
-        step = failed.step
-        if type(step) not in (NativeStep, _Handle):
-            raiser = _step_raiser(self.template.filename, self.func, step)
-            exc.__traceback__ = tb
-            try:
-                raiser(exc)
-            except BaseException:
-                tb = exc.__traceback__.tb_next
-        exc.__traceback__ = tb
-        exc.__context__ = context
-        return tb, context
 
     def run_loop(self, node: Node, step: LoopStep) -> None:
         loop = LoopRun()
@@ -972,6 +951,31 @@ class Run:
         self.finish(node)
 
 
+def _as_plain(filename: str, func: Callable[..., Any], step: Any,
+              exc: BaseException) -> tuple[Any, Any]:
+    """Give ``exc``, raised by ``step``, the traceback and context a plain run gives it, and
+    return them: no frames of Pydron's own in front of the user's (a pool thread, the
+    scheduler loop, pickling an argument); for a step that is not plain code (a call, a
+    loop, an if) a frame on the step's line of the user's file, through the comprehension
+    frames around a call; the context raised with, or what the caller handles (see
+    adopt_context for the rest of its chain)."""
+    from pydron.errors import adopt_context, user_traceback
+    handled = sys.exc_info()[1]
+    handled = None if handled is exc else handled
+    context = exc.__context__ if exc.__context__ is not None else handled
+    adopt_context(exc, handled)
+    tb = user_traceback(exc.__traceback__)
+    if type(step) is not NativeStep and type(step) is not _Handle:
+        exc.__traceback__ = tb
+        try:
+            _step_raiser(filename, func, step)(exc)
+        except BaseException:
+            tb = exc.__traceback__.tb_next      # from the frame on the user's line on
+    exc.__traceback__ = tb
+    exc.__context__ = context
+    return tb, context
+
+
 def _step_raiser(filename: str, func: Callable[..., Any], step: Any) -> Callable[..., Any]:
     """What raises an exception of ``step`` (not plain code: a call, a loop, an if) through
     the frames a plain run shows: the function's on the step's line and, for a call inside
@@ -996,37 +1000,20 @@ def _step_raiser(filename: str, func: Callable[..., Any], step: Any) -> Callable
 def _caller(filename: str, name: str, at: tuple[int, int, int, int],
             inner: Callable[..., Any]) -> Callable[..., Any]:
     """A function called ``name`` that calls ``inner`` from position ``at`` of the file."""
-    import ast
     call = ast.Return(value=ast.Call(func=ast.Name(id="_pd_n", ctx=ast.Load()),
                                      args=[ast.Name(id="_pd_e", ctx=ast.Load())], keywords=[]))
-    fdef = ast.FunctionDef(
-        name="_pd_frame", args=ast.arguments(
-            posonlyargs=[], args=[ast.arg(arg="_pd_e")], vararg=None, kwonlyargs=[],
-            kw_defaults=[], kwarg=None, defaults=[]),
-        body=[call], decorator_list=[], returns=None, type_comment=None)
-    module = ast.Module(body=[fdef], type_ignores=[])
-    line, end, col, end_col = at
-    for node in ast.walk(module):
-        if "lineno" in node._attributes:
-            node.lineno, node.end_lineno, node.col_offset, node.end_col_offset = \
-                line, end, col, end_col
-    namespace: dict[str, Any] = {"_pd_n": inner}
-    exec(compile(module, filename, "exec"), namespace)
-    fn = namespace["_pd_frame"]
-    fn.__code__ = fn.__code__.replace(co_name=name, co_qualname=name) \
-        if hasattr(fn.__code__, "co_qualname") else fn.__code__.replace(co_name=name)
-    return fn
+    return _user_frame(filename, name, call, at, {"_pd_n": inner})
 
 
 def _raiser(filename: str, lineno: int, func: Callable[..., Any],
             cols: Optional[tuple[int, int]] = None, name: str = "") -> Callable[..., Any]:
-    """A function named like ``func`` whose ``raise`` statement is at ``filename:lineno``.
+    """A function named like ``func`` (or ``name``) whose ``raise`` statement is at
+    ``filename:lineno``.
 
     Its columns are ``cols`` (the call's, where the step knows them) or else span the
     whole source line: a traceback then marks the call as plain Python does, or marks
     nothing, never an empty or wrong range.
     """
-    import ast
     import linecache
     name = name or func.__name__
     key = (filename, lineno, name, cols)
@@ -1038,23 +1025,31 @@ def _raiser(filename: str, lineno: int, func: Callable[..., Any],
             start = len(line.encode("utf-8")) - len(line.lstrip().encode("utf-8")) if text else 0
             cols = (start, start + len(text))
         raise_stmt = ast.Raise(exc=ast.Name(id="_pd_e", ctx=ast.Load()), cause=None)
-        fdef = ast.FunctionDef(
-            name="_pd_frame", args=ast.arguments(
-                posonlyargs=[], args=[ast.arg(arg="_pd_e")], vararg=None, kwonlyargs=[],
-                kw_defaults=[], kwarg=None, defaults=[]),
-            body=[raise_stmt], decorator_list=[], returns=None, type_comment=None)
-        module = ast.Module(body=[fdef], type_ignores=[])
-        for node in ast.walk(module):
-            if "lineno" in node._attributes:
-                node.lineno = node.end_lineno = lineno
-                node.col_offset, node.end_col_offset = cols
-        namespace: dict[str, Any] = {}
-        exec(compile(module, filename, "exec"), {}, namespace)
-        fn = namespace["_pd_frame"]
-        code = fn.__code__
-        fn.__code__ = code.replace(co_name=name, co_qualname=name) \
-            if hasattr(code, "co_qualname") else code.replace(co_name=name)
-        _RAISERS[key] = fn
+        fn = _RAISERS[key] = _user_frame(filename, name, raise_stmt,
+                                         (lineno, lineno, *cols), {})
+    return fn
+
+
+def _user_frame(filename: str, name: str, stmt: ast.stmt, at: tuple[int, int, int, int],
+                namespace: dict[str, Any]) -> Callable[..., Any]:
+    """``def name(_pd_e): stmt``, compiled as code of ``filename`` with every node at
+    ``at`` (line, end line, column, end column): a frame a traceback shows as the user's."""
+    fdef = ast.FunctionDef(
+        name="_pd_frame", args=ast.arguments(
+            posonlyargs=[], args=[ast.arg(arg="_pd_e")], vararg=None, kwonlyargs=[],
+            kw_defaults=[], kwarg=None, defaults=[]),
+        body=[stmt], decorator_list=[], returns=None, type_comment=None)
+    module = ast.Module(body=[fdef], type_ignores=[])
+    line, end, col, end_col = at
+    for node in ast.walk(module):
+        if "lineno" in node._attributes:
+            node.lineno, node.end_lineno, node.col_offset, node.end_col_offset = \
+                line, end, col, end_col
+    exec(compile(module, filename, "exec"), namespace)
+    fn = namespace["_pd_frame"]
+    code = fn.__code__
+    fn.__code__ = code.replace(co_name=name, co_qualname=name) \
+        if hasattr(code, "co_qualname") else code.replace(co_name=name)
     return fn
 
 
@@ -1185,25 +1180,14 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
             # The pool knows the function; only the runtime knows the line that called it.
             where = f"{step.callee_name}() called at {template.filename}:{step.lineno}"
             exc.args = (f"{exc.args[0]} [{where}]",) + exc.args[1:]
-        # The exception as a plain call would raise it: no frames of Pydron's own in front
-        # of the user's (a pool thread, the scheduler loop, pickling an argument), and the
-        # context it was raised with, since raising it again here would replace that with
-        # whatever the caller is handling (see adopt_context for the rest of its chain).
-        from pydron.errors import adopt_context, user_traceback
-        handled = sys.exc_info()[1]
-        handled = None if handled is exc else handled
-        context = exc.__context__ if exc.__context__ is not None else handled
-        adopt_context(exc, handled)
-        exc.__traceback__ = user_traceback(exc.__traceback__)
+        # Raising it again here would replace its context with whatever the caller is
+        # handling: the context of a plain run is put back after.
+        _, context = _as_plain(template.filename, func, step, exc)
         try:
-            if type(step) is not NativeStep and type(step) is not _Handle:
-                # A plain run would show the line of the call (or loop, or if) that
-                # failed: raise through a frame that sits on that line of the user's file.
-                _step_raiser(template.filename, func, step)(exc)
             raise exc
         finally:
             exc.__context__ = context
-            del exc, context, handled
+            del exc, context
     if env[RETURN_FLAG].value is True:
         return env[RETURN_VALUE].value
     return None
