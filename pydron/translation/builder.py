@@ -141,12 +141,18 @@ class Builder:
     def guard(self, raised: set[str], ctx: Optional[_LoopCtx], rest: list[ast.stmt],
               where: ast.stmt) -> ast.If:
         """``if not (flags...): rest`` after a statement that may leave the block early."""
-        flags = [self.flag_var(sig, ctx) for sig in sorted(raised)]
-        flags = [f for f in flags if f]
+        node = ast.If(test=self._none_set(raised, ctx), body=rest, orelse=[])
+        return locate(node, rest[0])
+
+    def _none_set(self, signals: set[str] | frozenset[str], ctx: Optional[_LoopCtx]
+                  ) -> Optional[ast.expr]:
+        """``not (flag or ...)`` over the flags of ``signals`` (None: no flag to test)."""
+        flags = [f for f in (self.flag_var(sig, ctx) for sig in sorted(signals)) if f]
+        if not flags:
+            return None
         test: ast.expr = ast.Name(id=flags[0], ctx=ast.Load()) if len(flags) == 1 else \
             ast.BoolOp(op=ast.Or(), values=[ast.Name(id=f, ctx=ast.Load()) for f in flags])
-        node = ast.If(test=ast.UnaryOp(op=ast.Not(), operand=test), body=rest, orelse=[])
-        return locate(node, rest[0])
+        return ast.UnaryOp(op=ast.Not(), operand=test)
 
     @staticmethod
     def flag_var(signal: str, ctx: Optional[_LoopCtx]) -> Optional[str]:
@@ -347,12 +353,9 @@ class Builder:
         body = self.block(s.body, ctx)
         exc, tb, context = names
         orelse = list(s.orelse)
-        flags = [f for f in (self.flag_var(sig, ctx) for sig in sorted(body.signals)) if f]
-        if orelse and flags:      # ``else`` runs only if the body ran off its end
-            left = ast.Name(id=flags[0], ctx=ast.Load()) if len(flags) == 1 else \
-                ast.BoolOp(op=ast.Or(), values=[ast.Name(id=f, ctx=ast.Load()) for f in flags])
-            orelse = [locate(ast.If(test=ast.UnaryOp(op=ast.Not(), operand=left),
-                                    body=orelse, orelse=[]), s.orelse[0])]
+        ran_off = self._none_set(body.signals, ctx)
+        if orelse and ran_off is not None:    # ``else`` runs only if the body ran off its end
+            orelse = [locate(ast.If(test=ran_off, body=orelse, orelse=[]), s.orelse[0])]
         handlers = [ast.ExceptHandler(type=h.type, name=h.name,
                                       body=self._restore(names, h) + h.body)
                     for h in s.handlers]
