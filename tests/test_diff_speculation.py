@@ -11,7 +11,10 @@ from __future__ import annotations
 import pytest
 
 import pydron
-from diffcheck import assert_same, configure_pool
+from diffcheck import assert_same
+
+# Every case on 4 worker threads and again on 2 worker processes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("threads_pool")
 
 
 class Found(Exception):
@@ -191,16 +194,9 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["threads", "multicore"])
-def pool(request):
-    configure_pool(request.param)
-    yield request.param
-    configure_pool("threads")
-
-
 @pytest.mark.parametrize("fn,args", CASES,
                          ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(CASES)])
-def test_same_as_plain(fn, args, pool):
+def test_same_as_plain(fn, args):
     assert_same(fn, *args)
 
 

@@ -13,7 +13,10 @@ import traceback
 import pytest
 
 import pydron
-from diffcheck import assert_same, configure_pool
+from diffcheck import assert_same
+
+# Every case on 4 worker threads and again on 2 worker processes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("threads_pool")
 
 
 class BadFrame(Exception):
@@ -299,16 +302,9 @@ def outcome(fn, args):
         return "raised", here(e)
 
 
-@pytest.fixture(params=["threads", "multicore"])
-def pool(request):
-    configure_pool(request.param)
-    yield request.param
-    configure_pool("threads")
-
-
 @pytest.mark.parametrize("fn,args", CASES,
                          ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(CASES)])
-def test_same_as_plain(fn, args, pool, capsys):
+def test_same_as_plain(fn, args, capsys):
     assert_same(fn, *args)
     capsys.readouterr()
     plain = outcome(fn, args)
