@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydron import remote_value
 from pydron.backend import recorder as _recorder
 from pydron.backend import sharing
 from pydron.backend.recorder import WorkerTag
@@ -84,6 +85,8 @@ def run_call(fn: Callable[..., Any], args: tuple, kwargs: dict, on_done: OnDone,
     try:
         if sharing._entries:
             args, kwargs = sharing.resolve_args(args, kwargs)
+        if remote_value._live:
+            args, kwargs = remote_value.materialize_args(args, kwargs)
         value = fn(*args, **kwargs)
         ok = True
     except BaseException as exc:  # noqa: B902 -- every failure must reach the caller

@@ -27,7 +27,8 @@ from collections import deque
 from heapq import heappop, heappush
 from typing import Any, Callable, Optional
 
-from pydron import callsite, purity
+from pydron import callsite, purity, remote_value
+from pydron.remote_value import Remote, materialize
 from pydron.errors import CallTimeoutError, SerializationError, WorkerLostError
 from pydron.dataflow.template import (RETURN_FLAG, RETURN_VALUE, UNBOUND, Block, CallStep,
                                       IfStep, LoopStep, NativeStep, ReturnSignal, Template,
@@ -218,6 +219,9 @@ class Run:
         self.fail_node: Optional[Node] = None
         self.root = Frame(None, None)
         self.func: Any = None
+        # A pool that may leave large results on its workers hands back Remotes for them;
+        # only functional calls of that pool take a Remote as it is (see consider()).
+        self.keep = bool(getattr(pool, "keeps_values", False))
 
     # -- building --------------------------------------------------------------------------
     def instantiate(self, block: Block, base: tuple[int, ...], env: dict[str, Slot],
@@ -358,6 +362,8 @@ class Run:
             return                     # cancelled, or dropped after an earlier failure
         del self.inflight[node]
         if ok:
+            if type(value) is Remote:
+                _prefetch_for_plain_readers(node.outs, value)
             for slot in node.outs:
                 self.resolve(slot, value)
             self.finish(node)
@@ -376,6 +382,8 @@ class Run:
         if self.fail_tick is not None and node.tick > self.fail_tick:
             node.done = True          # after the failure in program order: never runs
             return
+        if remote_value._live and type(node.step) is not CallStep:
+            _materialize_ins(node)
         kind = self.classify(node)
         gate = node.frame.gate
         if gate is not None and gate.value is not True and not _speculative(node, kind):
@@ -551,8 +559,10 @@ class Run:
                 callee = step.callee
                 kind = purity.DISPATCH
             else:
-                callee = values.pop(0)
+                callee = materialize(values.pop(0))
                 kind = purity.call_kind(callee)
+            if kind != purity.DISPATCH and remote_value._live:
+                values = [materialize(v) for v in values]  # run here: plain code reads them
             node.callee = (callee, kind, values)
             for value in values:
                 if value is UNBOUND:
@@ -673,7 +683,11 @@ class Run:
                 self.inflight[node] = None
                 if callsite.wanted:
                     callsite.announce(f"{self.template.filename}:{node.step.lineno}")
-                handle = self.pool.submit(callee, args, kwargs, self.on_done(node))
+                if self.keep:
+                    handle = self.pool.submit(callee, args, kwargs, self.on_done(node),
+                                              keep=True)
+                else:
+                    handle = self.pool.submit(callee, args, kwargs, self.on_done(node))
                 if node in self.inflight:
                     self.inflight[node] = handle
                 return
@@ -735,14 +749,14 @@ class Run:
                 self.forward(slots[i], out)
             self.finish(node)
             return
-        values = [s.value for s in h.slots]
+        values = [materialize(s.value) for s in h.slots]
         reads = step.reads
         special = h.special
         if exc is not None:
             before = region.values_before(region.fail_tick)
             for i, var in enumerate(reads):
                 if var in before:
-                    values[i] = before[var]
+                    values[i] = materialize(before[var])
             tb, context = _as_plain(self.template.filename, self.func, region.node.step, exc)
         else:
             tb = context = None
@@ -949,6 +963,25 @@ class Run:
         for var, out in zip(step.writes, loop.outs):
             self.forward(env.get(var, _UNBOUND_SLOT), out)
         self.finish(node)
+
+
+def _materialize_ins(node: Node) -> None:
+    """Give a node that is no functional call the values its Remotes stand for, in slots
+    of its own: the shared slots keep the Remotes, for functional calls that read them
+    later (a Remote fetches its value once)."""
+    ins = node.ins
+    for i, slot in enumerate(ins):
+        if type(slot.value) is Remote:
+            ins[i] = Slot(slot.value.get())
+
+
+def _prefetch_for_plain_readers(outs: list[Slot], value: Remote) -> None:
+    """A kept result that plain code already waits for is fetched at once."""
+    for slot in outs:
+        for waiter in slot.waiters or ():
+            if type(waiter) is Node and type(waiter.step) is not CallStep:
+                value.prefetch()
+                return
 
 
 def _as_plain(filename: str, func: Callable[..., Any], step: Any,
@@ -1189,5 +1222,5 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
             exc.__context__ = context
             del exc, context
     if env[RETURN_FLAG].value is True:
-        return env[RETURN_VALUE].value
+        return materialize(env[RETURN_VALUE].value)
     return None

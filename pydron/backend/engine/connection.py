@@ -30,7 +30,7 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 
-from pydron.backend.protocol import frames, log_records, handshake, replies
+from pydron.backend.protocol import frames, log_records, handshake, replies, values
 from pydron.backend.protocol.records import outcomes_of
 
 __all__ = ["WorkerProtocol", "WorkerFactory"]
@@ -221,6 +221,16 @@ class WorkerProtocol(Protocol):
             self._module_request(payload)
         elif kind == frames.SHARED_REQUEST:
             self._shared_request(bytes(payload))
+        elif kind == frames.VALUE:
+            request, key, found, nbuf, body = values.decode_value(payload)
+            buffers = self.buffers.take()
+            if len(buffers) != nbuf:
+                self.drop(f"a VALUE frame with {len(buffers)} buffers before it, "
+                          f"announced {nbuf}")
+                return
+            self.pool.value_reply(self.proc, request, key, found, nbuf, body, buffers)
+        elif kind == frames.VALUE_REQUEST:
+            self.pool.value_request(self.proc, *values.decode_request(payload))
         else:
             self.drop(f"unexpected frame kind {kind}")
 

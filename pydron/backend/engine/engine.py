@@ -53,14 +53,19 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pydron import remote_value
 from pydron.backend import recorder as _recorder
 from pydron.backend import sharing
+from pydron.backend.engine.locality import Locality
+from pydron.backend.protocol import values
 from pydron.backend.recorder import WorkerTag
 from pydron.backend.launchers.base import Launcher, WorkerStart
 from pydron.backend.protocol import frames, handshake, liveness
 from pydron.backend.pool import OnDone, Pool
 from pydron.backend.protocol.liveness import MASTER_TIMEOUT, STOP_GRACE
-from pydron.backend.protocol.records import FUNCTION_CACHE_SIZE, Outcome, Task, dumps_records
+from pydron.backend.protocol.records import (
+    FUNCTION_CACHE_SIZE, KEEP_MIN, Outcome, Task, dumps_records,
+)
 from pydron.backend.engine.states import WORKER_MOVES, CallState, WorkerState
 from pydron.backend.reactor import (
     before_twisted, call_soon, get_reactor, in_reactor_thread,
@@ -86,6 +91,8 @@ STUCK_FACTOR = 8
 """A worker holding calls that has sent no result for max(STUCK_AFTER, STUCK_FACTOR x the
 average call time) seconds is running a long call: it is given no more calls meanwhile
 (they would wait behind that call while other workers may be idle)."""
+LOOKAHEAD = 64
+"""Queued calls considered at once for placing calls by where their data lies."""
 DECODERS = 4
 """Most threads unpickling results at once (each result's loading may block)."""
 PREFETCH_BYTES = 256 << 20
@@ -140,7 +147,7 @@ class _Call:
 
     __slots__ = ("id", "fn", "digest", "fn_blob", "args", "buffers", "on_done", "state",
                  "proc", "attempts", "size", "deaths", "pins", "token", "elapsed",
-                 "result_bytes")
+                 "result_bytes", "keep", "inputs", "internal")
 
     def __init__(self, call_id: int, fn: Callable[..., Any], digest: bytes, fn_blob: bytes,
                  args: bytes, buffers: list[memoryview], on_done: OnDone,
@@ -161,12 +168,20 @@ class _Call:
         self.token: Any = None  # the active recorder's, if one was active at submit
         self.elapsed = 0.0      # its run on the worker, and its result's bytes (recorded
         self.result_bytes = 0   # only with a token)
+        self.keep = 0           # the worker may keep its result under this key (locality)
+        self.inputs: list[Any] | None = None  # the kept values its arguments refer to
+        self.internal = False   # run again to recompute a lost value (on_done is ours)
 
     def clear(self) -> None:
-        """Drop the data, so that a handle the runtime keeps pins nothing large."""
+        """Drop the data, so that a handle the runtime keeps pins nothing large; the kept
+        values it read are read by one call fewer."""
         self.fn_blob = self.args = self.on_done = None  # type: ignore[assignment]
         self.buffers = []
         self.pins = None
+        inputs = self.inputs
+        if inputs:
+            self.inputs = None
+            inputs[0].table.unread(inputs)
 
 
 class _Proc:
@@ -255,7 +270,8 @@ class WorkerEngine(Pool):
                  prefetch_bytes: int = PREFETCH_BYTES, call_timeout: float | None = None,
                  respawns_per_minute: int | None = None,
                  shared_cache: int | None = None,
-                 auto_share: int | None = sharing.AUTO_SHARE_MIN) -> None:
+                 auto_share: int | None = sharing.AUTO_SHARE_MIN,
+                 keep_min: int = KEEP_MIN) -> None:
         cores = launcher.capacity()
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or \
                 max_retries < 0:
@@ -308,6 +324,10 @@ class WorkerEngine(Pool):
             raise ValueError(f"auto_share must be an integer >= 1 (bytes) or None, got "
                              f"{auto_share!r}")
         self.auto_share = auto_share
+        if isinstance(keep_min, bool) or not isinstance(keep_min, int) or keep_min < 0:
+            raise ValueError(f"keep_min must be an integer >= 0 (bytes), got {keep_min!r}")
+        self.keep_min = keep_min
+        self._locality = Locality(self)
         self.secret = handshake.new_secret()
         self._launcher = launcher
         self._wants_demand = bool(launcher.wants_demand)
@@ -379,9 +399,17 @@ class WorkerEngine(Pool):
 
     # ------------------------------------------------------------------ caller's side
 
+    keeps_values = True
+    """Calls may leave large results on their workers (``submit(..., keep=True)``)."""
+
     def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
-               on_done: OnDone) -> object:
+               on_done: OnDone, *, keep: bool = False) -> object:
         """Queue ``fn(*args, **kwargs)`` for a worker; returns the handle for cancel().
+
+        ``keep``: a result whose pickle has ``keep_min`` bytes or more may stay on the
+        worker; on_done then gets a :class:`~pydron.remote_value.Remote` (see
+        :mod:`pydron.backend.engine.locality`). Remotes of this pool among the arguments
+        travel as references, whatever ``keep`` says.
 
         Raises SerializationError here, in the caller, if the function or an argument
         cannot be pickled (or is too large for one frame), and RuntimeError after
@@ -391,25 +419,22 @@ class WorkerEngine(Pool):
             raise RuntimeError("cannot submit to a pool that has been shut down"
                                if not self._forked else _FORKED)
         digest, fn_blob = self._shipper.prepare(fn)
-        with sharing.pinning() as pins:
-            blob, raw = dumps_args(fn, args, kwargs)
-            if len(blob) + len(fn_blob) > self.max_frame - 256:
-                raise SerializationError(
-                    f"the arguments of {callable_name(fn)}(){_at(fn)} pickle to "
-                    f"{len(blob)} bytes (and the function to {len(fn_blob)}), more than the "
-                    f"frame limit of {self.max_frame} bytes; "
-                    f"{frames.frame_advice(len(blob) + len(fn_blob))}",
-                    item="the arguments", value_type="tuple")
-            least = self.auto_share
-            if least is not None and (raw or len(blob) >= least):  # else: nothing to share
-                shared = _auto_share(fn, args, kwargs, len(blob) + sum(b.nbytes for b in raw),
-                                     least)
-                if shared is not None:
-                    blob, raw = shared
+        if remote_value.live_remotes():
+            with self._locality.collecting() as collected:
+                blob, raw, pins = self._pickle_args(fn, args, kwargs, fn_blob)
+            inputs = list(collected.inputs.values()) or None
+        else:
+            blob, raw, pins = self._pickle_args(fn, args, kwargs, fn_blob)
+            inputs = None
         # The buffers are views of the arguments' own memory, sent from there: no copy.
         # Like the other pools, this relies on the caller not to change an argument
         # before its call is done (the runtime orders a mutation after earlier readers).
         call = _Call(next(self._ids), fn, digest, fn_blob, blob, raw, on_done, pins or None)
+        if keep and self.keep_min:
+            call.keep = call.id
+        if inputs:
+            call.inputs = inputs
+            self._locality.add_readers(inputs)
         rec = _recorder.active
         if rec is not None:
             call.token = rec.submitted(fn, args, call.size)
@@ -425,6 +450,84 @@ class WorkerEngine(Pool):
             before_twisted(self._prestart)
         call_soon(self._flush)
         return call
+
+    def _pickle_args(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
+                     fn_blob: bytes) -> tuple[bytes, list[memoryview], list[Any]]:
+        """The arguments' pickle, its buffers and the shared objects it refers to."""
+        with sharing.pinning() as pins:
+            blob, raw = dumps_args(fn, args, kwargs)
+            if len(blob) + len(fn_blob) > self.max_frame - 256:
+                raise SerializationError(
+                    f"the arguments of {callable_name(fn)}(){_at(fn)} pickle to "
+                    f"{len(blob)} bytes (and the function to {len(fn_blob)}), more than the "
+                    f"frame limit of {self.max_frame} bytes; "
+                    f"{frames.frame_advice(len(blob) + len(fn_blob))}",
+                    item="the arguments", value_type="tuple")
+            least = self.auto_share
+            if least is not None and (raw or len(blob) >= least):  # else: nothing to share
+                shared = _auto_share(fn, args, kwargs, len(blob) + sum(b.nbytes for b in raw),
+                                     least)
+                if shared is not None:
+                    blob, raw = shared
+        return blob, raw, pins
+
+    # -- kept values (see engine.locality): the ValueSource of this pool's Remotes -------
+    def fetch_value(self, remote: remote_value.Remote) -> Any:
+        return self._locality.fetch(remote)
+
+    def prefetch_value(self, remote: remote_value.Remote) -> None:
+        self._locality.prefetch(remote)
+
+    def forget_value(self, key: int) -> None:
+        self._locality.forget(key)
+
+    def value_request(self, proc: _Proc, request: int, key: int) -> None:
+        """A VALUE_REQUEST frame from ``proc`` (reactor thread)."""
+        self._locality.value_request(proc, request, key)
+
+    def value_reply(self, proc: _Proc, request: int, key: int, found: bool, nbuf: int,
+                    body: bytes, buffers: list[Any]) -> None:
+        """A VALUE frame from ``proc`` (reactor thread)."""
+        self._locality.value_reply(proc, request, key, found, nbuf, body, buffers)
+
+    def kept_values(self) -> dict[str, int]:
+        """How many values workers keep for this pool's callers, and data movement
+        (statistics and tests): ``values``, ``bytes`` (of those, all holders),
+        ``relayed``/``relayed_bytes`` (worker to worker), ``fetched_bytes`` (to the
+        caller), ``recomputed``."""
+        loc = self._locality
+        held = [v for v in loc.values.values() if v.holders]
+        return {"values": len(held), "bytes": sum(v.size * len(v.holders) for v in held),
+                "relayed": loc.relayed, "relayed_bytes": loc.relayed_bytes,
+                "fetched_bytes": loc.fetched_bytes, "recomputed": loc.recomputed}
+
+    def _recompute(self, value: Any) -> None:
+        """Queue the call that made ``value`` again, first in line (reactor thread)."""
+        fn, digest, fn_blob, args, buffers, pins = value.lineage
+        call = _Call(next(self._ids), fn, digest, fn_blob, args, list(buffers),
+                     self._recomputed(value.key), pins)
+        call.keep = value.key | values.KEEP_ALWAYS
+        call.internal = True
+        if value.inputs:
+            call.inputs = list(value.inputs)
+            self._locality.add_readers(call.inputs)
+        self._queue.appendleft(call)
+        call_soon(self._dispatch)
+
+    def _recomputed(self, key: int) -> OnDone:
+        def done(ok: bool, value: Any) -> None:
+            if not ok:
+                call_soon(self._locality.recompute_failed, key, value)
+        return done
+
+    def _requeue_front(self, calls: list[_Call]) -> None:
+        """Calls that waited for a lost input to be computed again go first."""
+        self._queue.extendleft(reversed([c for c in calls if c.state == QUEUED]))
+        call_soon(self._dispatch)
+
+    def _fail_calls(self, failed: list[tuple[_Call, BaseException]]) -> None:
+        for call, error in failed:
+            self._deliver(call, False, error)
 
     def cancel(self, handle: object) -> bool:
         """True if the call will not run to completion and on_done will not come.
@@ -594,7 +697,7 @@ class WorkerEngine(Pool):
         return ["--heartbeat", str(self.heartbeat), "--timeout", str(self.heartbeat_timeout),
                 "--max-frame", str(self.max_frame), "--master-timeout", str(self.master_timeout),
                 "--shared-cache", str(self.shared_cache),
-                "--log-level", str(self._log_level)]
+                "--log-level", str(self._log_level), "--keep-min", str(self.keep_min)]
 
     def _spawn(self, index: int) -> None:
         """Start worker ``index``; it connects back on its own. A respawn (the slot had a
@@ -792,37 +895,101 @@ class WorkerEngine(Pool):
                 return
         held = {p: sum(c.size for c in p.outstanding.values()) for p in ready}
         batches: dict[_Proc, list[_Call]] = {}
+        failed: list[tuple[_Call, BaseException]] = []
         rec = _recorder.active
+
+        def fewest(call: _Call) -> _Proc | None:
+            """The ready worker holding fewest calls that may take ``call``."""
+            proc = None
+            least = limit
+            for p in ready:
+                n = len(p.outstanding)
+                if n < least and (not n or held[p] + call.size <= cap):
+                    proc, least = p, n
+            return proc
+
+        def assign(proc: _Proc, call: _Call) -> None:
+            held[proc] += call.size
+            if not proc.outstanding:
+                proc.progress_at = now
+            call.state = SENT
+            call.proc = proc
+            if rec is not None and call.token is not None:
+                rec.sent(call.token, proc.tag)
+            proc.outstanding[call.id] = call
+            batch = batches.get(proc)
+            if batch is None:
+                batches[proc] = [call]
+            else:
+                batch.append(call)
+
         with self._lock:
-            while pending:
-                call = pending[0]
-                if call.state != QUEUED:
+            if self._locality.values or self._locality.blocked:
+                self._place_by_data(ready, limit, cap, held, fewest, assign, failed)
+            else:
+                while pending:
+                    call = pending[0]
+                    if call.state != QUEUED:
+                        pending.popleft()
+                        continue  # cancelled while queued
+                    proc = fewest(call)
+                    if proc is None:
+                        break
                     pending.popleft()
-                    continue  # cancelled while queued
-                proc = None
-                fewest = limit
-                for p in ready:
-                    n = len(p.outstanding)
-                    if n < fewest and (not n or held[p] + call.size <= cap):
-                        proc, fewest = p, n
-                if proc is None:
-                    break
-                pending.popleft()
-                held[proc] += call.size
-                if not proc.outstanding:
-                    proc.progress_at = now
-                call.state = SENT
-                call.proc = proc
-                if rec is not None and call.token is not None:
-                    rec.sent(call.token, proc.tag)
-                proc.outstanding[call.id] = call
-                batch = batches.get(proc)
-                if batch is None:
-                    batches[proc] = [call]
-                else:
-                    batch.append(call)
+                    assign(proc, call)
         for proc, calls in batches.items():
             self._send(proc, calls)
+        if failed:
+            self._fail_calls(failed)
+
+    def _place_by_data(self, ready: list[_Proc], limit: int, cap: int,
+                       held: dict[_Proc, int], fewest: Callable[[_Call], _Proc | None],
+                       assign: Callable[[_Proc, _Call], None],
+                       failed: list[tuple[_Call, BaseException]]) -> None:
+        """:meth:`_send_queued` while workers keep values: among the first
+        :data:`LOOKAHEAD` queued calls, a call reading kept values goes to the worker
+        holding most of their bytes, if it can take it; calls reading none go to the
+        workers with the fewest calls; only then does a worker that would otherwise idle
+        take a call whose values lie elsewhere (and fetch them). A call whose values are
+        lost waits for them to be computed again (see :meth:`Locality.check`)."""
+        pending = self._queue
+        locality = self._locality
+        window: list[_Call] = []
+        while pending and len(window) < LOOKAHEAD:
+            call = pending.popleft()
+            if call.state == QUEUED:
+                window.append(call)
+        window.sort(key=lambda c: not c.internal)  # recomputing a lost value goes first
+        later: list[_Call] = []    # reads values a busy worker holds
+        unplaced: list[_Call] = []
+        for call in window:
+            if call.inputs:
+                status = locality.check(call)
+                if status is not True:
+                    if status is not False:
+                        call.state = DONE
+                        failed.append((call, status))  # type: ignore[arg-type]
+                    continue
+                best, _ = locality.holder_of(call, ready)
+                if best is not None:
+                    if len(best.outstanding) < limit and (
+                            not best.outstanding or held[best] + call.size <= cap):
+                        assign(best, call)
+                    else:
+                        later.append(call)
+                    continue
+            proc = fewest(call)
+            if proc is None:
+                unplaced.append(call)
+            else:
+                assign(proc, call)
+        for call in later:
+            proc = fewest(call)
+            if proc is None:
+                unplaced.append(call)
+            else:
+                assign(proc, call)
+        pending.extendleft(reversed(unplaced))
 
     def _send(self, proc: _Proc, calls: list[_Call]) -> None:
         pieces: list[bytes | memoryview] = []
@@ -844,7 +1011,8 @@ class WorkerEngine(Pool):
                 entries, size = [], 0
             for buffer in call.buffers:
                 pieces += frames.buffer_frames(buffer, self.max_frame)
-            entries.append(Task(call.id, call.digest, blob, call.args, len(call.buffers)))
+            entries.append(Task(call.id, call.digest, blob, call.args, len(call.buffers),
+                                call.keep))
             size += cost
         pieces.append(frames.frame(frames.TASKS, dumps_records(entries, PROTOCOL)))
         proc.conn.send(pieces)
@@ -863,14 +1031,27 @@ class WorkerEngine(Pool):
         used = 0
         outstanding = proc.outstanding
         proc.progress_at = time.monotonic()
+        again: list[_Call] = []
         with self._lock:
             for outcome in entries:
                 nbuf = outcome.nbuf
                 call = outstanding.pop(outcome.call_id, None)
                 if call is not None and call.state == SENT:
-                    call.state = DONE
-                    mine.append((call, outcome, buffers[used:used + nbuf]))
+                    if outcome.name == values.INPUT_LOST and not outcome.ok:
+                        call.state = QUEUED  # an input was lost: run it once it is back
+                        again.append(call)
+                    else:
+                        call.state = DONE
+                        mine.append((call, outcome, buffers[used:used + nbuf]))
                 used += nbuf
+        if again:
+            self._queue.extendleft(reversed(again))
+        for call, outcome, _ in mine:
+            if outcome.kept:
+                self._locality.kept(
+                    call.keep & ~values.KEEP_ALWAYS, proc, outcome.kept, outcome.name or "",
+                    (call.fn, call.digest, call.fn_blob, call.args, call.buffers, call.pins),
+                    list(call.inputs or ()), not call.internal)
         ewma = self._ewma
         for call, outcome, bufs in mine:
             elapsed = outcome.elapsed
@@ -924,7 +1105,12 @@ class WorkerEngine(Pool):
                 self._to_take -= 1
             try:
                 for call, outcome, bufs in batch:
-                    ok, value = _decode(call, outcome, bufs)
+                    if outcome.kept:
+                        ok = True
+                        value = None if call.internal else remote_value.Remote(
+                            self, call.keep, outcome.kept, outcome.name or "value")
+                    else:
+                        ok, value = _decode(call, outcome, bufs)
                     self._deliver(call, ok, value)
                     # While this thread waits for the next batch, its locals must not
                     # keep the last result (or its call) alive.
@@ -1028,6 +1214,8 @@ class WorkerEngine(Pool):
                 call.state = QUEUED
                 requeue.append(call)
         self._queue.extendleft(reversed(requeue))
+        if self._locality.values:
+            self._locality.proc_lost(proc)
         rec = _recorder.active
         if rec is not None:
             for call in requeue:
@@ -1246,6 +1434,7 @@ class WorkerEngine(Pool):
             threads, self._decoders = self._decoders, DECODERS  # none is started again
         for _ in range(threads):
             self._decoding.put(None)  # type: ignore[arg-type]
+        self._locality.stopped("it was shut down")
         self._stopped.set()
         _live_pools.discard(self)
 

@@ -72,6 +72,11 @@ MODULE_REPLY = 19    # master -> worker: JSON {name, found, is_package, filename
 SHARED_REQUEST = 21  # worker -> master: 1 byte (1: I can map your memory), then a digest
 SHARED_REPLY = 22    # master -> worker: digest, found, buffers or mapping, pickle (or why not)
 LOG = 23             # worker -> master: JSON of a logging record (see protocol.log_records)
+# Values kept on workers (see pydron.backend.protocol.values):
+FETCH = 24           # master -> worker: request id, key: send me the value you keep as key
+VALUE = 25           # either way: request id, key, found, buffer count, pickle (or why not)
+RELEASE = 26         # master -> worker: 8-byte keys of kept values nobody needs any more
+VALUE_REQUEST = 27   # worker -> master: request id, key: a value another worker keeps
 
 KIND_NAMES = {
     HELLO: "HELLO", AUTH: "AUTH", WELCOME: "WELCOME", REFUSE: "REFUSE", TASKS: "TASKS",
@@ -80,6 +85,7 @@ KIND_NAMES = {
     HEARTBEAT: "HEARTBEAT", OUTPUT: "OUTPUT", BYE: "BYE",
     MODULE_REQUEST: "MODULE_REQUEST", MODULE_REPLY: "MODULE_REPLY",
     SHARED_REQUEST: "SHARED_REQUEST", SHARED_REPLY: "SHARED_REPLY", LOG: "LOG",
+    FETCH: "FETCH", VALUE: "VALUE", RELEASE: "RELEASE", VALUE_REQUEST: "VALUE_REQUEST",
 }
 
 # Worker exit codes: the master turns them into words in WorkerLostError messages.

@@ -12,7 +12,13 @@ from __future__ import annotations
 import pickle
 from typing import NamedTuple
 
-__all__ = ["Task", "Outcome", "dumps_records", "tasks_of", "outcomes_of", "FUNCTION_CACHE_SIZE"]
+__all__ = ["Task", "Outcome", "dumps_records", "tasks_of", "outcomes_of", "FUNCTION_CACHE_SIZE",
+           "KEEP_MIN"]
+
+KEEP_MIN = 1 << 20
+"""Default size (bytes of the result's pickle) from which a worker keeps a result it may
+keep (a :class:`Task` with ``keep``) instead of sending it: below this, the round trip of
+fetching it later would cost more than sending it at once."""
 
 FUNCTION_CACHE_SIZE = 1024
 """Function blobs a worker keeps (oldest first out). The master mirrors this bookkeeping
@@ -32,6 +38,10 @@ class Task(NamedTuple):
     """The in-band pickle of ``(args, kwargs)``."""
     nbuf: int
     """How many of the buffers before the frame belong to these arguments."""
+    keep: int = 0
+    """Nonzero: the worker may keep a large result under this key instead of sending it
+    (see :mod:`pydron.backend.protocol.values`); the key stays the same when the call is
+    run again to recompute a lost value."""
 
 
 class Outcome(NamedTuple):
@@ -50,6 +60,9 @@ class Outcome(NamedTuple):
     name: str | None = None
     message: str | None = None
     text: str | None = None
+    kept: int = 0
+    """Nonzero: the result stays on the worker under the task's ``keep`` key, and this is
+    its pickled size; ``blob`` is then None and ``name`` the result's type name."""
 
 
 def dumps_records(records: list[Task] | list[Outcome], protocol: int) -> bytes:

@@ -55,9 +55,12 @@ from typing import Any
 from pydron.backend import sharing
 from pydron.backend.worker import module_finder
 from pydron.backend.protocol import shipping
-from pydron.backend.protocol import frames, handshake, liveness, log_records, replies
+from pydron.backend.protocol import frames, handshake, liveness, log_records, replies, values
+from pydron.backend.worker.store import InputLost, ValueStore
 from pydron.backend.protocol.liveness import MASTER_TIMEOUT
-from pydron.backend.protocol.records import FUNCTION_CACHE_SIZE, Outcome, dumps_records, tasks_of
+from pydron.backend.protocol.records import (
+    FUNCTION_CACHE_SIZE, KEEP_MIN, Outcome, dumps_records, tasks_of,
+)
 from pydron.backend.protocol.shipping import (
     PROTOCOL, callable_name, dumps_exception, dumps_result, type_name,
 )
@@ -162,7 +165,7 @@ class Worker:
     def __init__(self, sock: socket.socket, index: int, decoder: frames.FrameDecoder,
                  max_frame: int, heartbeat: float, timeout: float,
                  master_pid: int = 0, master_timeout: float | None = None,
-                 shared_cache: int = sharing.DEFAULT_CACHE) -> None:
+                 shared_cache: int = sharing.DEFAULT_CACHE, keep_min: int = KEEP_MIN) -> None:
         self.sock = sock
         self.master = liveness.Liveness(master_pid)  # pid 0: not on this machine
         self.index = index
@@ -186,6 +189,9 @@ class Worker:
         self.shared_replies: queue.SimpleQueue = queue.SimpleQueue()
         self.shared = sharing.SharedCache(shared_cache, self.ask_shared)
         self.map_shared = True  # try mapping shared objects from a local master's memory
+        self.keep_min = keep_min
+        self.store = ValueStore(self.send, max_frame, lambda: self.bulk_rx,
+                                module_finder.REQUEST_TIMEOUT)
 
     # -- sending (any thread) ------------------------------------------------------------
     def send(self, pieces: list[bytes | memoryview]) -> None:
@@ -266,6 +272,17 @@ class Worker:
                 raise frames.FrameError(f"a SHARED_REPLY with {len(buffers)} buffers before "
                                       f"it, announced {nbuf}")
             self.shared_replies.put((digest, found, buffers, body, mapping))
+        elif kind == frames.FETCH:
+            self.store.serve(*values.decode_request(payload))
+        elif kind == frames.VALUE:
+            request, _, found, nbuf, body = values.decode_value(payload)
+            buffers = self.buffers.take()
+            if len(buffers) != nbuf:
+                raise frames.FrameError(f"a VALUE with {len(buffers)} buffers before it, "
+                                        f"announced {nbuf}")
+            self.store.replied(request, found, buffers, body)
+        elif kind == frames.RELEASE:
+            self.store.release(values.decode_keys(payload))
         elif kind == frames.BYE:
             os._exit(frames.EXIT_OK)
         else:
@@ -283,7 +300,7 @@ class Worker:
             entry = functions.get(task.digest)
             mine = buffers[used:used + task.nbuf]
             used += task.nbuf
-            self.tasks.put((task.call_id, entry, task.args, mine))
+            self.tasks.put((task.call_id, entry, task.args, mine, task.keep))
         del buffers[:used]
 
     # -- the main thread -----------------------------------------------------------------
@@ -372,7 +389,7 @@ class Worker:
                 self.shared.settle()  # a shared argument the call changed is fetched anew
 
     def _run(self, call_id: int, entry: list[Any] | None, args_blob: bytes,
-             buffers: list[Any]) -> list[bytes | memoryview]:
+             buffers: list[Any], keep: int = 0) -> list[bytes | memoryview]:
         """Run one call; the frames that report its outcome."""
         fn: Any = None
         try:
@@ -387,6 +404,10 @@ class Worker:
             return self._load_failed(call_id, "the function", exc)
         try:
             args, kwargs = pickle.loads(args_blob, buffers=buffers)
+        except InputLost as exc:
+            # Not the call's failure: the master runs it again once the value is back.
+            return [_results([Outcome(call_id, False, None, 0, 0.0, values.INPUT_LOST,
+                                      str(exc.key))])]
         except BaseException as exc:  # noqa: B902
             return self._load_failed(call_id, "the arguments", exc, fn)
         del buffers[:]
@@ -425,6 +446,12 @@ class Worker:
         except SerializationError as exc:
             blob, name, message, _ = dumps_exception(exc, None, self._exception_limit())
             return [_results([Outcome(call_id, False, blob, 0, elapsed, name, message)])]
+        if keep:
+            size = len(blob) + sum(memoryview(b).nbytes for b in raw)
+            if size >= self.keep_min or keep & values.KEEP_ALWAYS:
+                self.store.keep(keep & ~values.KEEP_ALWAYS, value, blob, raw)
+                return [_results([Outcome(call_id, True, None, 0, elapsed, type_name(value),
+                                          kept=size)])]
         pieces: list[bytes | memoryview] = []
         for buf in raw:
             pieces += frames.buffer_frames(buf, self.max_frame)
@@ -591,6 +618,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-frame", type=int, default=frames.MAX_FRAME)
     parser.add_argument("--shared-cache", type=int, default=sharing.DEFAULT_CACHE)
     parser.add_argument("--log-level", type=int, default=logging.WARNING)
+    parser.add_argument("--keep-min", type=int, default=KEEP_MIN)
     return parser.parse_args(argv)
 
 
@@ -626,8 +654,9 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = Worker(sock, options.index, decoder, options.max_frame, options.heartbeat,
                     options.timeout, options.master_pid, options.master_timeout,
-                    options.shared_cache)
+                    options.shared_cache, options.keep_min)
     sharing.set_fetcher(worker.shared.fetch)  # handles in arguments resolve from its cache
+    values.set_resolver(worker.store.resolve)  # and kept values from its store
     shipping.share_namespaces()  # by-value functions of one module share its globals
     sys.stdout = _Forward(worker.send_output, 1)
     sys.stderr = _Forward(worker.send_output, 2)
