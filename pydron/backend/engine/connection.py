@@ -231,6 +231,12 @@ class WorkerProtocol(Protocol):
             self.pool.value_reply(self.proc, request, key, found, nbuf, body, buffers)
         elif kind == frames.VALUE_REQUEST:
             self.pool.value_request(self.proc, *values.decode_request(payload))
+        elif kind == frames.PEER:
+            try:
+                host, port = bytes(payload).decode("ascii").split()
+                self.proc.peer = (host, int(port))
+            except ValueError:
+                self.drop("a malformed PEER frame")
         else:
             self.drop(f"unexpected frame kind {kind}")
 

@@ -207,6 +207,7 @@ class _Proc:
         self.unwatch: Callable[[], None] | None = None
         self.liveness = liveness.Liveness(popen.pid)  # silent, but computing?
         self.tag: WorkerTag | None = None  # who it is, for the recorder (once connected)
+        self.peer: tuple[str, int] | None = None  # where other workers fetch its kept values
 
     @property
     def ready(self) -> bool:
@@ -493,12 +494,14 @@ class WorkerEngine(Pool):
     def kept_values(self) -> dict[str, int]:
         """How many values workers keep for this pool's callers, and data movement
         (statistics and tests): ``values``, ``bytes`` (of those, all holders),
-        ``relayed``/``relayed_bytes`` (worker to worker), ``fetched_bytes`` (to the
-        caller), ``recomputed``."""
+        ``relayed``/``relayed_bytes`` (worker to worker through the master),
+        ``direct``/``direct_bytes`` (worker to worker directly), ``fetched_bytes`` (to
+        the caller), ``recomputed``."""
         loc = self._locality
         held = [v for v in loc.values.values() if v.holders]
         return {"values": len(held), "bytes": sum(v.size * len(v.holders) for v in held),
                 "relayed": loc.relayed, "relayed_bytes": loc.relayed_bytes,
+                "direct": loc.direct, "direct_bytes": loc.direct_bytes,
                 "fetched_bytes": loc.fetched_bytes, "recomputed": loc.recomputed}
 
     def _recompute(self, value: Any) -> None:
@@ -1011,8 +1014,9 @@ class WorkerEngine(Pool):
                 entries, size = [], 0
             for buffer in call.buffers:
                 pieces += frames.buffer_frames(buffer, self.max_frame)
+            sources = self._locality.sources(call, proc) if call.inputs else ()
             entries.append(Task(call.id, call.digest, blob, call.args, len(call.buffers),
-                                call.keep))
+                                call.keep, sources))
             size += cost
         pieces.append(frames.frame(frames.TASKS, dumps_records(entries, PROTOCOL)))
         proc.conn.send(pieces)
@@ -1047,6 +1051,8 @@ class WorkerEngine(Pool):
         if again:
             self._queue.extendleft(reversed(again))
         for call, outcome, _ in mine:
+            if call.inputs:
+                self._locality.read_on(call, proc, outcome.moves)
             if outcome.kept:
                 self._locality.kept(
                     call.keep & ~values.KEEP_ALWAYS, proc, outcome.kept, outcome.name or "",

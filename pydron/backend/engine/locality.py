@@ -117,8 +117,10 @@ class Locality:
         self._prefetches: dict[int, _Fetch] = {}  # key -> a fetch started ahead
         self.blocked: list[Any] = []  # calls waiting for a lost input to be computed again
         self._hooked = threading.local()
-        self.relayed = 0           # values passed from one worker to another (statistics)
+        self.relayed = 0           # values relayed by the master to a worker (statistics)
         self.relayed_bytes = 0
+        self.direct = 0            # values one worker fetched from another directly
+        self.direct_bytes = 0
         self.fetched_bytes = 0     # bytes of kept values fetched for the caller
         self.recomputed = 0        # values computed again after a loss
 
@@ -255,6 +257,34 @@ class Locality:
             if held > most:
                 best, most = proc, held
         return best, most
+
+    def sources(self, call: Any, proc: Any) -> tuple:
+        """Where ``proc`` fetches the values ``call`` reads that it does not hold: a
+        holder that listens for its peers, for each (see ``worker.peers``)."""
+        found = []
+        for value in call.inputs:
+            if proc in value.holders:
+                continue
+            for holder in value.holders:
+                if holder.peer is not None and holder.conn is not None:
+                    found.append((value.key, holder.peer[0], holder.peer[1], holder.index))
+                    break
+        return tuple(found)
+
+    def read_on(self, call: Any, proc: Any, moves: tuple) -> None:
+        """``call`` ran on ``proc``: it holds the values the call read from now on (it
+        keeps what it fetched), and the trace hears of what moved."""
+        for value in call.inputs:
+            if value.state is HELD and not value.released:
+                value.holders.add(proc)
+        if moves:
+            by_index = {p.index: p for p in self.engine._procs.values()}
+            for key, size, seconds, source in moves:
+                if source >= 0:
+                    self.direct += 1
+                    self.direct_bytes += size
+                self._traced("transfer", by_index.get(source), proc, size,
+                             time.perf_counter() - seconds)
 
     def value_request(self, proc: Any, request: int, key: int) -> None:
         """A worker asks for a value it does not hold: have a holder send it; or say it
@@ -419,8 +449,8 @@ class Locality:
             return
         moved = getattr(rec, "moved", None)
         if moved is not None:
-            moved(kind, src.tag, dst.tag if dst is not None else None, size,
-                  time.perf_counter() - started)
+            moved(kind, src.tag if src is not None else None,
+                  dst.tag if dst is not None else None, size, time.perf_counter() - started)
 
 
 class _Collecting:

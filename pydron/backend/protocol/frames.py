@@ -77,6 +77,7 @@ FETCH = 24           # master -> worker: request id, key: send me the value you 
 VALUE = 25           # either way: request id, key, found, buffer count, pickle (or why not)
 RELEASE = 26         # master -> worker: 8-byte keys of kept values nobody needs any more
 VALUE_REQUEST = 27   # worker -> master: request id, key: a value another worker keeps
+PEER = 28            # worker -> master: utf-8 "host port" where other workers fetch from it
 
 KIND_NAMES = {
     HELLO: "HELLO", AUTH: "AUTH", WELCOME: "WELCOME", REFUSE: "REFUSE", TASKS: "TASKS",
@@ -86,6 +87,7 @@ KIND_NAMES = {
     MODULE_REQUEST: "MODULE_REQUEST", MODULE_REPLY: "MODULE_REPLY",
     SHARED_REQUEST: "SHARED_REQUEST", SHARED_REPLY: "SHARED_REPLY", LOG: "LOG",
     FETCH: "FETCH", VALUE: "VALUE", RELEASE: "RELEASE", VALUE_REQUEST: "VALUE_REQUEST",
+    PEER: "PEER",
 }
 
 # Worker exit codes: the master turns them into words in WorkerLostError messages.

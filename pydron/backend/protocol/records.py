@@ -42,6 +42,9 @@ class Task(NamedTuple):
     """Nonzero: the worker may keep a large result under this key instead of sending it
     (see :mod:`pydron.backend.protocol.values`); the key stays the same when the call is
     run again to recompute a lost value."""
+    sources: tuple = ()
+    """``(key, host, port, worker index)`` for each kept value among the arguments that
+    lies on another worker: where to fetch it directly (see ``worker.peers``)."""
 
 
 class Outcome(NamedTuple):
@@ -63,6 +66,9 @@ class Outcome(NamedTuple):
     kept: int = 0
     """Nonzero: the result stays on the worker under the task's ``keep`` key, and this is
     its pickled size; ``blob`` is then None and ``name`` the result's type name."""
+    moves: tuple = ()
+    """``(key, bytes, seconds, worker index)`` for each kept value the call's worker
+    fetched for it (index -1: relayed by the master), for the trace."""
 
 
 def dumps_records(records: list[Task] | list[Outcome], protocol: int) -> bytes:

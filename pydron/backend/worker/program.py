@@ -56,7 +56,11 @@ from pydron.backend import sharing
 from pydron.backend.worker import module_finder
 from pydron.backend.protocol import shipping
 from pydron.backend.protocol import frames, handshake, liveness, log_records, replies, values
+from pydron.backend.worker import peers
 from pydron.backend.worker.store import InputLost, ValueStore
+from pydron.backend.worker.wire import Dropped as _Dropped
+from pydron.backend.worker.wire import client_handshake as _handshake
+from pydron.backend.worker.wire import sendall as _sendall
 from pydron.backend.protocol.liveness import MASTER_TIMEOUT
 from pydron.backend.protocol.records import (
     FUNCTION_CACHE_SIZE, KEEP_MIN, Outcome, dumps_records, tasks_of,
@@ -165,8 +169,10 @@ class Worker:
     def __init__(self, sock: socket.socket, index: int, decoder: frames.FrameDecoder,
                  max_frame: int, heartbeat: float, timeout: float,
                  master_pid: int = 0, master_timeout: float | None = None,
-                 shared_cache: int = sharing.DEFAULT_CACHE, keep_min: int = KEEP_MIN) -> None:
+                 shared_cache: int = sharing.DEFAULT_CACHE, keep_min: int = KEEP_MIN,
+                 secret: bytes = b"") -> None:
         self.sock = sock
+        self.secret = secret
         self.master = liveness.Liveness(master_pid)  # pid 0: not on this machine
         self.index = index
         self.decoder = decoder
@@ -191,7 +197,18 @@ class Worker:
         self.map_shared = True  # try mapping shared objects from a local master's memory
         self.keep_min = keep_min
         self.store = ValueStore(self.send, max_frame, lambda: self.bulk_rx,
-                                module_finder.REQUEST_TIMEOUT)
+                                module_finder.REQUEST_TIMEOUT, secret, index)
+
+    def listen_for_peers(self) -> None:
+        """Serve kept values to the other workers directly (see :mod:`.peers`), on the
+        address this worker reaches its master from; tell the master where."""
+        if not self.secret:
+            return
+        host = self.sock.getsockname()[0]
+        port = peers.PeerServer(self.store.serve, self.secret, self.index,
+                                self.max_frame).start(host)
+        if port:
+            self.send([frames.frame(frames.PEER, f"{host} {port}".encode())])
 
     # -- sending (any thread) ------------------------------------------------------------
     def send(self, pieces: list[bytes | memoryview]) -> None:
@@ -300,7 +317,7 @@ class Worker:
             entry = functions.get(task.digest)
             mine = buffers[used:used + task.nbuf]
             used += task.nbuf
-            self.tasks.put((task.call_id, entry, task.args, mine, task.keep))
+            self.tasks.put((task.call_id, entry, task.args, mine, task.keep, task.sources))
         del buffers[:used]
 
     # -- the main thread -----------------------------------------------------------------
@@ -389,7 +406,8 @@ class Worker:
                 self.shared.settle()  # a shared argument the call changed is fetched anew
 
     def _run(self, call_id: int, entry: list[Any] | None, args_blob: bytes,
-             buffers: list[Any], keep: int = 0) -> list[bytes | memoryview]:
+             buffers: list[Any], keep: int = 0, sources: tuple = ()
+             ) -> list[bytes | memoryview]:
         """Run one call; the frames that report its outcome."""
         fn: Any = None
         try:
@@ -402,6 +420,10 @@ class Worker:
                 entry[1] = fn
         except BaseException as exc:  # noqa: B902
             return self._load_failed(call_id, "the function", exc)
+        store = self.store
+        store.moves = []
+        if sources:
+            store.sources = {key: (host, port, holder) for key, host, port, holder in sources}
         try:
             args, kwargs = pickle.loads(args_blob, buffers=buffers)
         except InputLost as exc:
@@ -410,6 +432,10 @@ class Worker:
                                       str(exc.key))])]
         except BaseException as exc:  # noqa: B902
             return self._load_failed(call_id, "the arguments", exc, fn)
+        finally:
+            if sources:
+                store.sources = {}
+        moves, store.moves = tuple(store.moves), []
         del buffers[:]
         start = time.perf_counter()
         try:
@@ -422,7 +448,8 @@ class Worker:
             tb = tb.tb_next if tb is not None else None  # drop this frame: not user code
             blob, name, message, text = dumps_exception(exc, tb, self._exception_limit())
             del exc, tb
-            return [_results([Outcome(call_id, False, blob, 0, elapsed, name, message, text)])]
+            return [_results([Outcome(call_id, False, blob, 0, elapsed, name, message, text,
+                                      moves=moves)])]
         elapsed = time.perf_counter() - start
         del args, kwargs
         try:
@@ -451,11 +478,12 @@ class Worker:
             if size >= self.keep_min or keep & values.KEEP_ALWAYS:
                 self.store.keep(keep & ~values.KEEP_ALWAYS, value, blob, raw)
                 return [_results([Outcome(call_id, True, None, 0, elapsed, type_name(value),
-                                          kept=size)])]
+                                          kept=size, moves=moves)])]
         pieces: list[bytes | memoryview] = []
         for buf in raw:
             pieces += frames.buffer_frames(buf, self.max_frame)
-        pieces.append(_results([Outcome(call_id, True, blob, len(raw), elapsed)]))
+        pieces.append(_results([Outcome(call_id, True, blob, len(raw), elapsed,
+                                        moves=moves)]))
         return pieces
 
     def _load_failed(self, call_id: int, what: str, exc: BaseException,
@@ -502,68 +530,6 @@ def _flush_streams() -> None:
                 stream.flush()
         except Exception:
             pass
-
-
-def _sendall(sock: socket.socket, pieces: list[bytes | memoryview]) -> None:
-    """A gathering write of all pieces (no joining copy), whatever the kernel takes."""
-    if len(pieces) == 1:
-        sock.sendall(pieces[0])
-        return
-    views = [memoryview(p).cast("B") for p in pieces]
-    while views:
-        sent = sock.sendmsg(views[:512])
-        while sent:
-            if sent >= len(views[0]):
-                sent -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][sent:]
-                sent = 0
-
-
-class _Dropped(handshake.HandshakeError):
-    """The connection closed during the handshake, without a REFUSE: worth another try
-    (the master sheds unauthenticated connections when strangers flood its port)."""
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = sock.recv(n - len(data))
-        if not more:
-            raise _Dropped("the master closed the connection")
-        data += more
-    return data
-
-
-def _recv_frame(sock: socket.socket) -> tuple[int, bytes]:
-    """Exactly one small frame, blocking (the handshake only: what follows it belongs to
-    the frame decoder, with the full size limit)."""
-    length, kind = frames.HEADER.unpack(_recv_exact(sock, frames.HEADER.size))
-    if not 1 <= length <= frames.HANDSHAKE_MAX_FRAME:
-        raise frames.FrameError(f"a handshake frame of {length} bytes")
-    return kind, _recv_exact(sock, length - 1)
-
-
-def _handshake(sock: socket.socket, secret: bytes, index: int, timeout: float) -> None:
-    sock.settimeout(timeout)
-    kind, hello = _recv_frame(sock)
-    if kind != frames.HELLO or len(hello) != frames.NONCE_SIZE:
-        raise handshake.HandshakeError("the peer did not start with a HELLO")
-    mine = handshake.local_info(index=index, pid=os.getpid(), host=socket.gethostname())
-    auth, nonce_w = handshake.encode_auth(secret, hello, mine)
-    sock.sendall(frames.frame(frames.AUTH, auth))
-    kind, answer = _recv_frame(sock)
-    if kind == frames.REFUSE:
-        raise handshake.HandshakeError("the master refused this worker: " +
-                                  answer.decode("utf-8", "replace"))
-    if kind != frames.WELCOME:
-        raise handshake.HandshakeError(f"expected WELCOME, got frame kind {kind}")
-    theirs = handshake.decode_welcome(secret, hello, nonce_w, answer)
-    problem = handshake.version_mismatch(mine, theirs, f"worker {index}", "the master")
-    if problem:
-        raise handshake.HandshakeError(problem)
-    sock.settimeout(None)
 
 
 def _connect(host: str, port: int, secret: bytes, index: int,
@@ -654,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = Worker(sock, options.index, decoder, options.max_frame, options.heartbeat,
                     options.timeout, options.master_pid, options.master_timeout,
-                    options.shared_cache, options.keep_min)
+                    options.shared_cache, options.keep_min, secret)
     sharing.set_fetcher(worker.shared.fetch)  # handles in arguments resolve from its cache
     values.set_resolver(worker.store.resolve)  # and kept values from its store
     shipping.share_namespaces()  # by-value functions of one module share its globals
@@ -664,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     # Last: the worker's own finders always go first; the master is asked only for what
     # none of them finds and the worker's interpreter is not expected to provide.
     sys.meta_path.append(module_finder.MasterFinder(worker.ask_module))
+    worker.listen_for_peers()
     threading.Thread(target=worker.read_loop, name="pydron-reader", daemon=True).start()
     threading.Thread(target=worker.heartbeat_loop, name="pydron-heartbeat",
                      daemon=True).start()

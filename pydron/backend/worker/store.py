@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydron.backend.protocol import frames, values
+from pydron.backend.worker import peers
 from pydron.errors import SerializationError
 
 __all__ = ["ValueStore", "InputLost"]
@@ -44,8 +45,13 @@ class ValueStore:
     bytes of a large frame last arrived (a long transfer is not a silent master)."""
 
     def __init__(self, send: Callable[[list[bytes | memoryview]], None], max_frame: int,
-                 progress: Callable[[], float], timeout: float) -> None:
+                 progress: Callable[[], float], timeout: float, secret: bytes = b"",
+                 index: int = 0) -> None:
         self._send = send
+        self._secret = secret
+        self._index = index
+        self.sources: dict[int, tuple[str, int, int]] = {}  # the running task's (see peers)
+        self.moves: list[tuple[int, int, float, int]] = []   # what it fetched, for the trace
         self._max_frame = max_frame
         self._progress = progress
         self._timeout = timeout
@@ -74,6 +80,17 @@ class ValueStore:
         item = self._items.get(key)
         if item is not None:
             return item[0]
+        source = self.sources.get(key)
+        if source is not None and self._secret:
+            host, port, holder = source
+            got = peers.fetch(host, port, self._secret, self._index, key, self._max_frame,
+                              self._timeout)
+            if got is not None:
+                body, buffers, seconds = got
+                self.moves.append((key, len(body) + sum(len(b) for b in buffers), seconds,
+                                   holder))
+                return self._keep_copy(key, body, buffers)
+        started = time.perf_counter()
         self._requests += 1
         request = self._requests
         self._send([frames.frame(frames.VALUE_REQUEST, values.encode_request(request, key))])
@@ -97,6 +114,11 @@ class ValueStore:
             raise SerializationError(
                 f"a {label} kept on another worker cannot be had: "
                 f"{body.decode('utf-8', 'replace')}", item="a kept value", value_type=label)
+        self.moves.append((key, len(body) + sum(len(b) for b in buffers),
+                           time.perf_counter() - started, -1))
+        return self._keep_copy(key, body, buffers)
+
+    def _keep_copy(self, key: int, body: bytes, buffers: list[Any]) -> Any:
         value = pickle.loads(body, buffers=buffers)
         self.fetched += 1
         with self._lock:
@@ -109,12 +131,15 @@ class ValueStore:
         """A VALUE frame answering one of this worker's requests."""
         self._replies.put((request, found, buffers, body))
 
-    def serve(self, request: int, key: int) -> None:
-        """Answer a FETCH: the value's buffers, then the VALUE frame."""
+    def serve(self, request: int, key: int,
+              send: Callable[[list[Any]], None] | None = None) -> None:
+        """Answer a FETCH (from the master, or on a peer's connection: ``send``): the
+        value's buffers, then the VALUE frame."""
+        send = send or self._send
         with self._lock:
             item = self._items.get(key)
         if item is None:
-            self._send([frames.frame(frames.VALUE, values.encode_value(
+            send([frames.frame(frames.VALUE, values.encode_value(
                 request, key, False, 0, b"this worker does not keep it"))])
             return
         _, blob, raw = item
@@ -123,7 +148,7 @@ class ValueStore:
             pieces += frames.buffer_frames(buf, self._max_frame)
         pieces.append(frames.frame(frames.VALUE, values.encode_value(
             request, key, True, len(raw), blob)))
-        self._send(pieces)
+        send(pieces)
 
     def release(self, keys: list[int]) -> None:
         with self._lock:
