@@ -15,7 +15,8 @@ import threading
 __all__ = ["wanted", "announce", "take", "peek", "here"]
 
 wanted = False
-"""Set by the recorder while it records; the runtime announces sites only then."""
+"""Set by the recorder while it records, and while a Dask pool is open (its task keys
+name the site, :mod:`pydron.backend.daskpool`); the runtime announces sites only then."""
 
 class _Here(threading.local):
     where: str | None = None  # a class default: reading it never fails in a new thread

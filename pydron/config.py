@@ -114,6 +114,9 @@ class Config:
     prefetch_bytes: int = 256 << 20
     shared_cache: int = 2 << 30
     """Bytes of shared objects each worker process keeps (least recently used out)."""
+    keep_min: int = 1 << 20
+    """A scheduled call's result of at least this many bytes (pickled) stays on its worker
+    until something other than a functional call reads it; 0: every result comes back."""
     progress: bool | None = None
     """The progress line on stderr (None: when stderr is a terminal)."""
     trace: str | None = None
@@ -631,6 +634,7 @@ _TOP_LEVEL: dict[str, Check] = {
     "max_frame": _max_frame,
     "prefetch_bytes": _prefetch_bytes,
     "shared_cache": _shared_cache,
+    "keep_min": _shared_cache,
     "progress": _bool,
     "trace": _trace,
     "cache": _cache,
@@ -734,7 +738,8 @@ def parse_config(data: object, source: str = "<dict>") -> Config:
     if "window" in data:
         window = problems.check("window", _TOP_LEVEL["window"], data["window"])[1]
     sizes = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
-             for key in ("max_frame", "prefetch_bytes", "shared_cache") if key in data}
+             for key in ("max_frame", "prefetch_bytes", "shared_cache", "keep_min")
+             if key in data}
     limits = {key: problems.check(key, _TOP_LEVEL[key], data[key])[1]
               for key in ("call_timeout", "respawns_per_minute", "master_timeout")
               if key in data}

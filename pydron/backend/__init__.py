@@ -37,10 +37,12 @@ __all__ = [
 def _limits(config: Config) -> dict[str, object]:
     """The settings that bound what a pool of worker processes spends on a bad call or a
     stalled caller, and on shared objects: ``call_timeout``, ``respawns_per_minute``,
-    ``shared_cache`` and ``master_timeout`` (only if set: the pool's default otherwise)."""
+    ``shared_cache``, ``keep_min`` (what stays on workers) and ``master_timeout`` (only if
+    set: the pool's default otherwise)."""
     limits: dict[str, object] = {"call_timeout": config.call_timeout,
                                  "respawns_per_minute": config.respawns_per_minute,
-                                 "shared_cache": config.shared_cache}
+                                 "shared_cache": config.shared_cache,
+                                 "keep_min": config.keep_min}
     if config.master_timeout is not None:
         limits["master_timeout"] = config.master_timeout
     return limits

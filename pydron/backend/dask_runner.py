@@ -30,7 +30,7 @@ from pydron.backend.context import worker_context
 from pydron.backend.protocol import log_records, shipping
 from pydron.backend.protocol.shipping import dumps_exception, dumps_result
 
-__all__ = ["Outcome", "run"]
+__all__ = ["Outcome", "run", "forget"]
 
 
 class Outcome(NamedTuple):
@@ -198,6 +198,15 @@ def _load(scope: str, fn_blob: bytes, args_blob: bytes, buffers: list[Any],
         finally:
             shipping._namespaces = saved
     return fn, args, kwargs
+
+
+def forget(scope: str) -> bool:
+    """Drop the namespaces and loaded functions of the run ``scope`` from this worker
+    (the pool's shutdown calls it on every worker through ``client.run``): a Dask worker
+    outlives the programs it serves, and a finished run's globals must not stay in its
+    memory. True if the run had left something here."""
+    with _load_lock:
+        return _scopes.pop(scope, None) is not None
 
 
 def run(fn_blob: bytes, args_blob: bytes, buffers: list[Any], shared: dict[bytes, Any],

@@ -39,7 +39,7 @@ from pydron.backend import dask_runner, recorder as _recorder, sharing
 from pydron.backend.pool import OnDone, Pool
 from pydron.backend.protocol import log_records
 from pydron.backend.protocol.shipping import (
-    FunctionShipper, callable_name, dumps_args, loads_exception, type_name,
+    FunctionShipper, callable_name, callable_site, dumps_args, loads_exception, type_name,
 )
 from pydron.backend.recorder import WorkerTag
 from pydron.errors import ConfigError, RemoteError, SerializationError, WorkerLostError
@@ -49,6 +49,9 @@ __all__ = ["DaskPool"]
 _log = logging.getLogger("pydron.backend")
 
 QUEUED, LAUNCHED, DONE, CANCELLED = range(4)
+
+FORGET_TIMEOUT = 10.0
+"""Seconds a shutdown waits for the workers to drop this run's namespaces."""
 
 
 class _Call:
@@ -108,6 +111,7 @@ class DaskPool(Pool):
             raise ConfigError(f"cannot reach {where} within {timeout:g} s: "
                               f"{type(exc).__name__}: {exc}") from None
         self.address = self._client.scheduler.address
+        _want_sites(+1)
         self.max_retries = max_retries
         self._cap = threads
         self._shipper = FunctionShipper()
@@ -150,18 +154,21 @@ class DaskPool(Pool):
                on_done: OnDone) -> object:
         if self._closed:
             raise RuntimeError("cannot submit to a pool that has been shut down")
-        name = _name(fn, args)
+        rec = _recorder.active
+        # The site the runtime announced for this call: taken here unless a recorder
+        # will take it (below), so that none is left over for a later call.
+        where = callsite.peek() if rec is not None else callsite.take()
+        callsite.wanted = True  # again: a recording() block that ended may have reset it
+        target = _target(fn, args)
+        name = callable_name(target).replace(" ", "_")
         fn_blob = self._shipper.prepare(fn)[1]
         with sharing.pinning() as pins:
             blob, raw = dumps_args(fn, args, kwargs)
         shared = {entry.digest: self._scatter(entry) for entry in pins}
-        where = callsite.peek()
-        site = f"-{os.path.basename(where)}" if where else ""
-        rec = _recorder.active
         token = rec.submitted(fn, args, len(blob) + sum(b.nbytes for b in raw)) \
             if rec is not None else None
         call = _Call(fn, name, fn_blob, blob, [pickle.PickleBuffer(b) for b in raw], shared,
-                     on_done, f"{name}{site}", token)
+                     on_done, _key_base(name, where or callable_site(target)), token)
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot submit to a pool that has been shut down")
@@ -221,6 +228,7 @@ class DaskPool(Pool):
         if self._stop.is_set():
             return
         self._stop.set()
+        _want_sites(-1)
         with self._lock:
             self._wake.notify_all()
         self._completions.put(None)
@@ -229,10 +237,24 @@ class DaskPool(Pool):
                 self._client.cancel(futures, force=True)
         except Exception:
             pass
+        self._forget_scope()
         try:
             self._client.close(timeout=10)
         except Exception as exc:
             _log.debug("pydron: closing the Dask client: %s", exc)
+
+    def _forget_scope(self) -> None:
+        """Drop this run's by-value functions and namespaces from every Dask worker
+        (:func:`~pydron.backend.dask_runner.forget`): the workers serve other programs
+        long after this one, and would otherwise hold them until 64 later runs pushed
+        them out. Best effort: a worker that does not answer drops them that way."""
+        try:
+            # callback_timeout goes to Client.sync: a shutdown must not hang on a
+            # scheduler that stopped answering.
+            self._client.run(dask_runner.forget, self._scope, on_error="ignore",
+                             callback_timeout=FORGET_TIMEOUT)
+        except Exception as exc:  # the scheduler is gone, or the client is closing
+            _log.debug("pydron: forgetting this run on the Dask workers: %s", exc)
 
     # -- submitting ------------------------------------------------------------------------
     def _launch(self, calls: list[_Call]) -> None:
@@ -496,6 +518,23 @@ class DaskPool(Pool):
             self._refresh()
 
 
+_pools_open = 0  # dask pools not shut down, which name their tasks by the call site
+_pools_lock = threading.Lock()
+
+
+def _want_sites(change: int) -> None:
+    """Ask the runtime to announce call sites while a dask pool is open (task keys
+    name them), and stop asking when the last one shuts down and nothing records (an
+    announced site nobody takes would be left for a later recorder's call)."""
+    global _pools_open
+    with _pools_lock:
+        _pools_open += change
+        if _pools_open > 0:
+            callsite.wanted = True
+        elif _recorder.active is None:
+            callsite.wanted = False
+
+
 def _write(stream: Any, text: str) -> None:
     if text and stream is not None:
         try:
@@ -511,7 +550,7 @@ def _host_of(address: str) -> str:
     return rest.rsplit(":", 1)[0] if ":" in rest else rest
 
 
-def _name(fn: Callable[..., Any], args: tuple) -> str:
+def _target(fn: Callable[..., Any], args: tuple) -> Callable[..., Any]:
     """The function a call runs, for its task key: the user's function inside the
     explicit API's wrappers (a chunk of a map, a Pool's call), not the wrapper."""
     # The attributes of pydron.observe.recorder (CHUNK_ATTRIBUTE, WRAPS_ATTRIBUTE), spelt
@@ -521,4 +560,11 @@ def _name(fn: Callable[..., Any], args: tuple) -> str:
         fn, args = args[wraps], tuple(args[wraps + 1])
     if getattr(fn, "pydron_chunk", False) and len(args) >= 2:
         fn = args[0]
-    return callable_name(fn).replace(" ", "_")
+    return fn
+
+
+def _key_base(name: str, where: str) -> str:
+    """``name-file.py:line``, what a task's key starts with on Dask's dashboard: the call
+    site ``@schedule`` announced, else where the function is defined (the explicit API's
+    calls announce none), else just the name (a builtin, a callable object)."""
+    return f"{name}-{os.path.basename(where)}" if where else name

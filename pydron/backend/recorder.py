@@ -56,6 +56,11 @@ class Recorder(Protocol):
     def worker_gone(self, worker: WorkerTag) -> None:
         """A worker ended as the pool asked (told to go, or ended to stop a call)."""
 
+    def moved(self, kind: str, source: WorkerTag | None, target: WorkerTag | None,
+              nbytes: int, seconds: float) -> None:
+        """A value kept on a worker moved: ``transfer`` to another worker, or ``fetch``
+        to the caller (``target`` None); ``nbytes`` in ``seconds``, ending now."""
+
 
 active: Recorder | None = None
 """The recorder pools report to; None: nothing records."""

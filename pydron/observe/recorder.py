@@ -90,7 +90,7 @@ class Counts:
         return self.done + self.failed + self.cancelled
 
 
-FINISHED, REQUEUED, LOST = range(3)
+FINISHED, REQUEUED, LOST, MOVED = range(4)
 """The kinds of event, the first item of each tuple in :attr:`CallRecorder.events`."""
 
 
@@ -113,8 +113,10 @@ class CallRecorder:
     (:attr:`events`), in the order it came, as tuples of plain values:
     ``(FINISHED, end, call id, name, site, items, arg bytes, submitted, sent, worker,
     attempt, ok, run seconds, result bytes, error)``, ``(REQUEUED, when, call id, worker,
-    why)`` and ``(LOST, when, worker, why)``; a worker is a plain ``(pool, host, index,
-    pid)`` tuple there."""
+    why)``, ``(LOST, when, worker, why)`` and ``(MOVED, end, kind, from worker, to worker,
+    bytes, seconds)`` (a kept value moved: ``transfer`` between workers, ``fetch`` to the
+    caller, whose end is None); a worker is a plain ``(pool, host, index, pid)`` tuple
+    there."""
 
     keep_events: bool = False
     started: float = field(default_factory=time.time)
@@ -285,6 +287,15 @@ class CallRecorder:
             self._live.discard(worker)
         if self.keep_events:
             self.events.append((LOST, now, tuple(worker), why))
+
+    def moved(self, kind: str, source: WorkerTag | None, target: WorkerTag | None,
+              nbytes: int, seconds: float) -> None:
+        """A kept value moved between workers (``transfer``) or to the caller (``fetch``),
+        ``nbytes`` of it in ``seconds``, ending now."""
+        if self.keep_events:
+            self.events.append((MOVED, time.perf_counter(), kind,
+                                tuple(source) if source else None,
+                                tuple(target) if target else None, nbytes, seconds))
 
     def worker_gone(self, worker: WorkerTag) -> None:
         """A worker that ended as asked (not lost): no longer counted as connected."""

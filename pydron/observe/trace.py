@@ -17,6 +17,11 @@ new track), and for each call one complete event (``"ph": "X"``) named by the fu
   run: the wire both ways and any wait behind earlier calls on that worker), ``run_ms``,
   ``ok``, ``attempt`` and, for a failure, ``error``.
 
+A kept value that moved (see :mod:`pydron.backend.engine.locality`) is a complete event
+named ``transfer`` (worker to worker, on the receiving worker's track) or ``fetch`` (to the
+caller, on the holding worker's track), category ``transfer``, with ``bytes``, ``from``
+and ``to`` (``host/pool/index`` of each worker, or ``caller``) in its args.
+
 Instant events mark retries (``retry``), workers lost (``worker lost``) and failures
 (``failure``) on the track where they happened. Calls that never reached a worker (they
 failed while queued) are on a track of their own, ``not run``.
@@ -37,7 +42,7 @@ from typing import Any
 
 from pydron._version import __version__
 from pydron.backend.recorder import WorkerTag
-from pydron.observe.recorder import FINISHED, LOST, REQUEUED, CallRecorder
+from pydron.observe.recorder import FINISHED, LOST, MOVED, REQUEUED, CallRecorder
 
 __all__ = ["trace_document", "trace_text", "write_trace", "trace_path"]
 
@@ -135,6 +140,13 @@ def trace_text(recorder: CallRecorder) -> str:
             append(f'{{"ph":"i","s":"t","name":"retry","cat":"retry","pid":{pid},'
                    f'"tid":{tid},"ts":{(when - origin) * 1e6:.1f},'
                    f'"args":{{"call":{call},"why":{_quote(why)}}}}}')
+        elif kind == MOVED:
+            _, end, what, source, target, nbytes, seconds = event
+            pid, tid = tracks.of(target if target is not None else source)
+            append(f'{{"ph":"X","name":{q(what)},"cat":"transfer","pid":{pid},'
+                   f'"tid":{tid},"ts":{(end - seconds - origin) * 1e6:.1f},'
+                   f'"dur":{max(seconds, 1e-6) * 1e6:.1f},"args":{{"bytes":{nbytes},'
+                   f'"from":{q(_endpoint(source))},"to":{q(_endpoint(target))}}}}}')
         elif kind == LOST:
             _, when, worker, why = event
             pid, tid = tracks.of(worker)
@@ -146,6 +158,14 @@ def trace_text(recorder: CallRecorder) -> str:
                         "cached": recorder.counts().cached})
     events = ",\n".join(tracks.metadata() + body)
     return f'{{"traceEvents":[\n{events}\n],"displayTimeUnit":"ms","otherData":{other}}}\n'
+
+
+def _endpoint(worker: tuple | None) -> str:
+    """A worker (``(pool, host, index, pid)``) as the trace names a transfer's end."""
+    if worker is None:
+        return "caller"
+    pool, host, index, _ = worker
+    return f"{host}/{pool}/{index}"
 
 
 def trace_document(recorder: CallRecorder) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class WorkerProtocol(Protocol):
         if self.dropped:
             return
         self.last_rx = time.monotonic()
+        self.pool.bytes_received += len(data)
         try:
             complete = self.decoder.feed(data)
         except frames.FrameError as exc:

@@ -359,6 +359,9 @@ class WorkerEngine(Pool):
         self.share_memory = True
         """Whether a worker on this machine may map a shared object from the caller's
         memory rather than receive its bytes (False: always the bytes; for tests)."""
+        self.bytes_received = 0
+        """Bytes the caller has received from workers, handshakes included (statistics:
+        what kept values save shows here)."""
         self.shared_mapped = 0
         """Of shared_sent, how many were mapped from the caller's memory by a worker on
         this machine rather than sent through the socket (statistics)."""

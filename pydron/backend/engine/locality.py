@@ -217,6 +217,7 @@ class Locality:
         self._unblock()
 
     def recompute_failed(self, key: int, error: BaseException) -> None:
+        """Computing ``key`` again failed: its readers (calls and fetches) get ``error``."""
         value = self.values.get(key)
         if value is None:
             return
@@ -403,9 +404,9 @@ class Locality:
         if value.state is not LOST:
             return
         if value.lineage is None:
-            value.state = FAILED
-            value.error = WorkerLostError(f"a {value.label} kept on a worker was lost and "
-                                          f"cannot be computed again")
+            value.state = COMPUTING
+            self.recompute_failed(value.key, WorkerLostError(
+                f"a {value.label} kept on a worker was lost and cannot be computed again"))
             return
         value.state = COMPUTING
         if value.released:
@@ -447,9 +448,7 @@ class Locality:
         rec = _recorder.active
         if rec is None:
             return
-        moved = getattr(rec, "moved", None)
-        if moved is not None:
-            moved(kind, src.tag if src is not None else None,
+        rec.moved(kind, src.tag if src is not None else None,
                   dst.tag if dst is not None else None, size, time.perf_counter() - started)
 
 
