@@ -290,3 +290,52 @@ def test_the_trace_shows_transfers_with_bytes_and_endpoints(multicore, tmp_path)
     for e in transfers:
         assert "/multicore/" in e["args"]["from"] and "/multicore/" in e["args"]["to"]
         assert e["args"]["from"] != e["args"]["to"]
+
+
+# --------------------------------------------------------------------------- futures
+
+
+def test_futures_passed_to_submit_keep_the_chain_on_the_workers(multicore):
+    frames = frames_of(FRAMES)
+    pool = multicore()
+    with pydron.Executor() as ex:
+        before = pool.bytes_received
+        sums = []
+        for f in frames:
+            x = f
+            for step in (dark, flat, smooth, clip):
+                x = ex.submit(step, x)          # a future as the argument
+            sums.append(ex.submit(total, x))
+        assert [s.result() for s in sums] == plain_pipeline(frames)
+        assert pool.bytes_received - before < 1 << 20, pool.kept_values()
+        kept = ex.submit(flat, frames[0])
+        assert np.array_equal(kept.result(), flat(frames[0]))   # result() fetches it
+        assert pool.kept_values()["fetched_bytes"] >= FRAME * 8
+
+
+class Refused(Exception):
+    pass
+
+
+@pydron.functional
+def refuse(a):
+    raise Refused(len(a))
+
+
+def test_a_failed_or_cancelled_input_future_fails_its_readers(multicore):
+    import concurrent.futures as cf
+    multicore()
+    frame = frames_of(1)[0]
+    with pydron.Executor() as ex:
+        reader = ex.submit(total, ex.submit(refuse, frame))
+        with pytest.raises(Refused) as info:
+            reader.result(timeout=60)
+        assert info.value.args == (FRAME,)
+        never = cf.Future()
+        assert never.cancel()
+        with pytest.raises(cf.CancelledError):
+            ex.submit(total, never).result(timeout=60)
+        plain = cf.Future()                       # any future: waited for
+        waiting = ex.submit(total, plain)
+        plain.set_result(np.ones(10))
+        assert waiting.result(timeout=60) == 10.0

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydron import backend
+from pydron.remote_value import materialize
 from pydron.backend.inline import InlinePool
 from pydron.backend.pool import Pool
 from pydron.config import Config
@@ -49,7 +50,7 @@ from pydron.errors import CallTimeoutError
 from pydron.explicit.outcomes import InitializerFailed, Initializer, run_initialized
 
 __all__ = ["Dispatcher", "PoolSource", "SharedPoolSource", "OwnedPoolSource",
-           "in_delivery"]
+           "in_delivery", "KeptFuture"]
 
 _delivering = threading.local()
 
@@ -138,11 +139,33 @@ def inline_source() -> OwnedPoolSource:
     return OwnedPoolSource(pool=InlinePool())
 
 
+class KeptFuture(cf.Future):
+    """The future of ``Executor.submit``: its result may stay on the worker that computed
+    it (a large one, on a pool of worker processes: see
+    :mod:`pydron.backend.engine.locality`). Passed as an argument to another submit, the
+    result goes from worker to worker; :meth:`result` fetches it to the caller, once."""
+
+    def result(self, timeout: float | None = None) -> Any:
+        return materialize(super().result(timeout))
+
+
+def _futures_in(args: tuple, kwargs: dict) -> list[cf.Future]:
+    """The futures among a call's top-level arguments."""
+    found = [a for a in args if isinstance(a, cf.Future)]
+    found += [v for v in kwargs.values() if isinstance(v, cf.Future)]
+    return found
+
+
+def _outcome(future: cf.Future) -> Any:
+    """A finished future's result as it came from the pool (a kept one stays a Remote)."""
+    return cf.Future.result(future)
+
+
 class _Work:
     """One submitted call and its future; the handle the pool gave back once handed off."""
 
     __slots__ = ("future", "fn", "args", "kwargs", "pool", "handle", "settled", "deadline",
-                 "origin", "started", "stop_when_handed")
+                 "origin", "started", "stop_when_handed", "keep")
 
     def __init__(self, future: cf.Future, fn: Callable[..., Any], args: tuple,
                  kwargs: dict) -> None:
@@ -157,6 +180,7 @@ class _Work:
         self.origin: Any = None   # the function, kept for a timeout's message
         self.started = 0.0        # when it was handed to the pool
         self.stop_when_handed = False  # withdrawn while pool.submit had not yet returned
+        self.keep = False         # its result may stay on its worker (a KeptFuture's)
 
 
 class Dispatcher:
@@ -191,6 +215,7 @@ class Dispatcher:
         self._pending: collections.deque[_Work] = collections.deque()
         self._running: dict[cf.Future, _Work] = {}
         self._delivering = 0      # outcomes claimed whose futures' callbacks still run
+        self._waiting = 0         # calls waiting for futures among their arguments
         self._feeding = False
         self._closed = False
         self._broken: cf.BrokenExecutor | None = None
@@ -227,13 +252,27 @@ class Dispatcher:
 
     # -- submitting ----------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
-               origin: Callable[..., Any] | None = None) -> cf.Future:
+               origin: Callable[..., Any] | None = None, keep: bool = False) -> cf.Future:
         """A future for ``fn(*args, **kwargs)``; RuntimeError after :meth:`shutdown`,
         BrokenExecutor once the initializer has failed. ``origin``: the user's function
-        that ``fn`` runs (a map's chunk runner runs it), named in a timeout's message."""
-        future: cf.Future = cf.Future()
+        that ``fn`` runs (a map's chunk runner runs it), named in a timeout's message.
+
+        ``keep``: a :class:`KeptFuture`, whose large result may stay on its worker; and
+        futures among the top-level arguments are waited for and replaced by their
+        results (a kept one travels from worker to worker), as Dask and Ray do; a failed
+        or cancelled one fails this call with its exception."""
+        future: cf.Future = KeptFuture() if keep else cf.Future()
         work = _Work(future, fn, args, kwargs)
         work.origin = origin
+        work.keep = keep
+        inputs = _futures_in(args, kwargs) if keep else ()
+        if inputs:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("cannot schedule new futures after shutdown")
+                self._waiting += 1
+            self._after(work, inputs)
+            return future
         with self._lock:
             if self._broken is not None:
                 # A new exception each time (as the standard executors raise): raising one
@@ -245,6 +284,46 @@ class Dispatcher:
             self._pending.append(work)
         self._feed()
         return future
+
+    def _after(self, work: _Work, inputs: list[cf.Future]) -> None:
+        """Queue ``work`` once every future among its arguments is done."""
+        left = [len(inputs)]
+        lock = threading.Lock()
+
+        def one_done(_: cf.Future) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            self._inputs_ready(work)
+
+        for future in inputs:
+            future.add_done_callback(one_done)
+
+    def _inputs_ready(self, work: _Work) -> None:
+        failed = next((f for f in _futures_in(work.args, work.kwargs)
+                       if f.cancelled() or f.exception() is not None), None)
+        if failed is None:
+            work.args = tuple(_outcome(a) if isinstance(a, cf.Future) else a
+                              for a in work.args)
+            work.kwargs = {k: _outcome(v) if isinstance(v, cf.Future) else v
+                           for k, v in work.kwargs.items()}
+        with self._lock:
+            self._waiting -= 1
+            if failed is None and self._broken is None:
+                self._pending.append(work)
+                failed_with = None
+            else:
+                failed_with = (cf.CancelledError() if failed is not None and failed.cancelled()
+                               else failed.exception() if failed is not None
+                               else self._broken)
+        if failed_with is not None:
+            if work.future.set_running_or_notify_cancel():
+                work.future.set_exception(failed_with)
+            work.fn = work.args = work.kwargs = None  # type: ignore[assignment]
+            self._notify_if_idle()
+            return
+        self._feed()
 
     def _feed(self) -> None:
         """Hand queued calls to the pool while there is room; one thread at a time."""
@@ -293,7 +372,10 @@ class Dispatcher:
             self._settle(work, ok, value)
 
         try:
-            handle = pool.submit(fn, args, kwargs, on_done)
+            if work.keep and getattr(pool, "keeps_values", False):
+                handle = pool.submit(fn, args, kwargs, on_done, keep=True)
+            else:
+                handle = pool.submit(fn, args, kwargs, on_done)
         except BaseException as exc:  # noqa: B902 -- unpicklable argument, shut pool ...
             self._settle(work, False, exc)
             return
@@ -352,7 +434,7 @@ class Dispatcher:
         return True
 
     def _is_idle(self) -> bool:
-        return not self._running and not self._pending and not self._delivering
+        return not (self._running or self._pending or self._delivering or self._waiting)
 
     def _notify_if_idle(self) -> None:
         with self._lock:

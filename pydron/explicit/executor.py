@@ -112,7 +112,7 @@ class Executor(cf.Executor):
         """Schedule ``fn(*args, **kwargs)``; its Future. RuntimeError after shutdown."""
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        return self._dispatcher.submit(fn, args, kwargs)
+        return self._dispatcher.submit(fn, args, kwargs, keep=True)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
