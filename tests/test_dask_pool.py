@@ -325,6 +325,50 @@ def test_task_keys_name_the_function_and_the_call_site(dask_conf):
                         for key in seen), seen
 
 
+def _keys_while_running(cluster, start: Callable[[], object], count: int) -> list[str]:
+    """The keys of the ``count`` tasks the workers process while ``start()`` runs in a
+    thread of its own (its calls must take a few seconds)."""
+    import threading
+    seen: list[str] = []
+    client = cluster.client()
+    try:
+        def look() -> list[str]:
+            seen[:] = [k for keys in client.processing().values() for k in keys]
+            return seen if len(seen) >= count else []
+        run = threading.Thread(target=start)
+        run.start()
+        wait_until(look, timeout=30, what=f"{count} tasks on the workers")
+        run.join()
+    finally:
+        client.close()
+    return seen
+
+
+def test_task_keys_name_the_call_site_with_nothing_recording(dask_conf, monkeypatch):
+    """The batch run's case (no tty, no trace): @schedule's keys still name the call's
+    line, the explicit API's the function's definition, and no site is left over from
+    one call for the next."""
+    from pydron import callsite
+    from pydron.backend import recorder
+    monkeypatch.setenv("PYDRON_PROGRESS", "0")
+    monkeypatch.delenv("PYDRON_TRACE", raising=False)
+    assert recorder.active is None
+    seen = _keys_while_running(dask_conf, lambda: two_slow(3.0), 2)
+    prefix = f"slow-test_dask_pool.py:{_line_of('return [slow(1, seconds), slow(2, seconds)]')}-"
+    assert all(key.startswith(prefix) and len(key) == len(prefix) + 32 for key in seen), seen
+    assert [x for x, _ in two_slow(0.0)] == [1, 4]
+    assert callsite.peek() is None  # a run in this thread leaves no site behind
+
+    def explicit() -> None:
+        with pydron.Executor() as executor:
+            futures = [executor.submit(slow, x, 3.0) for x in (1, 2)]
+            assert [f.result()[0] for f in futures] == [1, 4]
+    seen = _keys_while_running(dask_conf, explicit, 2)
+    prefix = f"slow-test_dask_pool.py:{_line_of('def slow(x: int, seconds: float)') - 1}-"
+    assert all(key.startswith(prefix) for key in seen), seen  # the definition's line
+    assert recorder.active is None
+
+
 # --------------------------------------------------------------------------- the cluster
 
 
@@ -366,6 +410,41 @@ def test_shared_data_is_scattered_once_and_nothing_stays_after_shutdown(dask_clu
     wait_until(lambda: not keys_on(dask_cluster, ("pydron-shared-", "total_of-", "slow-",
                                                   "identity_of-")),
                timeout=10, what="the run's keys to leave the scheduler")
+
+
+def scopes_here() -> list[str]:
+    """The runs whose namespaces this Dask worker holds (run there by ``client.run``)."""
+    from pydron.backend import dask_runner
+    return list(dask_runner._scopes)
+
+
+def test_shutdown_drops_the_runs_namespaces_from_every_worker(dask_cluster):
+    pool = DaskPool(dask_cluster.address)
+    client = dask_cluster.client()
+    try:
+        done = collect(pool, slow, [(x, 0.1) for x in range(12)])
+        wait_until(lambda: len(done) == 12, timeout=60, what="12 results")
+        assert len({pid for _, (_, pid) in done.values()}) == 2  # both workers ran calls
+        held = client.run(scopes_here)
+        assert len(held) == 2 and all(pool._scope in scopes for scopes in held.values()), held
+        pool.shutdown()
+        held = client.run(scopes_here)
+        assert len(held) == 2 and not any(pool._scope in s for s in held.values()), held
+    finally:
+        pool.shutdown()
+        client.close()
+
+
+def test_shutdown_does_not_raise_when_the_workers_cannot_be_told(dask_cluster):
+    pool = DaskPool(dask_cluster.address)
+    done = collect(pool, square, [(3,)])
+    wait_until(lambda: done, timeout=30, what="a result")
+
+    def refuse(*args, **kwargs):
+        raise OSError("the scheduler went away")
+    pool._client.run = refuse  # type: ignore[method-assign]
+    pool.shutdown()
+    assert pool._client.status == "closed"
 
 
 _CLIENT_PROGRAM = """

@@ -185,6 +185,56 @@ def test_trace_of_a_scheduled_run_on_worker_processes(tmp_path):
     assert document["otherData"]["calls"] == 20
 
 
+@pydron.functional
+def square_or_fail(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"no square for {x}")
+    return x * x
+
+
+@pydron.schedule
+def squares_with_a_failure(n: int) -> int:
+    out = []
+    for i in range(n):
+        out.append(square_or_fail(i))
+    return sum(out)
+
+
+def test_trace_marks_a_real_failed_call(tmp_path):
+    """A call that raises on a worker process: its complete event says ``ok: false``
+    with the error, and a ``failure`` instant event on the same worker's track names
+    the same call and error."""
+    backend.configure({"workers": [{"type": "multicore", "cores": 2}]})
+    try:
+        with recording() as rec:
+            try:
+                squares_with_a_failure(6)
+            except ValueError as exc:
+                assert str(exc) == "no square for 3"
+            else:
+                raise AssertionError("the failure did not reach the caller")
+        path = write_trace(rec, tmp_path / "trace.json")
+    finally:
+        backend.configure(None)
+    events = json.loads(path.read_text())["traceEvents"]
+    failed = [e for e in events if e["ph"] == "X" and e["args"]["ok"] is False]
+    assert len(failed) == 1, failed
+    call = failed[0]
+    assert call["name"] == "square_or_fail"
+    assert "ValueError" in call["args"]["error"] and "no square for 3" in call["args"]["error"]
+    markers = [e for e in events if e["ph"] == "i" and e["name"] == "failure"]
+    assert len(markers) == 1, markers
+    marker = markers[0]
+    assert marker["cat"] == "failure"
+    assert marker["args"] == {"call": call["args"]["call"], "error": call["args"]["error"]}
+    assert (marker["pid"], marker["tid"]) == (call["pid"], call["tid"])
+    tracks = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+              if e["name"] == "thread_name"}
+    assert tracks[(call["pid"], call["tid"])].startswith("worker ")  # a worker process's
+    assert marker["ts"] >= call["ts"]
+    assert all(e["args"]["ok"] is True for e in events if e["ph"] == "X" and e is not call)
+
+
 def test_trace_marks_retries_and_lost_workers(tmp_path):
     marker = tmp_path / "killed"
 

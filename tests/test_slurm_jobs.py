@@ -25,7 +25,7 @@ from waiting import wait_for as wait_until
 
 from pydron.backend.launchers import batch_jobs, slurm_jobs
 from pydron.backend.launchers.slurm_jobs import (
-    INDEX, JobId, JobState, SlurmError, SlurmJobs, SlurmSettings,
+    INDEX, ClusterLimits, JobId, JobState, SlurmError, SlurmJobs, SlurmSettings,
 )
 from pydron.errors import ConfigError
 
@@ -214,6 +214,32 @@ def test_jobs_bounds_how_many_are_submitted(slurm, controllers, calls):
     jobs = controllers(["sleep", "300"], jobs=2)
     assert len(jobs.submit(5)) == 2
     assert jobs.submit(1) == [] and calls["sbatch"] == 1
+
+
+def test_max_job_count_and_max_submit_jobs_bound_how_many_are_submitted(
+        slurm, controllers, calls, tmp_path):
+    """The cluster's MaxJobCount and the user's MaxSubmitJobs cap the jobs as ``jobs``
+    does, over real sbatch. They are set in the controller's limits: this cluster's
+    MaxJobCount is SLURM's default and it has no accounting, so sacctmgr (where
+    MaxSubmitJobs comes from) has nothing to say."""
+    jobs = controllers(["sleep", "300"], jobs=10)
+    jobs._limits = ClusterLimits(max_array_size=1001, max_job_count=2, accounting=False)
+    assert jobs.room() == 2
+    ids = jobs.submit(5)
+    assert len(ids) == 2 and calls["sbatch"] == 1
+    assert len(states(jobs)) == 2  # what SLURM holds of this run
+    assert jobs.room() == 0 and jobs.submit(1) == [] and calls["sbatch"] == 1
+    jobs.cancel([ids[0]])  # one job fewer in the queue: room for one more
+    wait_until(lambda: states(jobs)[ids[0]] is JobState.CANCELLED, what="the job cancelled")
+    assert jobs.room() == 1 and len(jobs.submit(5)) == 1
+    jobs.close()
+
+    limited = controllers(["sleep", "300"], jobs=10, work_dir=str(tmp_path / "work2"))
+    limited._limits = ClusterLimits(max_array_size=1001, max_job_count=10000,
+                                    accounting=False, max_submit_jobs=3)
+    assert len(limited.submit(5)) == 3
+    assert limited.room() == 0 and limited.submit(1) == []
+    assert len(states(limited)) == 3
 
 
 def test_bad_partition_names_the_key_and_quotes_sbatch(slurm, controllers):
