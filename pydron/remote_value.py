@@ -49,14 +49,20 @@ class Remote:
     """The caller's handle on a value kept on a worker: ``key`` names it in its pool
     (``source``), ``nbytes`` is its pickled size, ``label`` its type's name."""
 
-    __slots__ = ("source", "key", "nbytes", "label", "_value", "_lock", "__weakref__")
+    __slots__ = ("source", "key", "nbytes", "label", "parts", "_value", "_lock",
+                 "__weakref__")
 
-    def __init__(self, source: ValueSource, key: int, nbytes: int, label: str) -> None:
+    def __init__(self, source: ValueSource, key: int, nbytes: int, label: str,
+                 parts: tuple | None = None) -> None:
         global _live
         self.source = source
         self.key = key
         self.nbytes = nbytes
         self.label = label
+        self.parts = parts
+        """A tuple result whose large items were kept each on its own: the items, kept
+        ones as Remotes (key 0: the tuple itself has no key). Unpacking it
+        (``a, b = f(x)``) hands the items on without fetching any."""
         self._value: Any = _MISSING
         self._lock = threading.Lock()
         with _live_lock:
@@ -66,6 +72,8 @@ class Remote:
         global _live
         with _live_lock:
             _live -= 1
+        if not self.key:
+            return
         try:
             self.source.forget_value(self.key)
         except Exception:  # noqa: BLE001 -- at interpreter exit the pool may be gone
@@ -78,13 +86,22 @@ class Remote:
             return value
         with self._lock:
             if self._value is _MISSING:
-                self._value = self.source.fetch_value(self)
+                if self.parts is not None:
+                    self._value = tuple(materialize(p) for p in self.parts)
+                else:
+                    self._value = self.source.fetch_value(self)
             return self._value
 
     def prefetch(self) -> None:
         """Have the value on its way, if it is not here yet."""
-        if self._value is _MISSING:
+        if self._value is not _MISSING:
+            return
+        if self.parts is None:
             self.source.prefetch_value(self)
+            return
+        for part in self.parts:
+            if type(part) is Remote:
+                part.prefetch()
 
     @property
     def here(self) -> bool:

@@ -151,6 +151,10 @@ def what_this_worker_keeps(pause):
     from pydron.backend.protocol import values
     time.sleep(pause)  # long enough that every worker gets one of these
     store = values._resolver.__self__
+    import ctypes
+    import gc
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)  # freed heap back to the system: RSS is what is used
     return os.getpid(), len(store), store.nbytes(), _worker_rss(os.getpid())
 
 

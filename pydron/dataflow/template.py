@@ -73,6 +73,8 @@ class NativeStep(Step):
     checked: Optional[Callable[[], Callable[..., Any]]] = None   # fn that checks for unbound
     plan: Optional[tuple[int, ...]] = None # a try's handle step: which reads its writes are
                                            # when nothing was raised (set by the runtime)
+    unpack: Optional[tuple[int, ...]] = None  # exactly ``a, b, ... = r``: for each of its
+                                           # writes, which item of its one read it binds
 
 
 

@@ -383,6 +383,9 @@ class Run:
             node.done = True          # after the failure in program order: never runs
             return
         if remote_value._live and type(node.step) is not CallStep:
+            if type(node.step) is NativeStep and node.step.unpack is not None and \
+                    self._unpack_parts(node):
+                return
             _materialize_ins(node)
         kind = self.classify(node)
         gate = node.frame.gate
@@ -407,6 +410,20 @@ class Run:
                 self.run(node)
             else:
                 heappush(self.wait_sync, (node.tick, node))
+
+    def _unpack_parts(self, node: Node) -> bool:
+        """``a, b = t`` where ``t`` is a tuple whose large items stay on workers: bind the
+        items as they are (unpacking a tuple runs no user code and sees nothing a sync
+        point could change, so it need not wait for its turn)."""
+        value = node.ins[0].value
+        order = node.step.unpack
+        if type(value) is not Remote or value.parts is None or \
+                len(value.parts) != len(order):
+            return False
+        for slot, index in zip(node.outs, order):
+            self.resolve(slot, value.parts[index])
+        self.finish(node)
+        return True
 
     def _park(self, node: Node, slot: Slot) -> None:
         node.npend = 1
@@ -453,6 +470,10 @@ class Run:
 
     def finish(self, node: Node) -> None:
         node.done = True
+        # A finished node reads nothing more: letting go of its inputs now frees values
+        # (and releases values kept on workers) without waiting for the garbage
+        # collector to find the run's cycles.
+        node.ins = _NO_SLOTS
         heap = self.unfinished
         while heap and heap[0][1].done:      # keep the heaps as small as the work in flight
             heappop(heap)
@@ -965,6 +986,9 @@ class Run:
         self.finish(node)
 
 
+_NO_SLOTS: list[Slot] = []
+
+
 def _materialize_ins(node: Node) -> None:
     """Give a node that is no functional call the values its Remotes stand for, in slots
     of its own: the shared slots keep the Remotes, for functional calls that read them
@@ -979,7 +1003,9 @@ def _prefetch_for_plain_readers(outs: list[Slot], value: Remote) -> None:
     """A kept result that plain code already waits for is fetched at once."""
     for slot in outs:
         for waiter in slot.waiters or ():
-            if type(waiter) is Node and type(waiter.step) is not CallStep:
+            if type(waiter) is Node and type(waiter.step) is not CallStep and not (
+                    value.parts is not None and
+                    getattr(waiter.step, "unpack", None) is not None):
                 value.prefetch()
                 return
 
@@ -1221,6 +1247,12 @@ def execute(template: Template, func: Callable[..., Any], args: tuple[Any, ...],
         finally:
             exc.__context__ = context
             del exc, context
-    if env[RETURN_FLAG].value is True:
-        return materialize(env[RETURN_VALUE].value)
-    return None
+    result = materialize(env[RETURN_VALUE].value) if env[RETURN_FLAG].value is True \
+        else None
+    if remote_value._live:
+        # The run's graph may be a cycle the garbage collector finds only later: let go of
+        # values kept on workers now, so that they are released at once.
+        for slot in env.values():
+            if type(slot.value) is Remote:
+                slot.value = None
+    return result

@@ -510,7 +510,8 @@ class Builder:
                           shared_read=info.shared_read, receiver_checks=receiver_checks,
                           callback_checks=callback_checks,
                           inplace_checks=inplace_checks,
-                          returns=returns, signal_vars=tuple(signal_vars))
+                          returns=returns, signal_vars=tuple(signal_vars),
+                          unpack=_is_unpack(stmts, reads, writes))
         self.pending.append((step, "fn", index))
         step.checked = functools.partial(self.compiler.checked_variant, index)
         return step
@@ -717,3 +718,20 @@ def _walk_no_scopes(node: ast.AST):
 def _dotted_text(func: ast.expr) -> str:
     chain = dotted(func)
     return ".".join(chain) if chain else ast.unparse(func)
+
+
+def _is_unpack(stmts: list[ast.stmt], reads: list[str], writes: list[str]
+               ) -> Optional[tuple[int, ...]]:
+    """If ``stmts`` is exactly ``a, b, ... = r`` with distinct plain names, which item
+    each write binds (the runtime may then hand on the items of a tuple kept on workers
+    without fetching it); else None."""
+    if len(stmts) != 1 or type(stmts[0]) is not ast.Assign or len(stmts[0].targets) != 1:
+        return None
+    target, source = stmts[0].targets[0], stmts[0].value
+    if type(target) not in (ast.Tuple, ast.List) or type(source) is not ast.Name:
+        return None
+    names = [e.id if type(e) is ast.Name else None for e in target.elts]
+    if None in names or len(set(names)) != len(names) or sorted(names) != sorted(writes) \
+            or list(reads) != [source.id] or source.id in names:
+        return None
+    return tuple(names.index(w) for w in writes)

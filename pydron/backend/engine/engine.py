@@ -435,7 +435,7 @@ class WorkerEngine(Pool):
         # before its call is done (the runtime orders a mutation after earlier readers).
         call = _Call(next(self._ids), fn, digest, fn_blob, blob, raw, on_done, pins or None)
         if keep and self.keep_min:
-            call.keep = call.id
+            call.keep = call.id << values.PART_BITS
         if inputs:
             call.inputs = inputs
             self._locality.add_readers(inputs)
@@ -507,12 +507,23 @@ class WorkerEngine(Pool):
                 "direct": loc.direct, "direct_bytes": loc.direct_bytes,
                 "fetched_bytes": loc.fetched_bytes, "recomputed": loc.recomputed}
 
+    def _tuple_of_parts(self, shown: tuple, outcome: Outcome) -> remote_value.Remote:
+        """A tuple result whose large items stayed on the worker: a Remote whose parts are
+        the items, kept ones as Remotes of their own (see ``Outcome.parts``)."""
+        items = list(shown)
+        for key, size, label, index in outcome.parts:
+            items[index] = remote_value.Remote(self, key, size, label)
+        total = sum(size for _, size, _, _ in outcome.parts)
+        return remote_value.Remote(self, 0, total, "tuple", parts=tuple(items))
+
     def _recompute(self, value: Any) -> None:
-        """Queue the call that made ``value`` again, first in line (reactor thread)."""
+        """Queue the call that made ``value`` again, first in line (reactor thread); it
+        keeps what it returns whatever its size (an item of a tuple result: the whole
+        tuple's items again, under the same keys)."""
         fn, digest, fn_blob, args, buffers, pins = value.lineage
         call = _Call(next(self._ids), fn, digest, fn_blob, args, list(buffers),
                      self._recomputed(value.key), pins)
-        call.keep = value.key | values.KEEP_ALWAYS
+        call.keep = value.base | values.KEEP_ALWAYS
         call.internal = True
         if value.inputs:
             call.inputs = list(value.inputs)
@@ -1056,11 +1067,17 @@ class WorkerEngine(Pool):
         for call, outcome, _ in mine:
             if call.inputs:
                 self._locality.read_on(call, proc, outcome.moves)
-            if outcome.kept:
-                self._locality.kept(
-                    call.keep & ~values.KEEP_ALWAYS, proc, outcome.kept, outcome.name or "",
-                    (call.fn, call.digest, call.fn_blob, call.args, call.buffers, call.pins),
-                    list(call.inputs or ()), not call.internal)
+            if outcome.kept or outcome.parts:
+                base = call.keep & ~values.KEEP_ALWAYS
+                lineage = (call.fn, call.digest, call.fn_blob, call.args, call.buffers,
+                           call.pins)
+                inputs = list(call.inputs or ())
+                if outcome.kept:
+                    self._locality.kept(base, proc, outcome.kept, outcome.name or "",
+                                        lineage, inputs, not call.internal, base)
+                for key, size, label, _ in outcome.parts:
+                    self._locality.kept(key, proc, size, label, lineage, inputs,
+                                        not call.internal, base)
         ewma = self._ewma
         for call, outcome, bufs in mine:
             elapsed = outcome.elapsed
@@ -1118,8 +1135,12 @@ class WorkerEngine(Pool):
                         ok = True
                         value = None if call.internal else remote_value.Remote(
                             self, call.keep, outcome.kept, outcome.name or "value")
+                    elif call.internal:
+                        ok, value = True, None
                     else:
                         ok, value = _decode(call, outcome, bufs)
+                        if ok and outcome.parts:
+                            value = self._tuple_of_parts(value, outcome)
                     self._deliver(call, ok, value)
                     # While this thread waits for the next batch, its locals must not
                     # keep the last result (or its call) alive.

@@ -72,7 +72,7 @@ VALUE_MOVES = {
 
 class _Value:
     __slots__ = ("table", "key", "size", "label", "state", "holders", "readers", "remote",
-                 "lineage", "inputs", "error", "fetches", "released")
+                 "lineage", "inputs", "error", "fetches", "released", "base")
 
     def __init__(self, table: "Locality | None", key: int, size: int, label: str) -> None:
         self.table = table
@@ -88,6 +88,7 @@ class _Value:
         self.error: BaseException | None = None
         self.fetches: list[_Fetch] = []  # caller fetches waiting for it to be HELD
         self.released = False       # dropped from the table (its lineage may live on)
+        self.base = key             # the producing call's key (an item's: its tuple's)
 
 
 class _Fetch:
@@ -128,6 +129,8 @@ class Locality:
     def reduce(self, remote: remote_value.Remote) -> Any:
         """How a Remote of this engine pickles into a call's arguments (a key), noting the
         value as one of the call's inputs (see :meth:`collecting`)."""
+        if remote.parts is not None:
+            return tuple, (list(remote.parts),)  # its kept items pickle as keys in turn
         value = self.values.get(remote.key)
         inputs = getattr(self._hooked, "inputs", None)
         if value is None or inputs is None:
@@ -197,14 +200,21 @@ class Locality:
 
     # ------------------------------------------------------------------ reactor thread
     def kept(self, key: int, proc: Any, size: int, label: str, lineage: Any,
-             inputs: list[_Value], remote: bool) -> None:
-        """A worker keeps the result of a call under ``key`` (first time or again)."""
+             inputs: list[_Value], remote: bool, base: int) -> None:
+        """A worker keeps the result of a call (or an item of it) under ``key``, the
+        first time or again."""
         value = self.values.get(key)
         if value is None:
+            if not remote:
+                # Computed again for another item of its tuple; nobody needs this one.
+                if proc.conn is not None:
+                    proc.conn.send([frames.frame(frames.RELEASE, values.encode_keys([key]))])
+                return
             value = _Value(self, key, size, label)
             value.remote = remote
             value.lineage = lineage
             value.inputs = inputs
+            value.base = base
             self.values[key] = value
         else:
             value.state = HELD

@@ -66,6 +66,10 @@ class Outcome(NamedTuple):
     kept: int = 0
     """Nonzero: the result stays on the worker under the task's ``keep`` key, and this is
     its pickled size; ``blob`` is then None and ``name`` the result's type name."""
+    parts: tuple = ()
+    """For a tuple result whose large items stay on the worker each on its own:
+    ``(key, bytes, type name, index)`` of each; ``blob`` is then the tuple with a
+    :class:`~pydron.backend.protocol.values.KeptPart` in place of each."""
     moves: tuple = ()
     """``(key, bytes, seconds, worker index)`` for each kept value the call's worker
     fetched for it (index -1: relayed by the master), for the trace."""

@@ -23,7 +23,7 @@ from typing import Any
 from pydron.backend.protocol.frames import FrameError
 from pydron.errors import SerializationError
 
-__all__ = ["encode_request", "decode_request", "encode_value", "decode_value",
+__all__ = ["KeptPart", "encode_request", "decode_request", "encode_value", "decode_value",
            "encode_keys", "decode_keys", "kept_value", "set_resolver", "LOST", "INPUT_LOST",
            "KEEP_ALWAYS"]
 
@@ -44,6 +44,25 @@ INPUT_LOST = "pydron:input-lost"
 """The ``name`` of a failed :class:`~pydron.backend.protocol.records.Outcome` that is no
 failure of the call: an input was lost (``message``: its key); the master runs the call
 again once the value is computed again."""
+
+
+class KeptPart:
+    """In a tuple result whose large items the worker kept each on its own: where item
+    ``index`` was (kept under the task's key plus ``index + 1``; see
+    ``Outcome.parts``)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple:
+        return KeptPart, (self.index,)
+
+
+PART_BITS = 8
+"""Keys of kept values leave their low byte to the items of a tuple result: a call's
+value is kept under ``id << PART_BITS``, item i of its tuple under that plus i + 1."""
 
 
 def encode_request(request: int, key: int) -> bytes:

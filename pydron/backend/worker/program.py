@@ -475,8 +475,15 @@ class Worker:
             return [_results([Outcome(call_id, False, blob, 0, elapsed, name, message)])]
         if keep:
             size = len(blob) + sum(memoryview(b).nbytes for b in raw)
-            if size >= self.keep_min or keep & values.KEEP_ALWAYS:
-                self.store.keep(keep & ~values.KEEP_ALWAYS, value, blob, raw)
+            always = bool(keep & values.KEEP_ALWAYS)
+            key = keep & ~values.KEEP_ALWAYS
+            if type(value) is tuple and 0 < len(value) < (1 << values.PART_BITS) - 1 and \
+                    (size >= self.keep_min or always):
+                split = self._keep_items(call_id, key, value, fn, always, elapsed, moves)
+                if split is not None:
+                    return split
+            if size >= self.keep_min or always:
+                self.store.keep(key, value, blob, raw)
                 return [_results([Outcome(call_id, True, None, 0, elapsed, type_name(value),
                                           kept=size, moves=moves)])]
         pieces: list[bytes | memoryview] = []
@@ -484,6 +491,37 @@ class Worker:
             pieces += frames.buffer_frames(buf, self.max_frame)
         pieces.append(_results([Outcome(call_id, True, blob, len(raw), elapsed,
                                         moves=moves)]))
+        return pieces
+
+    def _keep_items(self, call_id: int, key: int, value: tuple, fn: Any, always: bool,
+                    elapsed: float, moves: tuple) -> list[bytes | memoryview] | None:
+        """Keep the large items of a tuple result each on its own (``a, b = f(x)`` then
+        sends neither to the caller), and report the rest; None if no item is large."""
+        parts = []
+        shown: list[Any] = []
+        kept: list[tuple[int, Any, bytes, list[Any]]] = []
+        for i, item in enumerate(value):
+            try:
+                blob, raw = dumps_result(item, fn)
+            except SerializationError:
+                return None
+            size = len(blob) + sum(memoryview(b).nbytes for b in raw)
+            if always or size >= self.keep_min:
+                kept.append((key + i + 1, item, blob, raw))
+                parts.append((key + i + 1, size, type_name(item), i))
+                shown.append(values.KeptPart(i))
+            else:
+                shown.append(item)
+        if not parts:
+            return None
+        blob, raw = dumps_result(tuple(shown), fn)
+        for args in kept:
+            self.store.keep(*args)
+        pieces: list[bytes | memoryview] = []
+        for buf in raw:
+            pieces += frames.buffer_frames(buf, self.max_frame)
+        pieces.append(_results([Outcome(call_id, True, blob, len(raw), elapsed,
+                                        parts=tuple(parts), moves=moves)]))
         return pieces
 
     def _load_failed(self, call_id: int, what: str, exc: BaseException,
