@@ -343,3 +343,38 @@ def test_a_failed_or_cancelled_input_future_fails_its_readers(multicore):
         waiting = ex.submit(total, plain)
         plain.set_result(np.ones(10))
         assert waiting.result(timeout=60) == 10.0
+
+
+# --------------------------------------------------------------------------- tuples
+
+
+@pydron.functional
+def split(a):
+    return a * 2.0, int(a.size), "label"
+
+
+@pydron.schedule
+def tuples(frames):
+    out = []
+    for f in frames:
+        big, n, name = split(f)          # unpacked: big stays on its worker
+        t = split(big)                   # read whole by plain code below
+        u = t
+        out.append((total(big), n, name, total(t[0]), t[1:], u is t, type(t).__name__))
+    return out
+
+
+def test_tuple_results_keep_their_large_items_and_read_as_tuples(multicore):
+    frames = frames_of(4)
+    pool = multicore()
+    before = pool.bytes_received
+    expected = []
+    for f in frames:
+        big, n, name = split(f)
+        t = split(big)
+        expected.append((total(big), n, name, total(t[0]), t[1:], True, "tuple"))
+    assert tuples(frames) == expected
+    # The second split's tuple is read by plain code (t[0], t[1:]): those frames come
+    # back; the first's large item never does.
+    received = pool.bytes_received - before
+    assert 4 * FRAME * 8 <= received < 5 * FRAME * 8, received
