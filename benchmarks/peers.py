@@ -20,6 +20,11 @@ always runs on the multicore pool):
   H  one large numpy array (1 GB; 256 MB with --quick) used by 64 calls -> seconds
   I  sum(map(f, a generator of 10,000,000 items)) -> the caller's peak RSS in MB
 
+Data locality (benchmarks/pipeline_peers.py):
+  J  a four-step numpy pipeline over 32 frames of 4 MB, a float per frame back -> seconds;
+     @schedule on the sequential loop against plain Python, pydron.Executor, Dask
+     (futures between tasks), Ray (ObjectRefs between tasks) and ProcessPoolExecutor
+
 Peers: multiprocessing.Pool (apply_async), concurrent.futures.ProcessPoolExecutor and, if
 installed (``pip install -e '.[bench]'``: Dask distributed on a LocalCluster, loky,
 joblib), the others; a peer that is not installed is skipped with a note.
@@ -642,6 +647,153 @@ def section_i(conf, args):
          "under 200 MB", rows[0][4] < 200)
 
 
+# --------------------------------------------------------------------------- J: locality
+
+def _pool_counters():
+    """The byte and object counters the process-wide pool keeps, if any (statistics
+    attributes of the engine: ``shared_bytes_sent`` and the like)."""
+    from pydron.backend import get_pool
+    pool = get_pool()
+    out = {}
+    for name in dir(pool):
+        if name.startswith("_"):
+            continue
+        wanted = ("bytes" in name and any(x in name for x in ("sent", "recv", "received"))) \
+            or name in ("shared_sent", "shared_mapped")
+        value = getattr(pool, name, None) if wanted else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[name] = value
+    kept = getattr(pool, "kept_values", None)   # values moved worker to worker, fetched
+    if kept is not None:
+        out.update({f"kept {k}": v for k, v in kept().items()
+                    if k in ("relayed_bytes", "direct_bytes", "fetched_bytes")})
+    return out
+
+
+def _futures_note(ex, frame, expected):
+    """None if ``ex.submit`` takes another call's future as an argument and gets the right
+    answer for one frame; else the note to print in the row (the API may not do it yet)."""
+    import pipeline_peers as pp
+    try:
+        value = pp.futures_chain(ex.submit, [frame])[0].result(timeout=120)
+    except Exception as e:                            # noqa: BLE001 - any failure is a "no"
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        return f"not supported yet ({msg if len(msg) < 150 else msg[:147] + '...'})"
+    if value != expected:
+        return f"not supported yet (wrong answer: {value!r}, expected {expected!r})"
+    return None
+
+
+def section_j(conf, args):
+    import pipeline_peers as pp
+    frames = pp.make_frames()
+    warm = frames[:2 * WORKERS]                 # every worker imports numpy, builds its
+    repeat = args.repeat                        # dark and flat frames, before the clock
+    rows = []                                   # (system, how, seconds or a note)
+    expected = pp.plain(frames)
+
+    def check(label, values, want):
+        if len(values) != len(want) or not np.array_equal(np.asarray(values, float),
+                                                          np.asarray(want, float)):
+            raise RuntimeError(f"J, {label}: the summaries differ from the plain run's: "
+                               f"{list(values)[:4]}... against {want[:4]}...")
+
+    def measure(system, how, run, counters=None):
+        """Warm ``run`` up once on a few frames, then the best of ``repeat`` runs over all
+        frames, each checked against the plain run; and the pool's own counters per run,
+        when ``counters`` reads them. (The caller's rchar/wchar of /proc/self/io would not
+        do for bytes moved: socket send/recv, what Twisted, Dask and Ray use, does not
+        count there, only pipes and files.)"""
+        check(f"{system}, {how} (warm-up)", run(warm), expected[:len(warm)])
+        outputs = []
+        before = counters() if counters else None
+        seconds = best(lambda: outputs.append(run(frames)), repeat)
+        if counters:
+            after = counters()
+            before = {k: (after[k] - before.get(k, 0)) / repeat for k in after}
+        for out in outputs:
+            check(f"{system}, {how}", out, expected)
+        rows.append((system, how, seconds))
+        print(f"measured {system}: {how}", flush=True)
+        return before
+
+    measure("plain Python", "the sequential loop", pp.plain)
+
+    pydron.configure(conf)
+    counted = measure("Pydron", "@schedule on the sequential loop", pp.scheduled,
+                      counters=_pool_counters)
+    ex = pydron.Executor()                         # the process-wide pool
+    how = "Executor.submit, each step given the last step's future"
+    note = _futures_note(ex, frames[0], expected[0])
+    if note is None:
+        measure("Pydron", how, lambda fr: [f.result() for f in pp.futures_chain(ex.submit,
+                                                                                 fr)])
+    else:
+        rows.append(("Pydron", how, note))
+        print(f"Pydron: {how}: {note}", flush=True)
+    measure("Pydron", "Executor.submit, each step's result back through the caller",
+            lambda fr: pp.through_caller(ex, fr))
+    ex.shutdown()
+    pydron.shutdown()
+
+    if _have("dask.distributed", "Dask distributed"):
+        peer = DaskPeer()
+        try:
+            client = peer.client
+
+            def submit(fn, x):
+                return client.submit(fn, x, pure=False)
+
+            measure("Dask distributed", "client.submit, futures passed between tasks",
+                    lambda fr: client.gather(pp.futures_chain(submit, fr)))
+        finally:
+            peer.close()
+
+    if _have("ray", "Ray"):
+        import ray
+        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+        try:
+            remote = {step: ray.remote(step) for step in pp.STEPS}
+            measure("Ray", f"ray.init(num_cpus={WORKERS}), ObjectRefs passed between tasks",
+                    lambda fr: ray.get(pp.futures_chain(lambda fn, x: remote[fn].remote(x),
+                                                        fr)))
+        finally:
+            ray.shutdown()
+
+    with concurrent.futures.ProcessPoolExecutor(WORKERS) as pool:
+        measure("ProcessPoolExecutor", "a task per step, each result back through the "
+                "caller", lambda fr: pp.through_caller(pool, fr))
+        measure("ProcessPoolExecutor", "REWRITE of the program: the 4-step chain of a "
+                "frame as one task", lambda fr: pp.chain_per_frame(pool, fr))
+    frames = None
+    gc.collect()
+
+    mine = rows[1][2]
+    print(f"\nJ: {len(expected)} frames of {pp.SHAPE[0]}x{pp.SHAPE[1]} float64 "
+          f"({np.prod(pp.SHAPE) * 8 / 1e6:.1f} MB), 4 steps of numpy each (dark + Fourier "
+          f"background, flat + 3x3 median, 6 x 3x3 box, 7x7 local threshold) and a float "
+          f"sum back; {WORKERS} workers each, started and warmed up before the clock; best "
+          f"of {repeat}; every system's sums equal the plain run's; {_machine()}")
+    print("\n| system | how | seconds | time / Pydron's |")
+    print("|---|---|---|---|")
+    for system, how, seconds in rows:
+        if isinstance(seconds, str):
+            print(f"| {system} | {how} | {seconds} | - |")
+        else:
+            print(f"| {system} | {how} | {seconds:.2f} | {seconds / mine:.2f}x |")
+    print(flush=True)
+    print("Pydron's pool, per @schedule run: " + (", ".join(
+        f"{k} {v / 1e6:,.1f} MB" if "bytes" in k else f"{k} {v:,.0f}"
+        for k, v in sorted(counted.items())) or "no counters"))
+    same = {s: t for s, h, t in rows if not isinstance(t, str) and "REWRITE" not in h
+            and s in ("Dask distributed", "Ray", "ProcessPoolExecutor")}
+    print("aim: Pydron faster than Dask, Ray and ProcessPoolExecutor")
+    _ask("J (Pydron's @schedule time below each peer's, same program)",
+         ", ".join(f"{s} {t / mine:.2f}x" for s, t in same.items()), "above 1.00x each",
+         bool(same) and all(t > mine for t in same.values()))
+
+
 def abcde(conf, args, sections):
     """Workloads A-E: every peer, then Pydron; one table of the selected rows."""
     arrays = [np.full(10 * 1024 * 1024 // 8, float(i)) for i in range(20)] \
@@ -696,7 +848,7 @@ def abcde(conf, args, sections):
           f"{_machine()}. Ratios: >1 means Pydron is better.", flush=True)
 
 
-SECTIONS = "ABCDEFGHI"
+SECTIONS = "ABCDEFGHIJ"
 
 
 def main() -> None:
@@ -705,7 +857,7 @@ def main() -> None:
     parser.add_argument("--pydron-pool", default="multicore",
                         help="Pydron worker type to measure in A-E (default: multicore)")
     parser.add_argument("--only", default=SECTIONS,
-                        help="the workloads to run, e.g. F,G (default: all, A-I)")
+                        help="the workloads to run, e.g. F,G (default: all, A-J)")
     args = parser.parse_args()
     sections = {x.strip().upper() for x in args.only.split(",") if x.strip()}
     if len(sections) == 1 and len(next(iter(sections))) > 1:     # --only FGHI
@@ -724,7 +876,7 @@ def main() -> None:
     if sections & set("ABCDE"):
         abcde(conf, args, sections)
     for key, run in (("F", section_f), ("G", section_g), ("H", section_h),
-                     ("I", section_i)):
+                     ("I", section_i), ("J", section_j)):
         if key in sections:
             print(f"\n## {key}", flush=True)
             run(multicore, args)

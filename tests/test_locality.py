@@ -378,3 +378,18 @@ def test_tuple_results_keep_their_large_items_and_read_as_tuples(multicore):
     # back; the first's large item never does.
     received = pool.bytes_received - before
     assert 4 * FRAME * 8 <= received < 5 * FRAME * 8, received
+
+
+def test_where_workers_cannot_reach_each_other_the_caller_relays(multicore, monkeypatch):
+    """As for workers behind ssh tunnels or NAT: no peer address is given (the one thing
+    changed here), so a worker asks the caller, which relays the holder's bytes as they
+    came, without unpickling them."""
+    from pydron.backend.engine import locality
+    monkeypatch.setattr(locality.Locality, "sources", lambda self, call, proc: ())
+    frames = frames_of(4)
+    pool = multicore()
+    sums, first = spread(frames)
+    assert sums == [float((f * 1.5 + 1.0).sum()) for f in reversed(frames)]
+    assert np.array_equal(first, frames[0] * 1.5)
+    stats = pool.kept_values()
+    assert stats["direct"] == 0 and stats["relayed"] >= 1, stats
