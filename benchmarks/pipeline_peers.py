@@ -127,17 +127,8 @@ def plain(frames):
     return sums
 
 
-@pydron.schedule
-def scheduled(frames):
-    """The same sequential code, run by @schedule: the steps are functional calls."""
-    sums = []
-    for frame in frames:
-        a = subtract_dark(frame)
-        b = divide_flat(a)
-        c = smooth(b)
-        d = threshold(c)
-        sums.append(summary(d))
-    return sums
+scheduled = pydron.schedule(plain)
+"""The same sequential code, run by @schedule: the steps are functional calls."""
 
 
 def futures_chain(submit, frames):

@@ -16,11 +16,13 @@ and its out-of-band buffers). Its values are weak: an entry lives while a handle
 call in flight that pickled one (:func:`pinning`), holds it. Two ``shared()`` of equal
 content share one digest and one entry.
 
-The digest is SHA-1 over the blob and the buffers. Measured here (one core, 64 MiB):
-SHA-1 1.9 GB/s, SHA-256 1.8 GB/s, BLAKE2b (20 bytes) 0.7 GB/s, MD5 0.75 GB/s: SHA-1 is the
-fastest where the CPU has SHA instructions. It names content the caller itself produced;
-it is not a defence against someone crafting collisions (nor does it need to be: whoever
-can make the caller pickle chosen data can make it run chosen code anyway).
+The digest is XXH3-128 (the xxhash package, a dependency already for the result cache)
+over the blob and the buffers: measured here on 128 MiB, 17.6 GB/s against SHA-1's
+1.6 GB/s (SHA-256 1.8, BLAKE2b 0.7, MD5 0.75 earlier). A process pool hashes every large
+argument at every call (see below), so this is the caller's cost per call: 0.25 ms for
+4 MB instead of 2.5 ms. It names content the caller itself produced; it is not a defence
+against someone crafting collisions (nor does it need to be: whoever can make the caller
+pickle chosen data can make it run chosen code anyway).
 
 A process pool also shares, without any handle, every argument whose pickle is at least
 :data:`AUTO_SHARE_MIN` bytes (:func:`auto_share`): calibrate(frame, dark, flat) in a loop
@@ -39,7 +41,6 @@ see the change; the caller's object and other workers' copies would not).
 from __future__ import annotations
 
 import collections
-import hashlib
 import mmap
 import os
 import pickle
@@ -49,6 +50,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import xxhash
 
 from pydron.backend.protocol.shipping import dumps_value, type_name
 from pydron.errors import SerializationError
@@ -188,7 +191,7 @@ def lookup(digest: bytes) -> _Entry | None:
 
 
 def _digest(blob: bytes, buffers: list[Any]) -> bytes:
-    hasher = hashlib.sha1(blob)
+    hasher = xxhash.xxh3_128(blob)
     for buffer in buffers:
         hasher.update(memoryview(buffer).nbytes.to_bytes(8, "big"))
         hasher.update(buffer)

@@ -284,26 +284,27 @@ class Worker:
             self.module_replies.put(replies.decode_module_reply(payload))
         elif kind == frames.SHARED_REPLY:
             digest, found, nbuf, mapping, body = replies.decode_shared_reply(payload)
-            buffers = self.buffers.take()
-            if len(buffers) != nbuf:
-                raise frames.FrameError(f"a SHARED_REPLY with {len(buffers)} buffers before "
-                                      f"it, announced {nbuf}")
+            buffers = self._buffers_of("SHARED_REPLY", nbuf)
             self.shared_replies.put((digest, found, buffers, body, mapping))
         elif kind == frames.FETCH:
             self.store.serve(*values.decode_request(payload))
         elif kind == frames.VALUE:
             request, _, found, nbuf, body = values.decode_value(payload)
-            buffers = self.buffers.take()
-            if len(buffers) != nbuf:
-                raise frames.FrameError(f"a VALUE with {len(buffers)} buffers before it, "
-                                        f"announced {nbuf}")
-            self.store.replied(request, found, buffers, body)
+            self.store.replied(request, found, self._buffers_of("VALUE", nbuf), body)
         elif kind == frames.RELEASE:
             self.store.release(values.decode_keys(payload))
         elif kind == frames.BYE:
             os._exit(frames.EXIT_OK)
         else:
             raise frames.FrameError(f"unexpected frame kind {kind}")
+
+    def _buffers_of(self, kind: str, nbuf: int) -> list[Any]:
+        """The buffers that came before a ``kind`` frame announcing ``nbuf`` of them."""
+        buffers = self.buffers.take()
+        if len(buffers) != nbuf:
+            raise frames.FrameError(f"a {kind} with {len(buffers)} buffers before it, "
+                                    f"announced {nbuf}")
+        return buffers
 
     def _tasks(self, payload: bytes | bytearray) -> None:
         functions = self.functions
