@@ -315,6 +315,8 @@ def test_futures_passed_to_submit_keep_the_chain_on_the_workers(multicore):
         kept = ex.submit(flat, frames[0])
         assert np.array_equal(kept.result(), flat(frames[0]))   # result() fetches it
         assert pool.kept_values()["fetched_bytes"] >= FRAME * 8
+        kept.result()[0] = -1e9        # the caller changes its copy: later calls see it
+        assert ex.submit(total, kept).result() == total(kept.result())
 
 
 class Refused(Exception):
@@ -393,3 +395,135 @@ def test_where_workers_cannot_reach_each_other_the_caller_relays(multicore, monk
     assert np.array_equal(first, frames[0] * 1.5)
     stats = pool.kept_values()
     assert stats["direct"] == 0 and stats["relayed"] >= 1, stats
+
+
+# --------------------------------------------------------------------------- the class
+# Programs that read kept values in every way plain code can, with keep_min small so that
+# every array here is kept: each is compared with its plain run.
+
+
+@pydron.functional
+def pair(a):
+    return a + 1.0, a * 2.0
+
+
+@pydron.functional
+def nest(a):
+    return (a, a + 3.0), a - 1.0
+
+
+@pydron.functional
+def bag(a):
+    return {"a": a, "b": a + 1.0}
+
+
+@pydron.functional
+def both(a, b):
+    return float(a.sum() - 2 * b.sum())
+
+
+@pydron.functional
+def named(a, b):
+    return float(a[0] + b[-1])
+
+
+def s_unpack(x):
+    a, b = pair(x)
+    return both(a, b), float(b.sum())
+
+
+def s_whole_and_items(x):
+    t = pair(x)
+    a, b = t
+    u = t
+    return u is t, both(*t), float(a.sum()), len(t), type(t).__name__
+
+
+def s_swapped(x):
+    b, a = pair(x)
+    return both(a, b)
+
+
+def s_starred(x):
+    a, *rest = pair(x)
+    return float(a.sum()), len(rest), float(rest[0].sum())
+
+
+def s_nested(x):
+    (a, b), c = nest(x)
+    return both(a, c), float(b.sum())
+
+
+def s_subscript(x):
+    return float(pair(x)[1].sum()), float(pair(x)[0][3])
+
+
+def s_kwargs(x):
+    return named(**bag(x)), sorted(bag(x))
+
+
+def s_rebind_in_loop(x):
+    a = x
+    for _ in range(3):
+        a, b = pair(a)
+    return float(a.sum()), float(b.sum())
+
+
+def s_list_of_tuples(x):
+    out = []
+    for a, b in [pair(x), pair(x + 1.0)]:
+        out.append(both(a, b))
+    return out
+
+
+def s_failure_after(x):
+    a, b = pair(x)
+    if float(b[0]) > -1.0:
+        raise ValueError(both(a, b))
+    return 0
+
+
+def s_mutated_by_plain_code(x):
+    a, b = pair(x)
+    a[0] = 100.0                       # plain code changes the fetched value
+    return both(a, b), float(a[0])
+
+
+def s_mutated_through_the_tuple(x):
+    t = pair(x)
+    t[0][1] = -7.0                     # plain code changes an item of the fetched tuple
+    a, b = t
+    return both(a, b), both(*t), float(a[1])
+
+
+def s_read_then_passed_on(x):
+    a, b = pair(x)
+    first = float(a[0])                # fetched here; unchanged
+    return first, both(a, b), both(b, a)
+
+
+PROGRAMS = [s_mutated_through_the_tuple, s_read_then_passed_on, s_unpack, s_whole_and_items, s_swapped, s_starred, s_nested, s_subscript,
+            s_kwargs, s_rebind_in_loop, s_list_of_tuples, s_failure_after,
+            s_mutated_by_plain_code]
+
+
+@pytest.fixture(scope="module")
+def small_keep():
+    backend.configure({"workers": [{"type": "multicore", "cores": 2}], "keep_min": 1024})
+    yield backend.get_pool()
+    backend.configure(None)
+
+
+def _outcome(fn, *args):
+    try:
+        return "ok", fn(*args)
+    except Exception as exc:
+        return "raised", type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.__name__)
+def test_kept_values_read_every_way_agree_with_the_plain_run(program, small_keep):
+    x = np.arange(4096, dtype=float)
+    expected = _outcome(program, x.copy())
+    assert _outcome(pydron.schedule(program), x.copy()) == expected
+    assert small_keep.kept_values()["values"] >= 0

@@ -131,6 +131,10 @@ class Locality:
         value as one of the call's inputs (see :meth:`collecting`)."""
         if remote.parts is not None:
             return tuple, (list(remote.parts),)  # its kept items pickle as keys in turn
+        if remote.here:
+            # Plain code has read it, and may have changed the caller's copy in place since
+            # (an item store ordered before this call): that copy is the value now.
+            return remote.get().__reduce_ex__(5)
         value = self.values.get(remote.key)
         inputs = getattr(self._hooked, "inputs", None)
         if value is None or inputs is None:
