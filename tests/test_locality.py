@@ -502,7 +502,8 @@ def s_read_then_passed_on(x):
     return first, both(a, b), both(b, a)
 
 
-PROGRAMS = [s_mutated_through_the_tuple, s_read_then_passed_on, s_unpack, s_whole_and_items, s_swapped, s_starred, s_nested, s_subscript,
+PROGRAMS = [s_mutated_through_the_tuple, s_read_then_passed_on,
+            s_unpack, s_whole_and_items, s_swapped, s_starred, s_nested, s_subscript,
             s_kwargs, s_rebind_in_loop, s_list_of_tuples, s_failure_after,
             s_mutated_by_plain_code]
 
