@@ -17,7 +17,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
-__all__ = ["Remote", "ValueSource", "materialize", "materialize_args", "live_remotes"]
+__all__ = ["Remote", "ValueSource", "materialize", "materialize_args", "live_remotes",
+           "as_value"]
 
 _MISSING = object()
 
@@ -115,7 +116,7 @@ class Remote:
         hook = _hooks.hooks.get(self.source)
         if hook is not None:
             return hook(self)
-        return self.get().__reduce_ex__(protocol)
+        return as_value(self)
 
     # ``f(*r)`` and ``f(**r)`` unpack the value (argument building is plain code).
     def __iter__(self) -> Any:
@@ -153,6 +154,16 @@ def set_reduce_hook(source: Any, hook: Any) -> Any:
     else:
         hooks[source] = hook
     return old
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def as_value(remote: Remote) -> tuple:
+    """How ``remote`` pickles as the value it stands for (the value is pickled as it
+    would be on its own, out-of-band buffers and all)."""
+    return _same, (remote.get(),)
 
 
 def materialize(value: Any) -> Any:

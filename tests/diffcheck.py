@@ -68,7 +68,10 @@ else:
 THREADS = {"workers": [{"type": "threads", "count": 4}]}
 INLINE = {"workers": [{"type": "inline"}]}
 MULTICORE = {"workers": [{"type": "multicore", "cores": 2}]}
-POOLS = {"threads": THREADS, "inline": INLINE, "multicore": MULTICORE}
+# Every result of a scheduled call stays on its worker (keep_min 1 byte): what plain code
+# reads is fetched, what calls read goes worker to worker (data locality, all paths).
+KEPT = {"workers": [{"type": "multicore", "cores": 2}], "keep_min": 1}
+POOLS = {"threads": THREADS, "inline": INLINE, "multicore": MULTICORE, "kept": KEPT}
 # PYDRON_TEST_POOL=multicore runs the cases written for the threads pool on another pool.
 _OVERRIDE = os.environ.get("PYDRON_TEST_POOL")
 

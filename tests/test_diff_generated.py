@@ -7,8 +7,9 @@ compared: result or exception (with its whole chain), stdout, warnings, the argu
 the module's globals afterwards.
 
 How many: ``--gen-count N`` (or ``$PYDRON_GEN_COUNT``; default 3000) programs, two thirds
-on 4 worker threads and one third on 2 worker processes, plus N/10 more on the inline
-pool; seeds from ``--gen-seed S`` (or ``$PYDRON_GEN_SEED``; default 0) on, each pool with
+on 4 worker threads, one sixth on 2 worker processes and one sixth on 2 worker processes
+that keep every result on the workers (``kept``: what plain code reads is fetched, what
+calls read moves worker to worker), plus N/10 more on the inline pool; seeds from ``--gen-seed S`` (or ``$PYDRON_GEN_SEED``; default 0) on, each pool with
 its own seeds. They run in batches of :data:`BATCH` per test item; a failing item lists
 every failing seed with the difference and the program's full source. Reproduce one with
 ``python tests/progen.py --seed S --run --pool POOL``; run many with
@@ -30,7 +31,8 @@ from diffcheck import compare_outcomes, run_once
 
 DEFAULT_COUNT = 3000
 #: Share of ``--gen-count`` per pool; inline runs ``INLINE_SHARE * count`` on top.
-SPLIT = (("threads", 2), ("multicore", 1))
+SPLIT = (("threads", 4), ("multicore", 1), ("kept", 1))
+"""``kept``: worker processes keeping every result (keep_min 1 byte, see diffcheck)."""
 INLINE_SHARE = 0.1
 BATCH = 100
 

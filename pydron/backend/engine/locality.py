@@ -134,11 +134,11 @@ class Locality:
         if remote.here:
             # Plain code has read it, and may have changed the caller's copy in place since
             # (an item store ordered before this call): that copy is the value now.
-            return remote.get().__reduce_ex__(5)
+            return remote_value.as_value(remote)
         value = self.values.get(remote.key)
         inputs = getattr(self._hooked, "inputs", None)
         if value is None or inputs is None:
-            return remote.get().__reduce_ex__(5)  # not ours to refer to any more: the value
+            return remote_value.as_value(remote)  # not ours to refer to any more: the value
         inputs[remote.key] = value
         return values.kept_value, (remote.key, remote.nbytes, remote.label)
 
