@@ -11,7 +11,8 @@ on 4 worker threads, one sixth on 2 worker processes and one sixth on 2 worker p
 that keep every result on the workers (``kept``: what plain code reads is fetched, what
 calls read moves worker to worker), plus N/10 more on the inline pool; seeds from
 ``--gen-seed S`` (or ``$PYDRON_GEN_SEED``; default 0) on, each pool with its own seeds.
-They run in batches of :data:`BATCH` per test item; a failing item lists every failing seed with the difference and the program's full source. Reproduce one with
+They run in batches of :data:`BATCH` per test item; a failing item lists every failing
+seed with the difference and the program's full source. Reproduce one with
 ``python tests/progen.py --seed S --run --pool POOL``; run many with
 ``python tests/progen.py --count N --pool POOL --classify``.
 
