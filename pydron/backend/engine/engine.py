@@ -93,6 +93,9 @@ average call time) seconds is running a long call: it is given no more calls mea
 (they would wait behind that call while other workers may be idle)."""
 LOOKAHEAD = 64
 """Queued calls considered at once for placing calls by where their data lies."""
+TRANSFER_RATE = 1e9
+"""Bytes per second assumed for moving a kept value to another worker: a call waits for a
+busy worker holding its data when that worker should be done sooner than the move."""
 DECODERS = 4
 """Most threads unpickling results at once (each result's loading may block)."""
 PREFETCH_BYTES = 256 << 20
@@ -977,7 +980,7 @@ class WorkerEngine(Pool):
             if call.state == QUEUED:
                 window.append(call)
         window.sort(key=lambda c: not c.internal)  # recomputing a lost value goes first
-        later: list[_Call] = []    # reads values a busy worker holds
+        later: list[tuple[_Call, _Proc, int]] = []  # reads values a busy worker holds
         unplaced: list[_Call] = []
         for call in window:
             if call.inputs:
@@ -987,26 +990,42 @@ class WorkerEngine(Pool):
                         call.state = DONE
                         failed.append((call, status))  # type: ignore[arg-type]
                     continue
-                best, _ = locality.holder_of(call, ready)
+                best, nbytes = locality.holder_of(call, ready)
                 if best is not None:
                     if len(best.outstanding) < limit and (
                             not best.outstanding or held[best] + call.size <= cap):
                         assign(best, call)
                     else:
-                        later.append(call)
+                        later.append((call, best, nbytes))
                     continue
             proc = fewest(call)
             if proc is None:
                 unplaced.append(call)
             else:
                 assign(proc, call)
-        for call in later:
+        now = time.monotonic()
+        wait = 0.0
+        for call, holder, nbytes in later:
             proc = fewest(call)
+            if proc is not None and self._soon_free(holder, nbytes / TRANSFER_RATE, now):
+                wait = max(wait, nbytes / TRANSFER_RATE)
+                proc = None
             if proc is None:
                 unplaced.append(call)
             else:
                 assign(proc, call)
+        if wait:
+            # Look again once the holder should be done: if it is not, the move is made.
+            get_reactor().callLater(wait + 0.001, self._dispatch)
         pending.extendleft(reversed(unplaced))
+
+    def _soon_free(self, proc: _Proc, within: float, now: float) -> bool:
+        """Whether ``proc``, running one call, should finish it within ``within`` seconds
+        (by the average call time; it tells its results when it does)."""
+        if len(proc.outstanding) != 1 or self._ewma is None:
+            return False
+        running = now - proc.progress_at
+        return running <= self._ewma <= running + within
 
     def _send(self, proc: _Proc, calls: list[_Call]) -> None:
         pieces: list[bytes | memoryview] = []
