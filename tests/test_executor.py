@@ -262,7 +262,9 @@ def results(futures, timeout=LONG):
 def test_submit_returns_standard_futures(env):
     ex = env.executor()
     future = ex.submit(pow, 2, 8)
-    assert type(future) is cf.Future
+    # A standard future (a subclass whose result() fetches a value kept on a worker).
+    assert isinstance(future, cf.Future) and type(future).__mro__[1:] == cf.Future.__mro__
+    assert type(future).result is not cf.Future.result
     assert future.result(timeout=LONG) == 256
     assert future.done() and not future.running() and not future.cancelled()
     assert future.exception() is None
