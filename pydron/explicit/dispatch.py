@@ -372,7 +372,7 @@ class Dispatcher:
             self._settle(work, ok, value)
 
         try:
-            if work.keep and getattr(pool, "keeps_values", False):
+            if work.keep and getattr(type(pool), "keeps_values", False):
                 handle = pool.submit(fn, args, kwargs, on_done, keep=True)
             else:
                 handle = pool.submit(fn, args, kwargs, on_done)

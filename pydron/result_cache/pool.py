@@ -68,6 +68,9 @@ class CachingPool(Pool):
     ``inner`` (``uncached``: those of them whose key could not be computed).
     """
 
+    keeps_values = False
+    """Results are stored on disk, so they must come back: nothing stays on workers."""
+
     def __init__(self, inner: Pool, cache: ResultCache) -> None:
         self.inner = inner
         self.cache = cache

@@ -221,7 +221,9 @@ class Run:
         self.func: Any = None
         # A pool that may leave large results on its workers hands back Remotes for them;
         # only functional calls of that pool take a Remote as it is (see consider()).
-        self.keep = bool(getattr(pool, "keeps_values", False))
+        # (Asked of the pool's class: a wrapper forwarding attributes to the pool it wraps,
+        # as the result cache's does, must say so itself.)
+        self.keep = bool(getattr(type(pool), "keeps_values", False))
 
     # -- building --------------------------------------------------------------------------
     def instantiate(self, block: Block, base: tuple[int, ...], env: dict[str, Slot],
