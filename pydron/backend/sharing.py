@@ -51,7 +51,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import xxhash
+try:
+    from xxhash import xxh3_128 as _hasher
+except ImportError:  # a remote worker given Pydron's source only: stdlib, for shared() there
+    from hashlib import sha1 as _hasher
 
 from pydron.backend.protocol.shipping import dumps_value, type_name
 from pydron.errors import SerializationError
@@ -191,7 +194,7 @@ def lookup(digest: bytes) -> _Entry | None:
 
 
 def _digest(blob: bytes, buffers: list[Any]) -> bytes:
-    hasher = xxhash.xxh3_128(blob)
+    hasher = _hasher(blob)
     for buffer in buffers:
         hasher.update(memoryview(buffer).nbytes.to_bytes(8, "big"))
         hasher.update(buffer)
